@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DSAC_SOURCES := $(wildcard dsacstar/*.cpp dsacstar/*.h dsacstar/*.hpp) dsacstar/setup.py
+
+.PHONY: venv test demo clean benchmark
+
+venv: $(VENV)/.deps $(VENV)/.dsacstar
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, alone: it comes from the local CPU wheel; anything else asking for it is then satisfied.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dsacstar: $(VENV)/.deps $(DSAC_SOURCES)
+	$(PIP) install -q --no-build-isolation ./dsacstar
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) scripts/run_demo.py
+
+benchmark: venv
+	$(PY) benchmarks/bench_ransac.py
+
+clean:
+	rm -rf $(VENV) build dsacstar/build dsacstar/*.egg-info
