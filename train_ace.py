@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""ACE mapping: train a scene-specific head on frozen encoder features for posed images."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
+                        apply_cpu_profile, configure_cpu_threads, ensure_writable_folder, make_parser, run_main,
+                        select_device, str2bool)
+from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
+
+_log = logging.getLogger("train_ace")
+
+LOSS_TYPES = ("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh")
+LR_SCHEDULES = ("circle", "constant", "1cyclepoly")
+
+# The same algorithm at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
+CPU_PROFILE = {
+    "head_width": 128,
+    "batch_size": 2048,
+    "iterations": 3000,
+    "samples_per_image": 1024,
+    "max_dataset_passes": 10,
+    "learning_rate_cooldown_iterations": 1000,
+    "learning_rate_warmup_iterations": 300,
+    "num_data_workers": 2,
+}
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("rgb_files", type=str, help="glob of the mapping images, e.g. 'data/*.jpg' (quoted)")
+    parser.add_argument("output_map_file", type=Path, help="head file to write (.pt)")
+    add_device_arg(parser)
+    add_encoder_args(parser)
+    parser.add_argument("--base_seed", type=int, default=2089, help="seed of all random generators")
+    poses = parser.add_argument_group("poses and calibration")
+    poses.add_argument("--pose_files", type=str, default=None,
+                       help="glob of 4x4 camera-to-world pose files, one per image (sorted correspondence)")
+    poses.add_argument("--use_ace_pose_file", type=Path, default=None,
+                       help="ACE pose file (images, world-to-camera poses, focal, confidence) to map from")
+    poses.add_argument("--ace_pose_file_conf_threshold", type=float, default=1000,
+                       help="use entries of --use_ace_pose_file with confidence >= this")
+    poses.add_argument("--use_pose_seed", type=float, default=-1,
+                       help="map the single image int(value * N) with identity pose and depth supervision")
+    poses.add_argument("--depth_files", type=str, default=None,
+                       help="glob of depth PNGs in mm (sorted correspondence); enables depth supervision")
+    poses.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "constant"),
+                       help="seed depth without --depth_files: ZoeDepth when it can be loaded, else constant")
+    poses.add_argument("--refine_calibration", type=str2bool, default=False, help="refine the shared focal length")
+    poses.add_argument("--refine_calibration_lr", type=float, default=0.001, help="learning rate of the focal")
+    poses.add_argument("--use_heuristic_focal_length", type=str2bool, default=False,
+                       help="focal length = 70%% of the image diagonal")
+    add_focal_arg(poses, default=None)
+    poses.add_argument("--pose_refinement", type=str, default="none", choices=POSE_REFINEMENT_CHOICES,
+                       help="refine the mapping poses: none, naive (poses as parameters) or mlp")
+    poses.add_argument("--pose_refinement_weight", type=float, default=0.1, help="scale of the MLP pose updates")
+    poses.add_argument("--pose_refinement_wait", type=int, default=0, help="keep poses fixed for this many iterations")
+    poses.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    poses.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
+                       help="how refined rotations are re-orthonormalised")
+    net = parser.add_argument_group("network")
+    net.add_argument("--load_weights", type=Path, default=None, help="initialise the head from this file")
+    net.add_argument("--num_head_blocks", type=int, default=1, help="extra residual blocks in the head")
+    net.add_argument("--head_width", type=int, default=512, help="channels of the head layers")
+    net.add_argument("--use_half", type=str2bool, default=True, help="fp16 buffer and autocast (CUDA only)")
+    net.add_argument("--use_homogeneous", type=str2bool, default=True, help="homogeneous 4-channel head output")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--learning_rate_min", type=float, default=0.0005, help="lowest learning rate")
+    opt.add_argument("--learning_rate_max", type=float, default=0.005, help="highest learning rate")
+    opt.add_argument("--learning_rate_schedule", type=str, default="circle", choices=LR_SCHEDULES,
+                     help="circle: one-cycle cosine; constant; 1cyclepoly: warm-up, plateau, early-stop cooldown")
+    opt.add_argument("--learning_rate_warmup_iterations", type=int, default=1000, help="1cyclepoly warm-up length")
+    opt.add_argument("--learning_rate_warmup_learning_rate", type=float, default=0.0005,
+                     help="1cyclepoly start learning rate")
+    opt.add_argument("--learning_rate_cooldown_iterations", type=int, default=5000, help="1cyclepoly cooldown length")
+    opt.add_argument("--learning_rate_cooldown_trigger_px_threshold", type=int, default=10,
+                     help="reprojection error (px) below which a prediction counts as inlier for early stopping")
+    opt.add_argument("--learning_rate_cooldown_trigger_percent_threshold", type=float, default=0.7,
+                     help="start the cooldown once the inlier fraction of the last 100 batches stays above this")
+    opt.add_argument("--max_training_buffer_size", type=int, default=8000000, help="most samples in the buffer")
+    opt.add_argument("--max_dataset_passes", type=int, default=10, help="most passes over the mapping images")
+    opt.add_argument("--samples_per_image", type=int, default=1024, help="features sampled per image and pass")
+    opt.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep the buffer in host memory")
+    opt.add_argument("--batch_size", type=int, default=5120, help="samples per parameter update")
+    opt.add_argument("--iterations", type=int, default=25000, help="most parameter updates")
+    opt.add_argument("--iterations_output", type=int, default=300, help="log (and render) every n iterations")
+    opt.add_argument("--num_data_workers", type=int, default=12, help="threads loading and augmenting images")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--repro_loss_hard_clamp", type=int, default=1000, help="px; larger errors are invalid")
+    loss.add_argument("--repro_loss_soft_clamp", type=int, default=50, help="px; scale of the robust loss")
+    loss.add_argument("--repro_loss_soft_clamp_min", type=int, default=1, help="px; final dyntanh scale")
+    loss.add_argument("--repro_loss_type", type=str, default="dyntanh", choices=LOSS_TYPES, help="robust loss")
+    loss.add_argument("--repro_loss_schedule", type=str, default="circle", choices=("circle", "linear"),
+                      help="how the dyntanh scale shrinks")
+    loss.add_argument("--depth_min", type=float, default=0.1, help="predictions closer than this are invalid")
+    loss.add_argument("--depth_target", type=float, default=10, help="proxy depth for invalid predictions")
+    loss.add_argument("--depth_max", type=float, default=1000, help="predictions farther than this are invalid")
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument("--use_aug", type=str2bool, default=True, help="scale, rotation and brightness augmentation")
+    aug.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
+    aug.add_argument("--aug_scale", type=float, default=1.5, help="scale factor range [1/s, s]")
+    vis = parser.add_argument_group("visualisation")
+    add_render_args(vis)
+    vis.add_argument("--use_existing_vis_buffer", type=str, default=None,
+                     help="visualisation buffer (.pkl, relative to --render_target_path) to continue from")
+    vis.add_argument("--render_map_error_threshold", type=int, default=10, help="px, colour range of errors")
+    vis.add_argument("--render_map_depth_filter", type=int, default=100, help="hide points farther than this")
+    return parser
+
+
+def validate(args) -> None:
+    if args.use_pose_seed < 0 and args.use_ace_pose_file is None and args.pose_files is None:
+        raise UserError("no poses: pass --pose_files, --use_ace_pose_file or --use_pose_seed")
+    has_focal = args.use_heuristic_focal_length or args.use_ace_pose_file is not None or \
+        (args.use_external_focal_length is not None and args.use_external_focal_length > 0)
+    if not has_focal:
+        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F "
+                        "or --use_ace_pose_file")
+    if args.batch_size < 1 or args.iterations < 1 or args.head_width < 1:
+        raise UserError("--batch_size, --iterations and --head_width must be positive")
+    ensure_writable_folder(args.output_map_file.parent)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = select_device(args.device)
+    apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
+    validate(args)
+    configure_cpu_threads()
+    _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
+              args.head_width, args.batch_size, args.iterations)
+    from ace_trainer import Trainer  # torch-heavy import after argument checks
+    Trainer(args, device).run()
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))
