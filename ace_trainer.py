@@ -55,7 +55,7 @@ def _focal_for(args, width: int, height: int) -> float | None:
     return None
 
 
-def load_mapping_data(args) -> MappingData:
+def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
     """Images, poses and focal lengths from the flags (pose file, 4x4 pose files or a single seed image)."""
     depth_files = None
     if args.use_ace_pose_file is not None:
@@ -88,22 +88,33 @@ def load_mapping_data(args) -> MappingData:
     focals = np.full(len(images), focal) if focal is not None else file_focals
     data = MappingData(images, np.stack(poses), focals, depth_files, (width, height))
     if args.use_pose_seed >= 0:
-        data = _seed_subset(data, args.use_pose_seed, args.seed_depth)
+        data = _seed_subset(data, args, encoder, device)
     return data
 
 
-def _seed_subset(data: MappingData, seed: float, seed_depth: str) -> MappingData:
-    """The single seed image int(seed * N) with identity pose; depth from a file, ZoeDepth or a constant."""
-    index = min(int(seed * len(data.images)), len(data.images) - 1)
+def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
+    """The single seed image int(seed * N) with identity pose and a depth estimate: a depth file, ZoeDepth,
+    two-view geometry with a partner image, or (last resort) a constant depth."""
+    index = min(int(args.use_pose_seed * len(data.images)), len(data.images) - 1)
     subset = MappingData([data.images[index]], np.eye(4)[None], data.focals[index:index + 1],
                          [data.depth_files[index]] if data.depth_files else None, data.image_size)
-    if subset.depth_files is None:
-        import depth_estimation
-        if seed_depth == "zoedepth" or (seed_depth == "auto" and depth_estimation.zoedepth_available()):
-            subset.estimated_depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(subset.images[0]))
-        else:
-            subset.constant_depth = CONSTANT_SEED_DEPTH
-            _log.warning("seed image without depth: constant-depth prior of %.1f (scene units)", CONSTANT_SEED_DEPTH)
+    if subset.depth_files is not None:
+        return subset
+    import depth_estimation
+    method = args.seed_depth
+    if method == "auto":
+        method = "zoedepth" if depth_estimation.zoedepth_available() else "twoview"
+    if method == "zoedepth":
+        subset.estimated_depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(subset.images[0]))
+    elif method == "twoview":
+        from two_view_seed import two_view_depth
+        subset.estimated_depth = two_view_depth(data.images, index, float(data.focals[index]), encoder,
+                                                args.image_resolution, device, CONSTANT_SEED_DEPTH)
+        if subset.estimated_depth is None:
+            _log.warning("two-view seed depth failed (no partner image with enough parallax)")
+    if subset.estimated_depth is None:
+        subset.constant_depth = CONSTANT_SEED_DEPTH
+        _log.warning("seed image without depth: constant-depth prior of %.1f (scene units)", CONSTANT_SEED_DEPTH)
     return subset
 
 
@@ -352,11 +363,11 @@ class Trainer:
     def __init__(self, args, device: torch.device):
         self.args, self.device = args, device
         self._seed_everything(args.base_seed)
-        self.data = load_mapping_data(args)
+        self.encoder = load_encoder(args.encoder_path, device)
+        self.data = load_mapping_data(args, self.encoder, device)
         self.seed_mode = args.use_pose_seed >= 0
         _log.info("mapping %d image(s) of %dx%d, focal %.1f px%s", len(self.data.images), *self.data.image_size,
                   self.data.shared_focal, " (seed image)" if self.seed_mode else "")
-        self.encoder = load_encoder(args.encoder_path, device)
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
                                         args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
@@ -461,17 +472,18 @@ class Trainer:
         self.calibration.step()
         inliers = float(((errors < a.learning_rate_cooldown_trigger_px_threshold) & valid).float().mean())
         self._last_inliers = inliers
-        return float(loss), inliers
+        return float(loss.detach()), inliers
 
     def _invalid_loss(self, predicted, cam, batch, invalid, has_target, focals) -> torch.Tensor:
         """Pull invalid predictions to the depth target (if any) or to a proxy point on the pixel's ray."""
-        a = self.args
+        loss = torch.zeros((), device=predicted.device)
         if has_target is not None:
             supervised = invalid & has_target
-            return (predicted[supervised] - batch["targets"][supervised]).norm(dim=1).sum()
+            loss = loss + (predicted[supervised] - batch["targets"][supervised]).norm(dim=1).sum()
+            invalid = invalid & ~has_target
         rays = torch.cat([batch["pixels"] / focals[:, None], torch.ones_like(focals)[:, None]], dim=1)
-        proxy = rays * a.depth_target
-        return (cam[invalid] - proxy[invalid]).abs().sum()
+        proxy = rays * self.args.depth_target
+        return loss + (cam[invalid] - proxy[invalid]).abs().sum()
 
     # -- outputs ------------------------------------------------------------------------------------------------
 

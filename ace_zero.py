@@ -69,8 +69,9 @@ def build_parser():
     seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
     seeds.add_argument("--seed_network", type=Path, default=None, help="start from this head instead of seeds")
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
-    seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "constant"),
-                       help="seed depth without --depth_files: ZoeDepth when it can be loaded, else constant")
+    seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "twoview", "constant"),
+                       help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
+                            "geometry with a partner image; constant is the last resort")
     mapping = parser.add_argument_group("mapping")
     mapping.add_argument("--refinement", type=str, default="mlp", choices=POSE_REFINEMENT_CHOICES,
                          help="pose refinement strategy")
@@ -161,7 +162,8 @@ def common_args(args) -> list:
     return ["--device", args.device, "--encoder_path", args.encoder_path, "--image_resolution", args.image_resolution]
 
 
-def mapping_args(args, refit: bool) -> list:
+def mapping_args(args, refit: bool, iterations: int | None = None) -> list:
+    """Flags of a mapping round; `iterations` overrides the round's default length (seeds)."""
     result = common_args(args) + [
         "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
         "--pose_refinement_lr", args.pose_refinement_lr, "--num_head_blocks", args.num_head_blocks,
@@ -176,10 +178,10 @@ def mapping_args(args, refit: bool) -> list:
     if refit:
         return result + ["--repro_loss_type", "dyntanh", "--pose_refinement_wait", args.final_refit_posewait,
                          "--learning_rate_schedule", "circle", "--learning_rate_max", 0.005,
-                         "--iterations", args.refit_iterations]
+                         "--iterations", iterations or args.refit_iterations]
     return result + ["--repro_loss_type", args.repro_loss_type, "--pose_refinement_wait", args.pose_refinement_wait,
                      "--learning_rate_schedule", args.learning_rate_schedule,
-                     "--learning_rate_max", args.learning_rate_max, "--iterations", args.mapping_iterations]
+                     "--learning_rate_max", args.learning_rate_max, "--iterations", iterations or args.mapping_iterations]
 
 
 def register(args, network: Path, session: str, focal: float, max_estimates: int = -1) -> float:
@@ -206,8 +208,8 @@ def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
     network = folder / f"iteration0_seed{k}.pt"
     if not network.exists():
         extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
-        run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, refit=False),
-                                    "--use_pose_seed", seed, "--iterations", args.seed_iterations,
+        run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
+                                    "--use_pose_seed", seed,
                                     *focal_args(focal), *extra])
     rate = register(args, network, f"iteration0_seed{k}_fastcheck", _registration_focal(args, focal),
                     SEED_SCORING_MAX_IMAGES)
@@ -298,6 +300,9 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
 
 
 def _complete(state: RunState, run_id: str, rate: float, folder: Path) -> None:
+    if rate == 0:
+        raise UserError(f"no image registered against {folder / run_id}.pt: try more seeds (--try_seeds), a "
+                        f"lower --registration_confidence or a focal length (--use_external_focal_length)")
     state.completed.append(run_id)
     state.rates[run_id] = rate
     _log.info("%s: %.1f%% of the images registered", run_id, 100 * rate)
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.depth_files is None and args.seed_network is None and args.seed_depth == "auto":
             from depth_estimation import zoedepth_available
-            args.seed_depth = "zoedepth" if zoedepth_available() else "constant"
+            args.seed_depth = "zoedepth" if zoedepth_available() else "twoview"
         last = reconstruct(args, state, initial_focal)
         shutil.copyfile(args.results_folder / f"poses_{last}.txt", args.results_folder / "poses_final.txt.tmp")
         (args.results_folder / "poses_final.txt.tmp").replace(args.results_folder / "poses_final.txt")

@@ -301,3 +301,30 @@ def load_network_input(path: str, short_side: int) -> tuple[np.ndarray, tuple[in
     rgb = load_image_rgb(path)
     width, height = resized_shape(rgb.shape[1], rgb.shape[0], short_side)
     return rgb_to_grey01(resize_image(rgb, width, height)), (rgb.shape[1], rgb.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared by the exporters (export_point_cloud / export_cameras / export_colmap / export_nerfstudio)
+
+# OpenCV (x right, y down, z forward) <-> OpenGL (x right, y up, z backward): flip y and z.
+FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def confident_entries(pose_file: Path | str, threshold: float) -> list[PoseEntry]:
+    """Pose-file entries with confidence >= threshold (the rule the mapping loader uses); none is an error."""
+    entries = read_ace_pose_file(pose_file)
+    kept = [e for e in entries if e.confidence >= threshold]
+    if not kept:
+        raise UserError(f"{pose_file}: none of its {len(entries)} entries has confidence >= {threshold:g} "
+                        f"(lower --confidence_threshold)")
+    return kept
+
+
+def opencv_to_opengl_pose(cam_to_world: np.ndarray) -> np.ndarray:
+    """Camera-to-world in OpenCV axes -> OpenGL axes for both world and camera (the visualiser's convention)."""
+    return FLIP_YZ @ cam_to_world @ FLIP_YZ
+
+
+def flip_yz_points(xyz: np.ndarray) -> np.ndarray:
+    """World points OpenCV <-> OpenGL convention (its own inverse)."""
+    return xyz * np.array([1.0, -1.0, -1.0], dtype=xyz.dtype)

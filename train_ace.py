@@ -47,8 +47,9 @@ def build_parser():
                        help="map the single image int(value * N) with identity pose and depth supervision")
     poses.add_argument("--depth_files", type=str, default=None,
                        help="glob of depth PNGs in mm (sorted correspondence); enables depth supervision")
-    poses.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "constant"),
-                       help="seed depth without --depth_files: ZoeDepth when it can be loaded, else constant")
+    poses.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "twoview", "constant"),
+                       help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
+                            "geometry with a partner image; constant is the last resort")
     poses.add_argument("--refine_calibration", type=str2bool, default=False, help="refine the shared focal length")
     poses.add_argument("--refine_calibration_lr", type=float, default=0.001, help="learning rate of the focal")
     poses.add_argument("--use_heuristic_focal_length", type=str2bool, default=False,

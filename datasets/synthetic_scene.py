@@ -78,7 +78,11 @@ FURNITURE: tuple[Box, ...] = (
     Box("shelf", (-2.9, -2.4, 0.0), (-2.45, -1.5, 2.2)),
     Box("wall_panel", (-0.8, 2.42, 1.2), (0.7, 2.5, 2.0)),
     Box("stool", (2.0, 1.3, 0.0), (2.4, 1.7, 0.45)),
+    Box("pedestal", (-0.35, -0.3, 0.0), (0.35, 0.3, 0.9)),  # what "orbit" cameras look at
 )
+TRAJECTORIES = ("outward", "orbit")
+ORBIT_RADII = (2.1, 1.7)
+ORBIT_TARGET = np.array([0.0, 0.0, 0.7])
 
 
 # ---------------------------------------------------------------------------
@@ -119,28 +123,39 @@ def _smooth_wobble(rng: np.random.Generator, t: np.ndarray, amplitude: float) ->
     return amplitude * 0.5 * (np.sin(freqs[0] * t + phases[0]) + np.sin(freqs[1] * t + phases[1]))
 
 
-def camera_trajectory(num_images: int, seed: int = 0) -> list[np.ndarray]:
+def camera_trajectory(num_images: int, seed: int = 0, yaw_step_deg: float = MAX_YAW_STEP_DEG,
+                      trajectory: str = "outward") -> list[np.ndarray]:
     """Camera-to-world poses (OpenCV axes) on an ellipse around the room centre.
 
-    Cameras look outward at the walls while walking the loop; yaw advances by
-    at most 7.5 deg per frame (a full loop once num_images >= 48) so
-    consecutive views overlap strongly, with smooth wobble in height, heading,
-    pitch and roll.
+    "outward": cameras on a small loop look outward at the walls (a room scan);
+    "orbit": cameras on a wide loop look at the pedestal in the middle (an object capture).
+    Position advances by at most `yaw_step_deg` per frame (a full loop once num_images >= 360 / step) so
+    consecutive views overlap strongly, with smooth wobble in height, heading, pitch and roll.
     """
     if num_images < 1:
         raise ValueError("num_images must be at least 1")
+    if trajectory not in TRAJECTORIES:
+        raise ValueError(f"trajectory must be one of {TRAJECTORIES}")
     rng = np.random.default_rng([seed, 1])
-    step = math.radians(min(MAX_YAW_STEP_DEG, 360.0 / num_images))
+    step = math.radians(min(yaw_step_deg, 360.0 / num_images))
     theta = rng.uniform(0.0, 2.0 * math.pi) + step * np.arange(num_images)
     height = CAMERA_HEIGHT + _smooth_wobble(rng, theta, 0.08)
-    yaw = theta + _smooth_wobble(rng, theta, math.radians(12.0))
-    pitch = math.radians(-10.0) + _smooth_wobble(rng, theta, math.radians(8.0))
+    yaw_wobble = _smooth_wobble(rng, theta, math.radians(12.0 if trajectory == "outward" else 4.0))
+    pitch_wobble = _smooth_wobble(rng, theta, math.radians(8.0 if trajectory == "outward" else 3.0))
     roll = _smooth_wobble(rng, theta, math.radians(3.0))
+    radii = (1.0, 0.8) if trajectory == "outward" else ORBIT_RADII
     poses = []
     for i in range(num_images):
+        position = np.array([radii[0] * math.cos(theta[i]), radii[1] * math.sin(theta[i]), height[i]])
+        if trajectory == "outward":
+            yaw, pitch = theta[i], math.radians(-10.0)
+        else:
+            to_target = ORBIT_TARGET - position
+            yaw = math.atan2(to_target[1], to_target[0])
+            pitch = math.atan2(to_target[2], np.linalg.norm(to_target[:2]))
         pose = np.eye(4)
-        pose[:3, :3] = look_rotation(yaw[i], pitch[i], roll[i])
-        pose[:3, 3] = [1.0 * math.cos(theta[i]), 0.8 * math.sin(theta[i]), height[i]]
+        pose[:3, :3] = look_rotation(yaw + yaw_wobble[i], pitch + pitch_wobble[i], roll[i])
+        pose[:3, 3] = position
         poses.append(pose)
     return poses
 
@@ -447,7 +462,8 @@ def _frames(renderer: SceneRenderer, poses: Sequence[np.ndarray], progress: bool
 
 def render_scene(out_dir: Path, num_images: int = 24, width: int = 640, height: int = 480,
                  focal: float | None = None, seed: int = 0, with_depth: bool = True,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, yaw_step_deg: float = MAX_YAW_STEP_DEG,
+                 trajectory: str = "outward") -> Path:
     """Render the textured room from a smooth camera loop into `out_dir`.
 
     Deterministic for a given seed. Frames named frame_NNNNN left over from an
@@ -460,7 +476,7 @@ def render_scene(out_dir: Path, num_images: int = 24, width: int = 640, height: 
     if focal <= 0:
         raise ValueError("focal must be positive")
     out_dir = Path(out_dir)
-    poses = camera_trajectory(num_images, seed)
+    poses = camera_trajectory(num_images, seed, yaw_step_deg, trajectory)
     _prepare_output(out_dir, with_depth)
     scene = build_scene(seed)
     with SceneRenderer(scene, width, height, focal) as renderer:
@@ -489,6 +505,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--focal", type=float, default=None,
                         help="focal length in pixels; %(default)s means 525 * width / 640")
     parser.add_argument("--seed", type=int, default=0, help="seed for textures and camera wobble")
+    parser.add_argument("--yaw_step", type=float, default=MAX_YAW_STEP_DEG,
+                        help="camera heading change per frame (deg); smaller = more overlap")
+    parser.add_argument("--trajectory", choices=TRAJECTORIES, default="outward",
+                        help="outward: room scan from the middle; orbit: object capture around the pedestal")
     parser.add_argument("--no_depth", action="store_true", help="do not write depth maps")
     return parser.parse_args(argv)
 
@@ -497,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         out = render_scene(args.out_dir, args.num_images, args.width, args.height, args.focal,
-                           args.seed, with_depth=not args.no_depth, progress=True)
+                           args.seed, with_depth=not args.no_depth, progress=True,
+                           yaw_step_deg=args.yaw_step, trajectory=args.trajectory)
     except RenderingUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,76 @@
+"""ace_zero.py end to end on a scene the project renders itself: accuracy after alignment, resumption, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dataset_io
+from conftest import ORBIT_FOCAL, run_cli
+from eval_poses import evaluate
+
+# A short CPU run: 2 seeds, short rounds (the test checks the loop, not the last digit of accuracy).
+FAST = ["--device", "cpu", "--try_seeds", 2, "--seed_iterations", 600, "--mapping_iterations", 1200,
+        "--refit_iterations", 1500, "--final_refit_posewait", 300, "--cooldown_iterations", 400,
+        "--iterations_max", 4]
+
+
+@pytest.fixture(scope="module")
+def reconstruction(orbit_scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ace_zero")
+    result = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", out, *FAST)
+    return out, result
+
+
+def test_reconstruction_accuracy(reconstruction, orbit_scene):
+    out, _ = reconstruction
+    entries = sorted(dataset_io.read_ace_pose_file(out / "poses_final.txt"), key=lambda e: e.path)
+    assert len(entries) == 16
+    gt = [dataset_io.load_cam_to_world(p) for p in sorted(orbit_scene.glob("poses/*.pose.txt"))]
+    result = evaluate(entries, gt, thresh_t=0.10, thresh_r=5.0)
+    assert result["num_registered"] >= 14
+    assert result["median_rot_err_deg"] < 3.0
+    assert result["median_trans_err"] < 0.10  # metres, cameras orbit at ~2 m
+    focal = entries[0].focal
+    assert abs(focal - ORBIT_FOCAL) / ORBIT_FOCAL < 0.10, f"refined focal {focal} vs true {ORBIT_FOCAL}"
+
+
+def test_reconstruction_files(reconstruction):
+    out, result = reconstruction
+    for name in ("iteration1.pt", "iteration1.txt", "poses_iteration1_preliminary.txt", "poses_iteration1.txt",
+                 "poses_final.txt", "ace_zero_state.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("iteration0_seed*.pt")) and list(out.glob("poses_iteration0_seed*_fastcheck.txt"))
+    state = json.loads((out / "ace_zero_state.json").read_text())
+    assert state["finished"] and (out / f"poses_{state['completed'][-1]}.txt").read_text() == \
+        (out / "poses_final.txt").read_text()
+    assert "registered: " in result.stderr and "@500" in result.stderr
+
+
+def test_rerun_resumes(reconstruction, orbit_scene):
+    out, _ = reconstruction
+    state_file = out / "ace_zero_state.json"
+    state = json.loads(state_file.read_text())
+    # Pretend the run was interrupted before its last round was registered.
+    last = state["completed"].pop()
+    state["rates"].pop(last)
+    state["finished"] = False
+    state_file.write_text(json.dumps(state))
+    seed_head = out / f"{state['completed'][0]}.pt"
+    seed_time = seed_head.stat().st_mtime
+    result = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", out, *FAST)
+    assert "resuming after" in result.stderr
+    assert seed_head.stat().st_mtime == seed_time, "finished stages must not be redone"
+    assert json.loads(state_file.read_text())["finished"]
+
+
+def test_errors(orbit_scene, tmp_path):
+    one = run_cli("ace_zero.py", f"{orbit_scene}/images/frame_00000.png", tmp_path / "r", check=False)
+    assert one.returncode == 2 and "at least 2" in one.stderr
+    missing = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", tmp_path / "r", "--seed_network",
+                      tmp_path / "nope.pt", check=False)
+    assert missing.returncode == 2 and "nope.pt" in missing.stderr and "Traceback" not in missing.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    unwritable = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", blocker / "sub", check=False)
+    assert unwritable.returncode == 2 and "cannot create folder" in unwritable.stderr

@@ -1,0 +1,122 @@
+"""Seed depth without a depth network: two-view geometry with the frozen encoder's features.
+
+The seed image is matched to a few partner images (mutual nearest neighbours of the dense stride-8 features),
+the relative pose comes from the essential matrix, matches are triangulated, and the sparse depths are
+interpolated into a dense depth map. Its scale is arbitrary, so it is normalised to a median depth of
+`median_depth` scene units; ACE0's reconstruction inherits that scale (as it inherits ZoeDepth's otherwise).
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+from scipy.interpolate import griddata
+
+import dataset_io
+from ace_network import OUTPUT_SUBSAMPLE
+
+_log = logging.getLogger(__name__)
+
+MIN_MATCH_SIMILARITY = 0.8
+MAX_DISTANCE_RATIO = 0.9
+MIN_POINTS = 50
+GOOD_PARALLAX_DEG = 4.0
+MAX_PARTNERS = 8
+CELL_MATCH_THRESHOLD_PX = 4.0  # matched cell centres are only accurate to half a cell
+
+
+def _dense_features(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
+    """L2-normalised features of every output cell and the cell centres in pixels."""
+    with torch.no_grad():
+        features = encoder(encoder.normalise(torch.from_numpy(grey)[None, None].to(device)))[0]
+    channels, height, width = features.shape
+    flat = torch.nn.functional.normalize(features.reshape(channels, -1).t().float(), dim=1).cpu()
+    v, u = np.mgrid[0:height, 0:width] * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2
+    return flat, np.stack([u.ravel(), v.ravel()], axis=1).astype(np.float64)
+
+
+def _mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours that are also distinctive (ratio test: textureless cells match everything)."""
+    similarity = a @ b.t()
+    top2 = similarity.topk(2, dim=1)
+    best_b = top2.indices[:, 0]
+    best_a = similarity.argmax(dim=0)
+    index_a = torch.arange(len(a))
+    distance_best = (2 - 2 * top2.values[:, 0]).clamp(min=0).sqrt()
+    distance_second = (2 - 2 * top2.values[:, 1]).clamp(min=0).sqrt()
+    distinctive = distance_best < MAX_DISTANCE_RATIO * distance_second
+    mutual = (best_a[best_b] == index_a) & (top2.values[:, 0] > MIN_MATCH_SIMILARITY) & distinctive
+    return index_a[mutual].numpy(), best_b[mutual].numpy()
+
+
+def _triangulate(K: np.ndarray, R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray):
+    """Points in the first camera, their reprojection errors (px, worst view) and parallax angles (deg)."""
+    P1 = K @ np.hstack([np.eye(3), np.zeros((3, 1))])
+    P2 = K @ np.hstack([R, t.reshape(3, 1)])
+    homogeneous = cv2.triangulatePoints(P1, P2, x1.T, x2.T)
+    points = (homogeneous[:3] / homogeneous[3]).T
+    in_second = points @ R.T + t.reshape(1, 3)
+    error1 = np.linalg.norm(points[:, :2] / points[:, 2:] * K[0, 0] + K[:2, 2] - x1, axis=1)
+    error2 = np.linalg.norm(in_second[:, :2] / in_second[:, 2:] * K[0, 0] + K[:2, 2] - x2, axis=1)
+    centre2 = -R.T @ t.reshape(3)
+    ray1 = points / np.linalg.norm(points, axis=1, keepdims=True)
+    ray2 = points - centre2
+    ray2 /= np.linalg.norm(ray2, axis=1, keepdims=True)
+    parallax = np.degrees(np.arccos(np.clip((ray1 * ray2).sum(axis=1), -1, 1)))
+    valid = (points[:, 2] > 0) & (in_second[:, 2] > 0)
+    return points, np.maximum(error1, error2), parallax, valid
+
+
+def _partners(seed_index: int, count: int, rng: np.random.Generator) -> list[int]:
+    """Neighbours in sorted order first (image collections are often sequences), then random others."""
+    near = [seed_index + d for step in range(1, 4) for d in (step, -step) if 0 <= seed_index + d < count]
+    others = [i for i in rng.permutation(count) if i != seed_index and i not in near]
+    return (near + others)[:MAX_PARTNERS]
+
+
+def two_view_depth(images: list[str], seed_index: int, focal: float, encoder, short_side: int, device,
+                   median_depth: float) -> np.ndarray | None:
+    """Dense depth (original image size) for images[seed_index], or None when no partner gives geometry."""
+    grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side)
+    scaled_focal = focal * min(grey.shape) / min(width, height)
+    K = np.array([[scaled_focal, 0, grey.shape[1] / 2], [0, scaled_focal, grey.shape[0] / 2], [0, 0, 1]])
+    seed_features, pixels = _dense_features(encoder, grey, device)
+    best = None
+    for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
+        partner_grey, _ = dataset_io.load_network_input(images[partner], short_side)
+        partner_features, partner_pixels = _dense_features(encoder, partner_grey, device)
+        ia, ib = _mutual_matches(seed_features, partner_features)
+        if len(ia) < MIN_POINTS:
+            continue
+        x1, x2 = pixels[ia], partner_pixels[ib]
+        E, mask = cv2.findEssentialMat(x1, x2, K, cv2.RANSAC, 0.999, CELL_MATCH_THRESHOLD_PX)
+        if E is None or E.shape != (3, 3):
+            continue
+        _, R, t, mask = cv2.recoverPose(E, x1, x2, K, mask=mask)
+        inliers = mask.ravel() > 0
+        points, errors, parallax, valid = _triangulate(K, R, t, x1[inliers], x2[inliers])
+        good = valid & (errors < CELL_MATCH_THRESHOLD_PX) & (parallax > 0.5)
+        if good.sum() < MIN_POINTS:
+            continue
+        score = good.sum() * min(1.0, float(np.median(parallax[good])) / GOOD_PARALLAX_DEG)
+        _log.info("seed %s + %s: %d matches, %d triangulated, median parallax %.1f deg", images[seed_index],
+                  images[partner], len(ia), good.sum(), np.median(parallax[good]))
+        if best is None or score > best[0]:
+            best = (score, x1[inliers][good], points[good, 2])
+    if best is None:
+        return None
+    return _dense_depth(best[1], best[2], grey.shape, (width, height), median_depth)
+
+
+def _dense_depth(pixels: np.ndarray, depths: np.ndarray, shape: tuple[int, int], original_size: tuple[int, int],
+                 median_depth: float) -> np.ndarray:
+    """Interpolate sparse depths over the image (linear inside their hull, nearest outside), rescaled."""
+    depths = depths * (median_depth / float(np.median(depths)))
+    v, u = np.mgrid[0:shape[0], 0:shape[1]]
+    linear = griddata(pixels, depths, (u + 0.5, v + 0.5), method="linear")
+    nearest = griddata(pixels, depths, (u + 0.5, v + 0.5), method="nearest")
+    dense = np.where(np.isfinite(linear), linear, nearest).astype(np.float32)
+    return cv2.resize(dense, original_size, interpolation=cv2.INTER_LINEAR)
+
