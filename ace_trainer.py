@@ -457,7 +457,11 @@ class Trainer:
         scale = soft_clamp_scale(a.repro_loss_type, a.repro_loss_soft_clamp, a.repro_loss_soft_clamp_min,
                                  a.repro_loss_schedule, iteration / max(1, self.schedule.max_iterations))
         loss_valid = reprojection_loss(errors[valid], a.repro_loss_type, scale)
-        loss_invalid = self._invalid_loss(predicted, cam, batch, ~valid, has_target, focals)
+        # The proxy term regularises the head only: it is no evidence about poses or focal length, and letting it
+        # move them drags every camera towards its bad early predictions.
+        cam_fixed = (batch["rotations"] @ (world_to_cam[:, :, :3].detach() @ predicted[:, :, None]
+                                           + world_to_cam[:, :, 3:].detach()))[:, :, 0]
+        loss_invalid = self._invalid_loss(predicted, cam_fixed, batch, ~valid, has_target, focals.detach())
         loss = (loss_valid + loss_invalid) / len(errors)
         if not torch.isfinite(loss):
             raise RuntimeError(f"training diverged at iteration {iteration} (loss {float(loss)})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,9 @@ CPU_PROFILE = {
     "final_refit_posewait": 800,
     "cooldown_iterations": 1000,
     "num_data_workers": 2,
+    # Measured: within these short rounds the pose refiner drifted even ground-truth poses by 2-15 deg
+    # (benchmarks/README), so on CPU poses are re-estimated by registration only.
+    "refinement": "none",
 }
 
 
@@ -144,10 +148,12 @@ class RunState:
 # ----------------------------------------------------------------------------------------------------------------
 # Sub-processes
 
-def run_script(script: str, arguments: list) -> None:
+def run_script(script: str, arguments: list, threads: int | None = None) -> None:
+    """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
     command = [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
     _log.info("running %s", " ".join(command[1:]))
-    result = subprocess.run(command)
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run(command, env=env)
     if result.returncode != 0:
         raise UserError(f"{script} failed with exit code {result.returncode} (its output is above)")
 
@@ -184,13 +190,14 @@ def mapping_args(args, refit: bool, iterations: int | None = None) -> list:
                      "--learning_rate_max", args.learning_rate_max, "--iterations", iterations or args.mapping_iterations]
 
 
-def register(args, network: Path, session: str, focal: float, max_estimates: int = -1) -> float:
+def register(args, network: Path, session: str, focal: float, max_estimates: int = -1,
+             threads: int | None = None) -> float:
     """Register all images (or a random subset) against `network`; returns the registration rate."""
     run_script("register_mapping.py", [args.rgb_files, network, *common_args(args), "--session", session,
                                        "--confidence_threshold", args.registration_confidence,
                                        "--hypotheses", args.ransac_iterations, "--threshold", args.ransac_threshold,
                                        "--hypotheses_max_tries", 16, "--max_estimates", max_estimates,
-                                       "--use_external_focal_length", focal])
+                                       "--use_external_focal_length", focal], threads)
     entries = dataset_io.read_ace_pose_file(network.parent / f"poses_{session}.txt")
     return dataset_io.registration_rate(entries, args.registration_confidence)
 
@@ -205,14 +212,15 @@ def seed_values(args) -> np.ndarray:
 
 def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
     folder = args.results_folder
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.seed_parallel_workers))
     network = folder / f"iteration0_seed{k}.pt"
     if not network.exists():
         extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
         run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
                                     "--use_pose_seed", seed,
-                                    *focal_args(focal), *extra])
+                                    *focal_args(focal), *extra], threads)
     rate = register(args, network, f"iteration0_seed{k}_fastcheck", _registration_focal(args, focal),
-                    SEED_SCORING_MAX_IMAGES)
+                    SEED_SCORING_MAX_IMAGES, threads)
     _log.info("seed %d (image fraction %.4f): %.1f%% of the checked images registered", k, seed, 100 * rate)
     return rate
 
@@ -341,7 +349,6 @@ def validate(args) -> float:
     if args.try_seeds < 1 and args.seed_network is None:
         raise UserError("--try_seeds must be at least 1")
     if args.seed_parallel_workers == -1:
-        import os
         args.seed_parallel_workers = os.cpu_count() or 1
     return args.use_external_focal_length
 

@@ -153,6 +153,9 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], binary: bool = 
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
             write(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -1,8 +1,10 @@
 """Shared fixtures: a small synthetic scene rendered by the project itself, and a head mapped on it."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,44 @@ def orbit_head(orbit_scene, tmp_path_factory) -> Path:
             "--use_external_focal_length", ORBIT_FOCAL, "--image_resolution", ORBIT_SIZE[1],
             "--iterations", 1500, "--device", "cpu")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exporter tests (tests/test_exports.py)
+
+@dataclass(frozen=True)
+class SyntheticAceMap:
+    """A rendered synthetic scene and an ACE head mapped from its ground-truth poses."""
+    scene: Path              # images/, poses/ (4x4 cam-to-world), depth/, calibration.txt
+    map_file: Path           # the head (.pt)
+    pose_file: Path          # poses_map_preliminary.txt: ACE pose file of the mapping images, confidence inf
+    focal: float
+    width: int
+    height: int
+    image_resolution: int    # network input short side the head was trained with (= the image height)
+
+
+@pytest.fixture(scope="session")
+def small_ace_map(tmp_path_factory) -> SyntheticAceMap:
+    """4 rendered 320x240 views and a small head trained on them with GT poses and depth (~25 s on 2 CPU
+    cores). Depth supervision makes the points metric: with 4 nearby views, reprojection alone leaves the
+    depth along each ray ambiguous."""
+    from datasets.synthetic_scene import RenderingUnavailable, render_scene
+    root = tmp_path_factory.mktemp("small_ace_map")
+    width, height, focal = 320, 240, 262.5
+    try:
+        scene = render_scene(root / "scene", num_images=4, width=width, height=height, focal=focal, seed=0)
+    except RenderingUnavailable as error:
+        pytest.skip(f"offscreen rendering unavailable: {error}")
+    map_file = root / "out" / "map.pt"
+    # One torch thread: with other processes on few cores, OpenMP spin-waiting makes training ~10x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "train_ace.py"), f"{scene}/images/*.png", str(map_file),
+               "--pose_files", f"{scene}/poses/*.txt", "--depth_files", f"{scene}/depth/*.png",
+               "--use_external_focal_length", str(focal),
+               "--image_resolution", str(height), "--iterations", "700", "--max_dataset_passes", "4",
+               "--batch_size", "1024", "--use_aug", "False", "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SyntheticAceMap(scene, map_file, map_file.parent / "poses_map_preliminary.txt", focal, width, height,
+                           height)
