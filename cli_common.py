@@ -109,6 +109,14 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
                         help="observer camera distance behind the current view (m)")
 
 
+def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """Positional pose file + output folder and the confidence filter of the exporters."""
+    parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")
+    parser.add_argument("output_folder", type=Path, help=output_help)
+    parser.add_argument("--confidence_threshold", type=float, default=1000,
+                        help="export images with confidence >= this")
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
     """Names of the options the user actually typed (so a profile only changes the others)."""
     saved = {action.dest: action.default for action in parser._actions}

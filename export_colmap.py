@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import UserError, atomic_write_text, ensure_writable_folder, make_parser, run_main
+from cli_common import (UserError, add_pose_export_args, atomic_write_text, ensure_writable_folder, make_parser,
+                        run_main)
 from export_point_cloud import PointCloud, add_network_args, point_cloud_from_args
 
 _log = logging.getLogger("export_colmap")
@@ -132,10 +133,7 @@ def write_colmap_model(folder: Path, entries: list[dataset_io.PoseEntry], image_
 
 def build_parser():
     parser = make_parser(__doc__)
-    parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")
-    parser.add_argument("output_folder", type=Path, help="folder for cameras.txt, images.txt, points3D.txt")
-    parser.add_argument("--confidence_threshold", type=float, default=1000,
-                        help="export images with confidence >= this")
+    add_pose_export_args(parser, "folder for cameras.txt, images.txt, points3D.txt")
     parser.add_argument("--image_root", type=Path, default=None,
                         help="image NAMEs are relative to this folder; unset: the deepest folder containing "
                              "all images")

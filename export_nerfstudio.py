@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import UserError, atomic_write_text, ensure_writable_folder, make_parser, run_main, str2bool
+from cli_common import (UserError, add_pose_export_args, atomic_write_text, ensure_writable_folder, make_parser,
+                        run_main, str2bool)
 from export_point_cloud import add_network_args, point_cloud_from_args, write_point_cloud_ply
 
 _log = logging.getLogger("export_nerfstudio")
@@ -80,10 +81,7 @@ def write_point_cloud(args, entries: list[dataset_io.PoseEntry], folder: Path) -
 
 def build_parser():
     parser = make_parser(__doc__)
-    parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")
-    parser.add_argument("output_folder", type=Path, help="folder for transforms.json (and pc_final.ply)")
-    parser.add_argument("--confidence_threshold", type=float, default=1000,
-                        help="export images with confidence >= this")
+    add_pose_export_args(parser, "folder for transforms.json (and pc_final.ply)")
     parser.add_argument("--point_cloud", type=str2bool, default=True,
                         help="write pc_final.ply (from --network, or copied from next to the pose file) and "
                              "reference it as ply_file_path")

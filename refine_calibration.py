@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from refine_poses import OptionallyOptimised
 
-class CalibrationRefiner(nn.Module):
+
+class CalibrationRefiner(OptionallyOptimised):
     """f = f_init * (1 + alpha) with one learnable scalar alpha (initialised at 0).
 
     Samples carry their own focal length (resize and augmentation scale it); the refined focal for a sample is
@@ -28,11 +30,3 @@ class CalibrationRefiner(nn.Module):
     def focal(self) -> float:
         """Current focal length in pixels of the original image."""
         return self.initial_focal * float(self.scale().detach())
-
-    def zero_grad_step(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.step()

@@ -28,6 +28,19 @@ def procrustes(matrices: torch.Tensor) -> torch.Tensor:
     return u @ torch.diag_embed(diag) @ vh
 
 
+class OptionallyOptimised(nn.Module):
+    """A refiner that owns its optimiser, or has none when refinement is off (then steps do nothing)."""
+    optimizer: torch.optim.Optimizer | None = None
+
+    def zero_grad_step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+
 class PoseMLP(nn.Module):
     """12 values of a 3x4 pose -> 12-value correction; 128 wide (the original refiner's size)."""
 
@@ -49,7 +62,7 @@ class PoseMLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-class PoseRefiner(nn.Module):
+class PoseRefiner(OptionallyOptimised):
     """Holds the initial world-to-camera 3x4 poses and returns refined ones."""
 
     def __init__(self, world_to_cam: torch.Tensor, method: str = "none", ortho: str = "gram-schmidt",
@@ -78,11 +91,3 @@ class PoseRefiner(nn.Module):
         else:
             raw = initial + self.mlp_weight * self.mlp(initial.reshape(-1, 12)).view(-1, 3, 4)
         return torch.cat([self.orthonormalise(raw[:, :, :3]), raw[:, :, 3:]], dim=2)
-
-    def zero_grad_step(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.step()

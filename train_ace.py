@@ -20,7 +20,7 @@ LR_SCHEDULES = ("circle", "constant", "1cyclepoly")
 CPU_PROFILE = {
     "head_width": 128,
     "batch_size": 2048,
-    "iterations": 5000,
+    "iterations": 6000,
     "samples_per_image": 1024,
     "max_dataset_passes": 10,
     "learning_rate_cooldown_iterations": 1000,

@@ -4,7 +4,7 @@
 
 Data set layout: images/, poses/<stem>.pose.txt (4x4 camera-to-world), calibration.txt (fx fy cx cy w h).
 Splits: `all` maps and registers every image; `even-odd` maps the even-numbered images (sorted order) and
-registers the odd ones."""
+registers the odd ones. Unknown flags are passed on to train_ace.py (e.g. --iterations 3000)."""
 from __future__ import annotations
 
 import argparse
@@ -46,8 +46,7 @@ def main() -> None:
     parser.add_argument("--scene_extent", type=float, default=None,
                         help="report translation errors also relative to this extent (non-metric data)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="extra train_ace.py flags after --")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # anything else is passed on to train_ace.py
     calibration = dataset_io.read_calibration(args.dataset / "calibration.txt")
     images = sorted(str(p) for p in (args.dataset / "images").iterdir())
     poses = sorted(str(p) for p in (args.dataset / "poses").glob("*.txt"))
@@ -55,7 +54,6 @@ def main() -> None:
     mapping_poses = poses if args.split == "all" else poses[0::2]
     query = images if args.split == "all" else images[1::2]
     query_poses = poses if args.split == "all" else poses[1::2]
-    extra = [a for a in args.train_args if a != "--"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         head = tmp / "map.pt"

@@ -32,9 +32,11 @@ def test_reconstruction_accuracy(reconstruction, orbit_scene):
     entries = sorted(dataset_io.read_ace_pose_file(out / "poses_final.txt"), key=lambda e: e.path)
     assert len(entries) == 16
     gt = [dataset_io.load_cam_to_world(p) for p in sorted(orbit_scene.glob("poses/*.pose.txt"))]
-    result = evaluate(entries, gt, thresh_t=0.10, thresh_r=5.0)
+    # The seed network was mapped in the ground-truth frame, so ACE0's poses are in that frame too: compare
+    # directly (a similarity fitted to an arc of camera positions would add its own tilt).
+    result = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.10, thresh_r=5.0)
     assert result["num_registered"] >= 14
-    assert result["median_rot_err_deg"] < 3.0
+    assert result["median_rot_err_deg"] < 2.0
     assert result["median_trans_err"] < 0.10  # metres, cameras orbit at ~2 m
     assert entries[0].focal == pytest.approx(ORBIT_FOCAL)
 
