@@ -312,7 +312,8 @@ class LearningRateSchedule:
             return _one_cycle(iteration, a.iterations, a.learning_rate_max)
         if iteration < a.learning_rate_warmup_iterations:
             t = iteration / max(1, a.learning_rate_warmup_iterations)
-            return a.learning_rate_warmup_learning_rate + t * (a.learning_rate_max - a.learning_rate_warmup_learning_rate)
+            start = a.learning_rate_warmup_learning_rate
+            return start + t * (a.learning_rate_max - start)
         if self.cooldown_start is None:
             return a.learning_rate_max
         t = min(1.0, (iteration - self.cooldown_start) / max(1, a.learning_rate_cooldown_iterations))
@@ -345,12 +346,13 @@ def _one_cycle(iteration: int, total: int, max_lr: float, pct_start: float = 0.3
     peak = pct_start * total - 1
     if iteration <= peak:
         t = iteration / max(peak, 1)
-        return final_cos(initial, max_lr, t)
+        return _cosine_between(initial, max_lr, t)
     t = (iteration - peak) / max(total - 1 - peak, 1)
-    return final_cos(max_lr, final, min(t, 1.0))
+    return _cosine_between(max_lr, final, min(t, 1.0))
 
 
-def final_cos(start: float, end: float, t: float) -> float:
+def _cosine_between(start: float, end: float, t: float) -> float:
+    """Cosine annealing from start (t = 0) to end (t = 1)."""
     return end + (start - end) / 2.0 * (math.cos(math.pi * t) + 1)
 
 

@@ -187,7 +187,8 @@ def mapping_args(args, refit: bool, iterations: int | None = None) -> list:
                          "--iterations", iterations or args.refit_iterations]
     return result + ["--repro_loss_type", args.repro_loss_type, "--pose_refinement_wait", args.pose_refinement_wait,
                      "--learning_rate_schedule", args.learning_rate_schedule,
-                     "--learning_rate_max", args.learning_rate_max, "--iterations", iterations or args.mapping_iterations]
+                     "--learning_rate_max", args.learning_rate_max,
+                     "--iterations", iterations or args.mapping_iterations]
 
 
 def register(args, network: Path, session: str, focal: float, max_estimates: int = -1,
@@ -283,10 +284,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
             choose_seed(args, state, initial_focal)
         state.save(folder)
     if state.seed_id not in state.completed:
-        seed_focal = _registration_focal(args, initial_focal)
-        if args.seed_network is not None and args.use_external_focal_length <= 0:
-            seed_focal = -1
-        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, seed_focal)
+        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, _registration_focal(args, initial_focal))
         _complete(state, state.seed_id, rate, folder)
         state.max_rate = rate
         state.save(folder)

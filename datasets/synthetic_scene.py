@@ -453,7 +453,8 @@ def _remove_frames(folder: Path, suffix: str) -> None:
             path.unlink()
 
 
-def _frames(renderer: SceneRenderer, poses: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _frames(renderer: SceneRenderer, poses: Sequence[np.ndarray],
+            progress: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     from tqdm import tqdm
     for i, pose in enumerate(tqdm(poses, desc="rendering", unit="img", disable=not progress)):
         rgb, depth = renderer.render(pose)

@@ -1,0 +1,178 @@
+"""Networks, file formats and the training maths against independent references."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+import ace_trainer
+import dataset_io
+from ace_network import ACEEncoder, Head, load_encoder, load_head, save_head
+from cli_common import UserError
+from refine_poses import gram_schmidt, procrustes
+
+OFFICIAL_HEAD_SHAPES = {
+    "max_scale": [1], "min_scale": [1], "max_inv_scale": [1], "h_beta": [1], "min_inv_scale": [1],
+    "mean": [1, 3, 1, 1], "fc3.weight": [4, 512, 1, 1], "fc3.bias": [4],
+    **{f"{name}.weight": [512, 512, 1, 1] for name in
+       ("res3_conv1", "res3_conv2", "res3_conv3", "0c0", "0c1", "0c2", "fc1", "fc2")},
+    **{f"{name}.bias": [512] for name in
+       ("res3_conv1", "res3_conv2", "res3_conv3", "0c0", "0c1", "0c2", "fc1", "fc2")},
+}
+
+
+def test_official_head_format(tmp_path):
+    head = Head(512, 512, num_head_blocks=1)
+    head.mean.fill_(123.4)
+    save_head(tmp_path / "h.pt", head, "ace")
+    state = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert {k: list(v.shape) for k, v in state.items()} == OFFICIAL_HEAD_SHAPES
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert sum(p.numel() for p in head.parameters()) == 2_103_300
+    assert float(state["h_beta"]) == pytest.approx(math.log(2) / 0.75, rel=1e-3)
+    loaded = load_head(tmp_path / "h.pt", ACEEncoder())
+    features = torch.randn(7, 512)
+    # fp16 storage: the loaded head equals the fp16-rounded original.
+    head.load_state_dict({k: v.half().float() for k, v in head.state_dict().items()})
+    assert torch.allclose(loaded(features), head(features), atol=1e-3)
+    assert float(loaded.mean[0, 0]) == pytest.approx(123.4, abs=0.07)  # fp16-rounded, as the original
+
+
+def test_head_matches_conv_reference():
+    """F.linear on N x C is the 1x1 convolution of the official head."""
+    head = Head(64, 32, num_head_blocks=2)
+    features = torch.randn(2, 64, 3, 5)
+    x = features
+    conv = torch.nn.functional.conv2d
+    relu = torch.relu
+    res = conv(x, head.head_skip.weight, head.head_skip.bias) + relu(conv(relu(conv(relu(conv(
+        x, head.res3_conv1.weight, head.res3_conv1.bias)), head.res3_conv2.weight, head.res3_conv2.bias)),
+        head.res3_conv3.weight, head.res3_conv3.bias))
+    for block in range(2):
+        y = res
+        for layer in range(3):
+            module = getattr(head, f"{block}c{layer}")
+            y = relu(conv(y, module.weight, module.bias))
+        res = res + y
+    out = conv(relu(conv(relu(conv(res, head.fc1.weight, head.fc1.bias)), head.fc2.weight, head.fc2.bias)),
+               head.fc3.weight, head.fc3.bias)
+    scale = torch.nn.functional.softplus(out[:, 3:], beta=float(head.h_beta)) + 0.25
+    expected = out[:, :3] / scale.clamp(max=100.0) + head.mean
+    assert torch.allclose(head.forward_map(features), expected, atol=1e-5)
+
+
+def test_ace_encoder_file_round_trip(tmp_path):
+    encoder = ACEEncoder()
+    assert len(encoder.state_dict()) == 22 and sum(p.numel() for p in encoder.parameters()) == 5_568_000
+    torch.save(encoder.state_dict(), tmp_path / "enc.pt")
+    loaded = load_encoder(tmp_path / "enc.pt")
+    image = torch.rand(1, 1, 64, 96)
+    assert loaded(image).shape == (1, 512, 8, 12)
+    assert torch.equal(loaded(image), encoder(image))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="bad.pt"):
+        load_encoder(tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="missing.pt"):
+        load_encoder(tmp_path / "missing.pt")
+
+
+def test_xfeat_encoder_geometry():
+    encoder = load_encoder("xfeat")
+    assert encoder(torch.rand(1, 1, 100, 130)).shape == (1, 64, 13, 17)  # ceil(H/8) x ceil(W/8)
+
+
+def test_pose_file_round_trip_and_convention(tmp_path):
+    rng = np.random.default_rng(0)
+    entries = []
+    for index in range(5):
+        world_to_cam = np.eye(4)
+        world_to_cam[:3, :3] = Rotation.random(random_state=index).as_matrix()
+        world_to_cam[:3, 3] = rng.normal(size=3)
+        entries.append(dataset_io.PoseEntry(f"img{index}.png", world_to_cam, 500.5, 1000 + index))
+    dataset_io.write_ace_pose_file(tmp_path / "p.txt", entries)
+    line = (tmp_path / "p.txt").read_text().splitlines()[0].split()
+    # Independent check of the convention: quaternion (w first) of the WORLD-TO-CAMERA rotation.
+    x, y, z, w = Rotation.from_matrix(entries[0].world_to_cam[:3, :3]).as_quat()
+    assert np.allclose([float(v) for v in line[1:5]], [w, x, y, z]) or \
+        np.allclose([float(v) for v in line[1:5]], [-w, -x, -y, -z])
+    assert line[9] == "1000"
+    back = dataset_io.read_ace_pose_file(tmp_path / "p.txt", min_confidence=1002)
+    assert [e.path for e in back] == ["img2.png", "img3.png", "img4.png"]
+    for entry, original in zip(back, entries[2:]):
+        assert np.allclose(entry.world_to_cam, original.world_to_cam, atol=1e-12)
+        assert np.allclose(entry.cam_to_world @ original.world_to_cam, np.eye(4), atol=1e-12)
+    (tmp_path / "bad.txt").write_text("img.png 1 0 0 0 1 2 3 500\n")
+    with pytest.raises(UserError, match="bad.txt:1"):
+        dataset_io.read_ace_pose_file(tmp_path / "bad.txt")
+
+
+def test_image_and_pose_errors(tmp_path):
+    with pytest.raises(UserError, match="no files match"):
+        dataset_io.glob_files(str(tmp_path / "*.png"))
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="broken.jpg"):
+        dataset_io.load_image_rgb(str(tmp_path / "broken.jpg"))
+    import cv2
+    cv2.imwrite(str(tmp_path / "grey16.png"), np.full((10, 12), 40000, np.uint16))
+    image = dataset_io.load_image_rgb(str(tmp_path / "grey16.png"))
+    assert image.shape == (10, 12, 3) and image.dtype == np.uint8 and abs(int(image[0, 0, 0]) - 156) <= 1
+    np.savetxt(tmp_path / "nan.txt", np.full((4, 4), np.nan))
+    images, poses = dataset_io.drop_invalid_poses(["a", "b"], [np.eye(4), dataset_io.load_cam_to_world(
+        str(tmp_path / "nan.txt"))])
+    assert images == ["a"]
+    np.savetxt(tmp_path / "short.txt", np.eye(3))
+    with pytest.raises(UserError, match="4x4"):
+        dataset_io.load_cam_to_world(str(tmp_path / "short.txt"))
+    assert dataset_io.heuristic_focal(640, 480) == pytest.approx(560.0)
+
+
+def test_one_cycle_matches_torch():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=0.005)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.005, total_steps=500, cycle_momentum=False)
+    for iteration in range(500):
+        assert ace_trainer._one_cycle(iteration, 500, 0.005) == pytest.approx(optimizer.param_groups[0]["lr"],
+                                                                                rel=1e-6, abs=1e-12)
+        optimizer.step()
+        reference.step()
+
+
+def test_rotation_orthonormalisation():
+    rotations = torch.from_numpy(Rotation.random(8, random_state=1).as_matrix()).float()
+    assert torch.allclose(gram_schmidt(rotations), rotations, atol=1e-6)
+    assert torch.allclose(procrustes(rotations), rotations, atol=1e-5)
+    noisy = rotations + 0.05 * torch.randn(8, 3, 3)
+    for fix in (gram_schmidt, procrustes):
+        fixed = fix(noisy)
+        assert torch.allclose(fixed @ fixed.transpose(1, 2), torch.eye(3).expand(8, 3, 3), atol=1e-5)
+        assert torch.allclose(torch.det(fixed), torch.ones(8), atol=1e-5)
+
+
+def test_augmented_view_keeps_geometry(orbit_scene):
+    """Depth targets of a scaled, rotated view are the scene points seen at those (rotated) pixels."""
+    from types import SimpleNamespace
+    images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
+    poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
+    depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
+    data = ace_trainer.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
+    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15)
+    assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
+    height, width = view.grey.shape
+    rows, cols = np.nonzero(view.valid & (np.abs(view.scene_coords).sum(axis=0) > 0))
+    targets = view.scene_coords[:, rows, cols].T
+    # Project with the augmented camera: world -> original camera -> augmentation rotation -> pixels.
+    world_to_cam = np.linalg.inv(poses[0])
+    cam = view.rotation @ (world_to_cam[:3, :3] @ targets.T + world_to_cam[:3, 3:4])
+    u = cam[0] / cam[2] * view.focal + width / 2
+    v = cam[1] / cam[2] * view.focal + height / 2
+    assert np.allclose(u, cols * 8 + 4, atol=1e-3) and np.allclose(v, rows * 8 + 4, atol=1e-3)
+    # And the targets are real scene points: the unaugmented depth map agrees at their original pixels.
+    depth = dataset_io.load_depth_png(depths[0])
+    cam0 = world_to_cam[:3, :3] @ targets.T + world_to_cam[:3, 3:4]
+    u0 = np.clip((cam0[0] / cam0[2] * 525.0 + 320).astype(int), 0, 639)
+    v0 = np.clip((cam0[1] / cam0[2] * 525.0 + 240).astype(int), 0, 479)
+    agree = np.abs(depth[v0, u0] - cam0[2]) < 0.05 * cam0[2]
+    assert agree.mean() > 0.9
