@@ -21,7 +21,7 @@ import eval_poses  # noqa: E402
 from dataset_io import PoseEntry, invert_pose, write_ace_pose_file  # noqa: E402
 
 PYTHON = REPO / ".venv" / "bin" / "python"
-TEMPLE = Path("/work/shared/data/temple")
+TEMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "temple"  # ../shared beside the repo
 
 
 def random_similarity(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
