@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 import eval_poses  # noqa: E402
 from dataset_io import PoseEntry, invert_pose, write_ace_pose_file  # noqa: E402
 
-PYTHON = REPO / ".venv" / "bin" / "python"
+PYTHON = Path(sys.executable)
 TEMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "temple"  # ../shared beside the repo
 
 
