@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
+from cli_common import (warn_unimplemented_rendering, REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
                         atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
 
@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
     initial_focal = validate(args)
+    warn_unimplemented_rendering(args)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files)
     if state.finished and (args.results_folder / "poses_final.txt").exists():

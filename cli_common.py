@@ -117,6 +117,11 @@ def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> N
                         help="export images with confidence >= this")
 
 
+def warn_unimplemented_rendering(args: argparse.Namespace) -> None:
+    if getattr(args, "render_visualization", False):
+        _log.warning("--render_visualization: rendering is not implemented yet in this version; continuing without")
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
     """Names of the options the user actually typed (so a profile only changes the others)."""
     saved = {action.dest: action.default for action in parser._actions}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
+from cli_common import (warn_unimplemented_rendering, UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
                         configure_cpu_threads, make_parser, run_main, select_device)
 
 _log = logging.getLogger("register_mapping")
@@ -100,6 +100,7 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     validate(args)
+    warn_unimplemented_rendering(args)
     device = select_device(args.device)
     configure_cpu_threads()
     start = time.time()
