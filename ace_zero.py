@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (warn_unimplemented_rendering, REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
-                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
+                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool,
+                        warn_unimplemented_rendering)
 from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
 
 _log = logging.getLogger("ace_zero")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (warn_unimplemented_rendering, UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
-                        configure_cpu_threads, make_parser, run_main, select_device)
+from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
+                        configure_cpu_threads, make_parser, run_main, select_device, warn_unimplemented_rendering)
 
 _log = logging.getLogger("register_mapping")
 
