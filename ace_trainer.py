@@ -133,10 +133,9 @@ class View:
 def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Generator, augment: bool,
               aug_scale: float, aug_rotation: float) -> View:
     """Load one mapping image, rescale, jitter and rotate it; depth targets follow the same warp."""
-    rgb = dataset_io.load_image_rgb(data.images[index])
     scale = rng.uniform(1.0 / aug_scale, aug_scale) if augment else 1.0
-    width, height = dataset_io.resized_shape(rgb.shape[1], rgb.shape[0], int(short_side * scale))
-    grey = dataset_io.rgb_to_grey01(dataset_io.resize_image(rgb, width, height))
+    grey, _ = dataset_io.load_network_input(data.images[index], int(short_side * scale))
+    height, width = grey.shape
     if augment:
         brightness = rng.uniform(-AUG_BRIGHTNESS_CONTRAST, AUG_BRIGHTNESS_CONTRAST)
         contrast = rng.uniform(1 - AUG_BRIGHTNESS_CONTRAST, 1 + AUG_BRIGHTNESS_CONTRAST)

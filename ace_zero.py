@@ -221,14 +221,9 @@ def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
         run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
                                     "--use_pose_seed", seed,
                                     *focal_args(focal), *extra], threads)
-    rate = register(args, network, f"iteration0_seed{k}_fastcheck", _registration_focal(args, focal),
-                    SEED_SCORING_MAX_IMAGES, threads)
+    rate = register(args, network, f"iteration0_seed{k}_fastcheck", focal, SEED_SCORING_MAX_IMAGES, threads)
     _log.info("seed %d (image fraction %.4f): %.1f%% of the checked images registered", k, seed, 100 * rate)
     return rate
-
-
-def _registration_focal(args, focal: float) -> float:
-    return focal if focal > 0 else -1
 
 
 def choose_seed(args, state: RunState, focal: float) -> None:
@@ -285,7 +280,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
             choose_seed(args, state, initial_focal)
         state.save(folder)
     if state.seed_id not in state.completed:
-        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, _registration_focal(args, initial_focal))
+        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, initial_focal)
         _complete(state, state.seed_id, rate, folder)
         state.max_rate = rate
         state.save(folder)
@@ -378,8 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             from depth_estimation import zoedepth_available
             args.seed_depth = "zoedepth" if zoedepth_available() else "twoview"
         last = reconstruct(args, state, initial_focal)
-        shutil.copyfile(args.results_folder / f"poses_{last}.txt", args.results_folder / "poses_final.txt.tmp")
-        (args.results_folder / "poses_final.txt.tmp").replace(args.results_folder / "poses_final.txt")
+        atomic_write_text(args.results_folder / "poses_final.txt",
+                          (args.results_folder / f"poses_{last}.txt").read_text())
         if args.export_point_cloud:
             export_point_cloud(args, last)
     summary(args, state.completed[-1], time.time() - start, state)

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 _log = logging.getLogger(__name__)
 
@@ -194,6 +194,3 @@ def ensure_writable_folder(folder: Path) -> Path:
         raise UserError(f"folder {folder} is not writable")
     return folder
 
-
-def format_args(args: Iterable[Any]) -> list[str]:
-    return [str(a) for a in args]
