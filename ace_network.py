@@ -122,6 +122,38 @@ class XFeatEncoder(FeatureEncoder):
         out_h, out_w = self.output_size(height, width)
         return features[:, :, :out_h, :out_w]
 
+    @torch.no_grad()
+    def detect(self, x: torch.Tensor, max_keypoints: int = 4096, min_score: float = 0.05
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse keypoints of one image (1 x 1 x H x W): pixel positions N x 2 and unit descriptors N x 64.
+
+        The keypoint head scores every pixel of each 8x8 cell (64 row-major logits plus a 'no keypoint' bin);
+        local maxima above `min_score`, ranked by score times the reliability map, locate matches to about a
+        pixel, where dense cells are quantised to 8 pixels. Positions follow `cell_centres` (pixel i spans
+        [i, i + 1)). Descriptors are sampled bilinearly at the keypoints."""
+        height, width = x.shape[-2:]
+        x = F.pad(x, (0, (-width) % 32, 0, (-height) % 32), mode="replicate")
+        features, logits, reliability = self.model(x)
+        cells_h, cells_w = logits.shape[-2:]
+        probability = F.softmax(logits, dim=1)[:, :OUTPUT_SUBSAMPLE ** 2]
+        score = probability.reshape(1, OUTPUT_SUBSAMPLE, OUTPUT_SUBSAMPLE, cells_h, cells_w)
+        score = score.permute(0, 3, 1, 4, 2).reshape(1, 1, cells_h * OUTPUT_SUBSAMPLE, cells_w * OUTPUT_SUBSAMPLE)
+        score = score[..., :height, :width]
+        peaks = (score == F.max_pool2d(score, 5, stride=1, padding=2)) & (score > min_score)
+        v, u = torch.nonzero(peaks[0, 0], as_tuple=True)
+        positions = torch.stack([u, v], dim=1).float() + 0.5  # pixel centres, as cell_centres
+        grid = self._sample_grid(positions, x.shape[-1], x.shape[-2])
+        rank = score[0, 0, v, u] * F.grid_sample(reliability, grid, align_corners=False)[0, 0, 0]
+        keep = rank.argsort(descending=True)[:max_keypoints]
+        descriptors = F.grid_sample(features, grid[:, :, keep], mode="bilinear", align_corners=False)[0, :, 0].t()
+        return positions[keep], F.normalize(descriptors, dim=1)
+
+    @staticmethod
+    def _sample_grid(positions: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """grid_sample coordinates (1 x 1 x N x 2, in [-1, 1]) of pixel positions in an image of this size."""
+        normalised = positions / torch.tensor([width, height], device=positions.device) * 2 - 1
+        return normalised[None, None]
+
 
 def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
     """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""

@@ -24,7 +24,6 @@ from refine_poses import PoseRefiner
 _log = logging.getLogger(__name__)
 
 AUG_BRIGHTNESS_CONTRAST = 0.1  # +-10 % jitter of grey images
-SEED_BUFFER_SAMPLES = 10240    # a single seed image needs only a small buffer
 DEPTH_SUPERVISION_RADIUS = 0.1  # predictions farther than this (scene units) from a depth target get a 3D loss
 CONSTANT_SEED_DEPTH = 2.0      # depth prior when a seed image has neither a depth file nor a depth network
 
@@ -198,19 +197,17 @@ class TrainingBuffer:
                 "targets": take(self.targets)}
 
 
-def buffer_size(args, num_images: int, seed_mode: bool) -> int:
-    if seed_mode:
-        return SEED_BUFFER_SAMPLES
+def buffer_size(args, num_images: int) -> int:
+    # A seed (one image) gets max_dataset_passes differently augmented views of it, like any mapping set.
     return min(args.max_dataset_passes * num_images * args.samples_per_image, args.max_training_buffer_size)
 
 
 @torch.no_grad()
 def fill_training_buffer(data: MappingData, encoder, args, device, storage_device) -> TrainingBuffer:
     """Sample encoder features of augmented views until the buffer is full or the passes are used up."""
-    seed_mode = args.use_pose_seed >= 0
-    capacity = buffer_size(args, len(data.images), seed_mode)
-    per_image = capacity if seed_mode else args.samples_per_image
-    passes = math.ceil(capacity / per_image) if seed_mode else args.max_dataset_passes
+    capacity = buffer_size(args, len(data.images))
+    per_image = args.samples_per_image
+    passes = args.max_dataset_passes
     rng = np.random.default_rng(args.base_seed + 511)
     order = [int(i) for _ in range(passes) for i in rng.permutation(len(data.images))]
     view_seeds = rng.integers(0, 2 ** 31, size=len(order))

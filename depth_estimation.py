@@ -25,7 +25,7 @@ def zoedepth_available() -> bool:
     try:
         load_zoedepth()
     except Exception as error:  # no timm, no network, incompatible versions: all mean "use the fallback"
-        _log.warning("ZoeDepth unavailable (%s): seeds use a constant-depth prior",
+        _log.warning("ZoeDepth unavailable (%s): seed depth comes from two-view geometry",
                      str(error).splitlines()[0] if str(error) else type(error).__name__)
         return False
     return True

@@ -15,7 +15,7 @@ import torch
 from scipy.interpolate import griddata
 
 import dataset_io
-from ace_network import OUTPUT_SUBSAMPLE
+from ace_network import cell_centres
 
 _log = logging.getLogger(__name__)
 
@@ -24,17 +24,23 @@ MAX_DISTANCE_RATIO = 0.9
 MIN_POINTS = 50
 GOOD_PARALLAX_DEG = 4.0
 MAX_PARTNERS = 8
-CELL_MATCH_THRESHOLD_PX = 4.0  # matched cell centres are only accurate to half a cell
+KEYPOINT_ACCURACY_PX = 1.0  # XFeat keypoints: about a pixel
+CELL_ACCURACY_PX = 4.0      # dense cell centres (encoders without a detector): half a cell
 
 
-def _dense_features(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
-    """L2-normalised features of every output cell and the cell centres in pixels."""
+def _keypoints(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
+    """Unit descriptors and pixel positions: the encoder's keypoints if it has a detector (XFeat), else every
+    output cell at its centre (accurate to CELL_ACCURACY_PX only)."""
+    image = encoder.normalise(torch.from_numpy(grey)[None, None].to(device))
     with torch.no_grad():
-        features = encoder(encoder.normalise(torch.from_numpy(grey)[None, None].to(device)))[0]
-    channels, height, width = features.shape
-    flat = torch.nn.functional.normalize(features.reshape(channels, -1).t().float(), dim=1).cpu()
-    v, u = np.mgrid[0:height, 0:width] * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2
-    return flat, np.stack([u.ravel(), v.ravel()], axis=1).astype(np.float64)
+        if hasattr(encoder, "detect"):
+            positions, descriptors = encoder.detect(image)
+        else:
+            features = encoder(image)[0]
+            channels, height, width = features.shape
+            descriptors = torch.nn.functional.normalize(features.reshape(channels, -1).t().float(), dim=1)
+            positions = cell_centres(height, width, device).reshape(2, -1).t()
+    return descriptors.float().cpu(), positions.cpu().numpy().astype(np.float64)
 
 
 def _mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -82,22 +88,26 @@ def two_view_depth(images: list[str], seed_index: int, focal: float, encoder, sh
     grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side)
     scaled_focal = focal * min(grey.shape) / min(width, height)
     K = np.array([[scaled_focal, 0, grey.shape[1] / 2], [0, scaled_focal, grey.shape[0] / 2], [0, 0, 1]])
-    seed_features, pixels = _dense_features(encoder, grey, device)
+    seed_features, pixels = _keypoints(encoder, grey, device)
+    accuracy = KEYPOINT_ACCURACY_PX if hasattr(encoder, "detect") else CELL_ACCURACY_PX
     best = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
         partner_grey, _ = dataset_io.load_network_input(images[partner], short_side)
-        partner_features, partner_pixels = _dense_features(encoder, partner_grey, device)
+        partner_features, partner_pixels = _keypoints(encoder, partner_grey, device)
         ia, ib = _mutual_matches(seed_features, partner_features)
         if len(ia) < MIN_POINTS:
             continue
         x1, x2 = pixels[ia], partner_pixels[ib]
-        E, mask = cv2.findEssentialMat(x1, x2, K, cv2.RANSAC, 0.999, CELL_MATCH_THRESHOLD_PX)
-        if E is None or E.shape != (3, 3):
+        # MAGSAC: with narrow fields of view plain RANSAC's essential matrices were off by several degrees.
+        E, mask = cv2.findEssentialMat(x1, x2, K, cv2.USAC_MAGSAC, 0.9999, accuracy)
+        if E is None or E.shape[0] < 3:
             continue
-        _, R, t, mask = cv2.recoverPose(E, x1, x2, K, mask=mask)
+        _, R, t, mask = cv2.recoverPose(E[:3], x1, x2, K, mask=mask)
         inliers = mask.ravel() > 0
+        if inliers.sum() < MIN_POINTS:
+            continue
         points, errors, parallax, valid = _triangulate(K, R, t, x1[inliers], x2[inliers])
-        good = valid & (errors < CELL_MATCH_THRESHOLD_PX) & (parallax > 0.5)
+        good = valid & (errors < 2 * accuracy) & (parallax > 0.5)
         if good.sum() < MIN_POINTS:
             continue
         score = good.sum() * min(1.0, float(np.median(parallax[good])) / GOOD_PARALLAX_DEG)
