@@ -28,7 +28,7 @@ KEYPOINT_ACCURACY_PX = 1.0  # XFeat keypoints: about a pixel
 CELL_ACCURACY_PX = 4.0      # dense cell centres (encoders without a detector): half a cell
 
 
-def _keypoints(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
+def keypoints(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
     """Unit descriptors and pixel positions: the encoder's keypoints if it has a detector (XFeat), else every
     output cell at its centre (accurate to CELL_ACCURACY_PX only)."""
     image = encoder.normalise(torch.from_numpy(grey)[None, None].to(device))
@@ -43,7 +43,7 @@ def _keypoints(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndar
     return descriptors.float().cpu(), positions.cpu().numpy().astype(np.float64)
 
 
-def _mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest neighbours that are also distinctive (ratio test: textureless cells match everything)."""
     similarity = a @ b.t()
     top2 = similarity.topk(2, dim=1)
@@ -82,30 +82,39 @@ def _partners(seed_index: int, count: int, rng: np.random.Generator) -> list[int
     return (near + others)[:MAX_PARTNERS]
 
 
+def relative_pose(x1: np.ndarray, x2: np.ndarray, K: np.ndarray, accuracy: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rotation R, unit translation t (x2 ~ K [R|t] X for X in camera 1) and the inlier mask of matched pixels
+    x1 <-> x2, or None when too few matches agree."""
+    # MAGSAC: with narrow fields of view plain RANSAC's essential matrices were off by several degrees.
+    E, mask = cv2.findEssentialMat(x1, x2, K, cv2.USAC_MAGSAC, 0.9999, accuracy)
+    if E is None or E.shape[0] < 3:
+        return None
+    _, R, t, mask = cv2.recoverPose(E[:3], x1, x2, K, mask=mask)
+    inliers = mask.ravel() > 0
+    return (R, t.ravel(), inliers) if inliers.sum() >= MIN_POINTS else None
+
+
 def two_view_depth(images: list[str], seed_index: int, focal: float, encoder, short_side: int, device,
                    median_depth: float) -> np.ndarray | None:
     """Dense depth (original image size) for images[seed_index], or None when no partner gives geometry."""
     grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side)
     scaled_focal = focal * min(grey.shape) / min(width, height)
     K = np.array([[scaled_focal, 0, grey.shape[1] / 2], [0, scaled_focal, grey.shape[0] / 2], [0, 0, 1]])
-    seed_features, pixels = _keypoints(encoder, grey, device)
+    seed_features, pixels = keypoints(encoder, grey, device)
     accuracy = KEYPOINT_ACCURACY_PX if hasattr(encoder, "detect") else CELL_ACCURACY_PX
     best = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
         partner_grey, _ = dataset_io.load_network_input(images[partner], short_side)
-        partner_features, partner_pixels = _keypoints(encoder, partner_grey, device)
-        ia, ib = _mutual_matches(seed_features, partner_features)
+        partner_features, partner_pixels = keypoints(encoder, partner_grey, device)
+        ia, ib = mutual_matches(seed_features, partner_features)
         if len(ia) < MIN_POINTS:
             continue
         x1, x2 = pixels[ia], partner_pixels[ib]
-        # MAGSAC: with narrow fields of view plain RANSAC's essential matrices were off by several degrees.
-        E, mask = cv2.findEssentialMat(x1, x2, K, cv2.USAC_MAGSAC, 0.9999, accuracy)
-        if E is None or E.shape[0] < 3:
+        pose = relative_pose(x1, x2, K, accuracy)
+        if pose is None:
             continue
-        _, R, t, mask = cv2.recoverPose(E[:3], x1, x2, K, mask=mask)
-        inliers = mask.ravel() > 0
-        if inliers.sum() < MIN_POINTS:
-            continue
+        R, t, inliers = pose
         points, errors, parallax, valid = _triangulate(K, R, t, x1[inliers], x2[inliers])
         good = valid & (errors < 2 * accuracy) & (parallax > 0.5)
         if good.sum() < MIN_POINTS:
