@@ -126,12 +126,13 @@ class View:
     valid: np.ndarray       # H/8 x W/8 bool: cell centre inside the (rotated) image
     rotation: np.ndarray    # 3 x 3: camera rotation of the augmentation (new_cam = rotation @ old_cam)
     focal: float            # pixels of this view
+    principal: tuple[float, float]  # principal point (pixels) of this view: the centre, moved by the shift
     scene_coords: np.ndarray | None  # 3 x H/8 x W/8 depth targets in the scene frame (0 = none)
 
 
 def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Generator, augment: bool,
-              aug_scale: float, aug_rotation: float) -> View:
-    """Load one mapping image, rescale, jitter and rotate it; depth targets follow the same warp."""
+              aug_scale: float, aug_rotation: float, aug_shift: float = 0.0) -> View:
+    """Load one mapping image, rescale, jitter, rotate and shift it; depth targets follow the same warp."""
     scale = rng.uniform(1.0 / aug_scale, aug_scale) if augment else 1.0
     grey, _ = dataset_io.load_network_input(data.images[index], int(short_side * scale))
     height, width = grey.shape
@@ -140,22 +141,25 @@ def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Gen
         contrast = rng.uniform(1 - AUG_BRIGHTNESS_CONTRAST, 1 + AUG_BRIGHTNESS_CONTRAST)
         grey = np.clip((grey - grey.mean()) * contrast + grey.mean() + brightness, 0.0, 1.0)
     angle = rng.uniform(-aug_rotation, aug_rotation) if augment else 0.0
+    shift = rng.uniform(-aug_shift, aug_shift, size=2) * (width, height) if augment else np.zeros(2)
     warp = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    warp[:, 2] += shift  # the principal point moves with the content
     mask = np.ones((height, width), np.float32)
-    if angle != 0.0:
+    if angle != 0.0 or shift.any():
         grey = cv2.warpAffine(grey, warp, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         mask = cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
     rotation = np.eye(3)
-    rotation[:2, :2] = warp[:, :2]  # pixel offsets from the centre rotate like camera x/y
+    rotation[:2, :2] = warp[:, :2]  # pixel offsets from the principal point rotate like camera x/y
+    principal = (width / 2 + float(shift[0]), height / 2 + float(shift[1]))
     focal = data.focals[index] * min(width, height) / min(data.image_size)
     grid_v = np.arange(OUTPUT_SUBSAMPLE // 2, height, OUTPUT_SUBSAMPLE)
     grid_u = np.arange(OUTPUT_SUBSAMPLE // 2, width, OUTPUT_SUBSAMPLE)
     valid = mask[np.ix_(grid_v, grid_u)] > 0
-    targets = _depth_targets(data, index, width, height, warp, focal, rotation, grid_u, grid_v)
-    return View(grey.astype(np.float32), valid, rotation, float(focal), targets)
+    targets = _depth_targets(data, index, width, height, warp, focal, principal, rotation, grid_u, grid_v)
+    return View(grey.astype(np.float32), valid, rotation, float(focal), principal, targets)
 
 
-def _depth_targets(data, index, width, height, warp, focal, rotation, grid_u, grid_v) -> np.ndarray | None:
+def _depth_targets(data, index, width, height, warp, focal, principal, rotation, grid_u, grid_v) -> np.ndarray | None:
     if data.depth_files is None and data.constant_depth is None and data.estimated_depth is None:
         return None
     if data.depth_files is not None or data.estimated_depth is not None:
@@ -166,7 +170,7 @@ def _depth_targets(data, index, width, height, warp, focal, rotation, grid_u, gr
     else:
         depth = np.full((len(grid_v), len(grid_u)), data.constant_depth, np.float32)
     u, v = np.meshgrid(grid_u, grid_v)
-    cam = np.stack([(u - width / 2) / focal * depth, (v - height / 2) / focal * depth, depth])
+    cam = np.stack([(u - principal[0]) / focal * depth, (v - principal[1]) / focal * depth, depth])
     # augmented camera -> original camera -> scene
     cam = rotation.T @ cam.reshape(3, -1)
     scene = data.cam_to_world[index][:3, :3] @ cam + data.cam_to_world[index][:3, 3:4]
@@ -219,7 +223,7 @@ def fill_training_buffer(data: MappingData, encoder, args, device, storage_devic
     def load(item):
         index, view_seed = item
         return index, make_view(data, index, args.image_resolution, np.random.default_rng(view_seed),
-                                args.use_aug, args.aug_scale, args.aug_rotation)
+                                args.use_aug, args.aug_scale, args.aug_rotation, args.aug_shift)
 
     workers = max(1, args.num_data_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool, \
@@ -250,9 +254,8 @@ def _sample_view(view: View, index: int, count: int, encoder, device, sampler, d
     cells = torch.multinomial(valid, count, replacement=True, generator=sampler)
     flat = features.reshape(channels, -1).t()[cells.to(device)]
     rows, cols = cells // cells_w, cells % cells_w
-    height, width = view.grey.shape
-    pixels = torch.stack([cols * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - width / 2,
-                          rows * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - height / 2], dim=1).float()
+    pixels = torch.stack([cols * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - view.principal[0],
+                          rows * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - view.principal[1]], dim=1).float()
     chunks["features"].append(flat.to(dtype).to(storage_device))
     chunks["pixels"].append(pixels.to(storage_device))
     chunks["focals"].append(torch.full((count,), view.focal).to(storage_device))

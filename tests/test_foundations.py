@@ -151,14 +151,15 @@ def test_rotation_orthonormalisation():
         assert torch.allclose(torch.det(fixed), torch.ones(8), atol=1e-5)
 
 
-def test_augmented_view_keeps_geometry(orbit_scene):
-    """Depth targets of a scaled, rotated view are the scene points seen at those (rotated) pixels."""
+@pytest.mark.parametrize("shift", [0.0, 0.2])
+def test_augmented_view_keeps_geometry(orbit_scene, shift):
+    """Depth targets of a scaled, rotated (and shifted) view are the scene points seen at those pixels."""
     from types import SimpleNamespace
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
     poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
     depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
     data = ace_trainer.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
-    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15)
+    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift)
     assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
     height, width = view.grey.shape
     rows, cols = np.nonzero(view.valid & (np.abs(view.scene_coords).sum(axis=0) > 0))
@@ -166,8 +167,10 @@ def test_augmented_view_keeps_geometry(orbit_scene):
     # Project with the augmented camera: world -> original camera -> augmentation rotation -> pixels.
     world_to_cam = np.linalg.inv(poses[0])
     cam = view.rotation @ (world_to_cam[:3, :3] @ targets.T + world_to_cam[:3, 3:4])
-    u = cam[0] / cam[2] * view.focal + width / 2
-    v = cam[1] / cam[2] * view.focal + height / 2
+    u = cam[0] / cam[2] * view.focal + view.principal[0]
+    v = cam[1] / cam[2] * view.focal + view.principal[1]
+    if shift:
+        assert abs(view.principal[0] - width / 2) > 1 and abs(view.principal[1] - height / 2) > 1
     assert np.allclose(u, cols * 8 + 4, atol=1e-3) and np.allclose(v, rows * 8 + 4, atol=1e-3)
     # And the targets are real scene points: the unaugmented depth map agrees at their original pixels.
     depth = dataset_io.load_depth_png(depths[0])
