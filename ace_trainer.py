@@ -381,6 +381,7 @@ class Trainer:
         self.schedule = LearningRateSchedule(args, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
         self.log_lines: list[str] = []
+        self.visualizer = self._create_visualizer() if args.render_visualization else None
 
     @property
     def _use_amp(self) -> bool:
@@ -402,6 +403,13 @@ class Trainer:
         centres = self.data.cam_to_world[:, :3, 3].mean(axis=0)
         head.mean.copy_(torch.from_numpy(centres).float().view(1, 3, 1, 1))
         return head.to(self.device)
+
+    def _create_visualizer(self):
+        from ace_visualizer import MappingVisualizer, RenderSettings
+        a = self.args
+        return MappingVisualizer(RenderSettings.from_args(a, self.device.type), Path(a.output_map_file).stem,
+                                 self.pose_refiner.initial.cpu().numpy(), a.render_map_error_threshold,
+                                 a.render_map_depth_filter, a.use_existing_vis_buffer)
 
     # -- loop ---------------------------------------------------------------------------------------------------
 
@@ -426,6 +434,9 @@ class Trainer:
                                                                  self.device), iteration)
                 if iteration % a.iterations_output == 0:
                     self._log_stats(iteration, time.time() - start, loss, inliers)
+                    if self.visualizer is not None:
+                        with torch.no_grad():
+                            self.visualizer.render_iteration(iteration, self.pose_refiner().cpu().numpy())
                 progress.set_postfix(loss=f"{loss:.1f}", inliers=f"{inliers:.2f}")
                 progress.update(1)
                 iteration += 1
@@ -434,7 +445,11 @@ class Trainer:
         _log.info("mapping done: %d iterations in %.1f s, final inlier fraction %.2f%s", iteration,
                   time.time() - start, inliers,
                   f", focal {self.calibration.focal():.1f} px" if self.calibration.refining else "")
-        self._save_outputs()
+        entries = self._save_outputs()
+        if self.visualizer is not None:
+            from ace_network import Regressor
+            regressor = Regressor(self.encoder, self.head).eval()
+            self.visualizer.finish_map(regressor, entries, a.image_resolution, self.device)
 
     def _training_step(self, batch: dict, iteration: int) -> tuple[float, float]:
         a = self.args
@@ -476,6 +491,8 @@ class Trainer:
             self.pose_refiner.step()
         self.calibration.step()
         inliers = float(((errors < a.learning_rate_cooldown_trigger_px_threshold) & valid).float().mean())
+        if self.visualizer is not None:
+            self.visualizer.record_batch(predicted, errors, cam[:, 2])
         self._last_inliers = inliers
         return float(loss.detach()), inliers
 
@@ -501,7 +518,7 @@ class Trainer:
             fields.append(f"{self.calibration.focal():.4f}")
         self.log_lines.append(" ".join(str(f) for f in fields))
 
-    def _save_outputs(self) -> None:
+    def _save_outputs(self) -> list[dataset_io.PoseEntry]:
         out = Path(self.args.output_map_file)
         stem = out.with_suffix("")
         save_head(out, self.head, self.encoder.encoder_id)
@@ -517,3 +534,4 @@ class Trainer:
                                                 math.inf))
         dataset_io.write_ace_pose_file(stem.parent / f"poses_{stem.name}_preliminary.txt", entries)
         _log.info("wrote %s, %s.txt and poses_%s_preliminary.txt", out, stem.name, stem.name)
+        return entries

@@ -18,13 +18,14 @@ import numpy as np
 import dataset_io
 from ace_network import XFEAT_ENCODER_ID
 from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
-                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool,
-                        warn_unimplemented_rendering)
+                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
 
 _log = logging.getLogger("ace_zero")
 
 STATE_FILE = "ace_zero_state.json"
+RENDER_FOLDER = "renderings"
+VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 
@@ -121,6 +122,8 @@ def build_parser():
     out.add_argument("--render_visualization", type=str2bool, default=False, help="render a video of the process")
     out.add_argument("--render_flipped_portrait", type=str2bool, default=False, help="rotated portrait images")
     out.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
+    out.add_argument("--render_camera_z_offset", type=float, default=4,
+                     help="observer camera distance behind the cameras it follows (scene units)")
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
     return parser
 
@@ -202,14 +205,24 @@ def mapping_args(args, refit: bool, iterations: int | None = None) -> list:
                      "--iterations", iterations or args.mapping_iterations]
 
 
+def render_args(args) -> list:
+    """Rendering flags of a stage that draws frames into the shared renderings folder."""
+    if not args.render_visualization:
+        return []
+    return ["--render_visualization", True, "--render_target_path", args.results_folder / RENDER_FOLDER,
+            "--render_marker_size", args.render_marker_size, "--render_flipped_portrait",
+            args.render_flipped_portrait, "--render_camera_z_offset", args.render_camera_z_offset]
+
+
 def register(args, network: Path, session: str, focal: float, max_estimates: int = -1,
-             threads: int | None = None) -> float:
+             threads: int | None = None, render: bool = False) -> float:
     """Register all images (or a random subset) against `network`; returns the registration rate."""
     run_script("register_mapping.py", [args.rgb_files, network, *common_args(args), "--session", session,
                                        "--confidence_threshold", args.registration_confidence,
                                        "--hypotheses", args.ransac_iterations, "--threshold", args.ransac_threshold,
                                        "--hypotheses_max_tries", 16, "--max_estimates", max_estimates,
-                                       "--use_external_focal_length", focal], threads)
+                                       "--use_external_focal_length", focal, *(render_args(args) if render else [])],
+               threads)
     entries = dataset_io.read_ace_pose_file(network.parent / f"poses_{session}.txt")
     return dataset_io.registration_rate(entries, args.registration_confidence)
 
@@ -222,15 +235,21 @@ def seed_values(args) -> np.ndarray:
     return rng.uniform(size=args.try_seeds)
 
 
+def map_seed(args, k: int, focal: float, threads: int | None = None, render: bool = False) -> None:
+    network = args.results_folder / f"iteration0_seed{k}.pt"
+    extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
+    run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
+                                "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
+                                *focal_args(focal), *extra,
+                                *(render_args(args) if render else [])], threads)
+
+
 def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
     folder = args.results_folder
     threads = max(1, (os.cpu_count() or 1) // max(1, args.seed_parallel_workers))
     network = folder / f"iteration0_seed{k}.pt"
     if not network.exists():
-        extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
-        run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
-                                    "--use_pose_seed", seed, "--aug_shift", args.seed_aug_shift,
-                                    *focal_args(focal), *extra], threads)
+        map_seed(args, k, focal, threads)
     rate = register(args, network, f"iteration0_seed{k}_fastcheck", focal, SEED_SCORING_MAX_IMAGES, threads)
     _log.info("seed %d (image fraction %.4f): %.1f%% of the checked images registered", k, seed, 100 * rate)
     return rate
@@ -270,7 +289,9 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     refit = state.stop_scheduled and args.final_refit
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", folder / f"poses_{previous}.txt", "--pose_refinement", args.refinement,
-               "--refine_calibration", args.refine_calibration]
+               "--refine_calibration", args.refine_calibration, *render_args(args)]
+    if args.render_visualization:
+        command += ["--use_existing_vis_buffer", f"{previous}_register.pkl"]
     warm = args.warmstart and not refit and (iteration > 1 or args.seed_network is not None)
     if warm:
         command += ["--load_weights", folder / f"{previous}.pt"]
@@ -290,7 +311,11 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
             choose_seed(args, state, initial_focal)
         state.save(folder)
     if state.seed_id not in state.completed:
-        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, initial_focal)
+        if args.render_visualization and args.seed_network is None:
+            # Seeds are scored without rendering; the chosen one is mapped again (same seed) to draw it.
+            map_seed(args, int(state.seed_id.removeprefix("iteration0_seed")), initial_focal, render=True)
+        rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, initial_focal,
+                        render=args.render_visualization)
         _complete(state, state.seed_id, rate, folder)
         state.max_rate = rate
         state.save(folder)
@@ -300,7 +325,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
         _log.info("resuming after %s (registration rate %.1f%%)", last, 100 * state.rates[last])
     while not state.finished and iteration < args.iterations_max:
         run_id, focal = mapping_round(args, state, iteration, last, initial_focal)
-        rate = register(args, folder / f"{run_id}.pt", run_id, focal)
+        rate = register(args, folder / f"{run_id}.pt", run_id, focal, render=args.render_visualization)
         _complete(state, run_id, rate, folder)
         last = run_id
         _update_stop(args, state, iteration, rate)
@@ -376,7 +401,6 @@ def main(argv: list[str] | None = None) -> None:
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
     initial_focal = validate(args)
-    warn_unimplemented_rendering(args)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files)
     if state.finished and (args.results_folder / "poses_final.txt").exists():
@@ -390,7 +414,27 @@ def main(argv: list[str] | None = None) -> None:
                           (args.results_folder / f"poses_{last}.txt").read_text())
         if args.export_point_cloud:
             export_point_cloud(args, last)
+    if args.render_visualization:
+        render_video(args)
     summary(args, state.completed[-1], time.time() - start, state)
+
+
+def render_video(args) -> None:
+    """Final sweep frames and reconstruction.mp4 from every frame of the renderings folder (once per run)."""
+    renderings = args.results_folder / RENDER_FOLDER
+    video = args.results_folder / VIDEO_FILE
+    if video.exists():
+        _log.info("%s exists; delete it to render the video again", video)
+        return
+    if not any(renderings.glob("iteration*_register.pkl")):
+        _log.warning("no renderings in %s (the reconstruction ran without --render_visualization): no video",
+                     renderings)
+        return
+    run_script("render_final_sweep.py", [renderings, "--render_marker_size", args.render_marker_size,
+                                         "--render_camera_z_offset", args.render_camera_z_offset,
+                                         "--render_flipped_portrait", args.render_flipped_portrait])
+    from ace_visualizer import frame_files, write_video
+    write_video(frame_files(renderings), video)
 
 
 def export_point_cloud(args, last: str) -> None:

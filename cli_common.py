@@ -105,7 +105,7 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render_flipped_portrait", type=str2bool, default=False,
                         help="images are rotated portrait images (e.g. Wayspots)")
     parser.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
-    parser.add_argument("--render_camera_z_offset", type=int, default=4,
+    parser.add_argument("--render_camera_z_offset", type=float, default=4,
                         help="observer camera distance behind the current view (m)")
 
 
@@ -115,11 +115,6 @@ def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> N
     parser.add_argument("output_folder", type=Path, help=output_help)
     parser.add_argument("--confidence_threshold", type=float, default=1000,
                         help="export images with confidence >= this")
-
-
-def warn_unimplemented_rendering(args: argparse.Namespace) -> None:
-    if getattr(args, "render_visualization", False):
-        _log.warning("--render_visualization: rendering is not implemented yet in this version; continuing without")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:

@@ -30,7 +30,7 @@ MARKER_DEPTH = 3.0              # pyramid marker: corners (+-1, +-1, -3), scaled
 # ----------------------------------------------------------------------------------------------------------------
 # Colours
 
-def _cool_reversed(t: np.ndarray) -> np.ndarray:
+def cool_reversed(t: np.ndarray) -> np.ndarray:
     """matplotlib's 'cool' read backwards: magenta (t=0) -> cyan (t=1)."""
     s = 1.0 - t
     return np.stack([s, 1.0 - s, np.ones_like(s)], axis=1)
@@ -49,7 +49,7 @@ def _ramp(count: int) -> np.ndarray:
 def confidence_colour_table(threshold: float) -> np.ndarray:
     """256 x 3 uint8: the share of entries below threshold/5000 uses cool, the rest summer."""
     low = int(np.clip(threshold / CONFIDENCE_CAP * TABLE_SIZE, 0, TABLE_SIZE))
-    table = np.vstack([_cool_reversed(_ramp(low)), _summer_reversed(_ramp(TABLE_SIZE - low))])
+    table = np.vstack([cool_reversed(_ramp(low)), _summer_reversed(_ramp(TABLE_SIZE - low))])
     return np.round(table * 255).astype(np.uint8)
 
 

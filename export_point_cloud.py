@@ -177,8 +177,8 @@ def point_cloud_from_network(regressor, entries: list[dataset_io.PoseEntry], ima
 # ----------------------------------------------------------------------------------------------------------------
 # Visualisation buffers and output files
 
-def load_visualization_buffer(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(xyz in OpenGL convention, rgb 0-255) of a visualisation buffer."""
+def read_visualization_buffer(path: Path) -> dict:
+    """The dict of a visualisation buffer (.pkl), checked to hold a point cloud."""
     try:
         with open(path, "rb") as handle:
             state = pickle.load(handle)
@@ -188,6 +188,12 @@ def load_visualization_buffer(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path}: not a readable visualisation buffer ({error})") from None
     if not isinstance(state, dict) or "map_xyz" not in state or "map_clr" not in state:
         raise UserError(f"{path}: visualisation buffer without 'map_xyz'/'map_clr'")
+    return state
+
+
+def load_visualization_buffer(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(xyz in OpenGL convention, rgb 0-255) of a visualisation buffer."""
+    state = read_visualization_buffer(path)
     xyz = np.asarray(state["map_xyz"], dtype=np.float32).reshape(-1, 3)
     rgb = np.asarray(state["map_clr"], dtype=np.float64).reshape(-1, 3)
     if len(xyz) != len(rgb):

@@ -13,7 +13,7 @@ import numpy as np
 
 import dataset_io
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
-                        configure_cpu_threads, make_parser, run_main, select_device, warn_unimplemented_rendering)
+                        configure_cpu_threads, make_parser, run_main, select_device)
 
 _log = logging.getLogger("register_mapping")
 
@@ -58,6 +58,16 @@ def validate(args) -> None:
         raise UserError(f"network file not found: {args.network}")
 
 
+def create_visualizer(args, device, total: int):
+    """Frames of this registration run, continuing `<network stem>_mapping.pkl` (None without rendering)."""
+    if not args.render_visualization:
+        return None
+    from ace_visualizer import RegistrationVisualizer, RenderSettings
+    return RegistrationVisualizer(RenderSettings.from_args(args, device.type), args.network.stem, total,
+                                  args.confidence_threshold, args.render_pose_conf_threshold,
+                                  args.render_map_depth_filter)
+
+
 def register_images(args, device) -> list[dataset_io.PoseEntry]:
     import torch
     import dsacstar
@@ -74,6 +84,8 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
         order = order[:args.max_estimates]
     _log.info("registering %d image(s) against %s, focal %.1f px, %d hypotheses", len(order), args.network,
               focal, args.hypotheses)
+
+    visualizer = create_visualizer(args, device, len(order))
 
     def load(index):
         return index, dataset_io.load_network_input(images[index], args.image_resolution)[0]
@@ -92,15 +104,18 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
                 random_seed=args.base_seed + count, max_hypotheses_tries=args.hypotheses_max_tries)
             entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world), focal,
                                                 int(inliers)))
+            if visualizer is not None:
+                visualizer.add(images[index], entries[-1].world_to_cam, inliers)
             progress.set_postfix(inliers=int(inliers))
             progress.update(1)
+    if visualizer is not None:
+        visualizer.finish_registration()
     return entries
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     validate(args)
-    warn_unimplemented_rendering(args)
     device = select_device(args.device)
     configure_cpu_threads()
     start = time.time()

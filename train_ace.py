@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args, apply_cpu_profile,
-                        configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool,
-                        warn_unimplemented_rendering)
+                        configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
 
 _log = logging.getLogger("train_ace")
@@ -135,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     validate(args)
     configure_cpu_threads()
-    warn_unimplemented_rendering(args)
     _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
               args.head_width, args.batch_size, args.iterations)
     from ace_trainer import Trainer  # torch-heavy import after argument checks

@@ -286,7 +286,7 @@ def scene_quads() -> list[Quad]:
     return quads
 
 
-def _pyrender() -> Any:
+def import_pyrender() -> Any:
     """Import pyrender, turning a missing OpenGL platform into a clear error."""
     try:
         import pyrender
@@ -304,7 +304,7 @@ def _platform_hint(exc: BaseException) -> str:
 
 def textured_primitive(quad: Quad, texture: np.ndarray) -> Any:
     """pyrender primitive for one quad covered once (no tiling) by `texture`."""
-    pyrender = _pyrender()
+    pyrender = import_pyrender()
     c, u, v = quad.corner, quad.edge_u, quad.edge_v
     positions = np.array([c, c + u, c + u + v, c + v], np.float32)
     uvs = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
@@ -323,7 +323,7 @@ def textured_primitive(quad: Quad, texture: np.ndarray) -> Any:
 
 def build_scene(seed: int = 0, quads: Sequence[Quad] | None = None) -> Any:
     """pyrender.Scene with every quad carrying its own random texture."""
-    pyrender = _pyrender()
+    pyrender = import_pyrender()
     rng = np.random.default_rng([seed, 0])
     primitives = []
     for quad in (scene_quads() if quads is None else quads):
@@ -342,7 +342,7 @@ class SceneRenderer:
     """One offscreen renderer and pinhole camera, reused for many poses."""
 
     def __init__(self, scene: Any, width: int, height: int, focal: float):
-        pyrender = _pyrender()
+        pyrender = import_pyrender()
         self._pyrender = pyrender
         fx, fy, cx, cy = intrinsics(width, height, focal)
         self._scene = scene

@@ -61,19 +61,29 @@ class SyntheticAceMap:
     image_resolution: int    # network input short side the head was trained with (= the image height)
 
 
+SMALL_SCENE_SIZE = (320, 240)
+SMALL_SCENE_FOCAL = 262.5
+
+
 @pytest.fixture(scope="session")
-def small_ace_map(tmp_path_factory) -> SyntheticAceMap:
-    """4 rendered 320x240 views and a small head trained on them with GT poses and depth (~25 s on 2 CPU
-    cores). Depth supervision makes the points metric: with 4 nearby views, reprojection alone leaves the
-    depth along each ray ambiguous."""
+def small_scene(tmp_path_factory) -> Path:
+    """4 rendered 320x240 views of the synthetic room with GT poses and depth."""
     from datasets.synthetic_scene import RenderingUnavailable, render_scene
-    root = tmp_path_factory.mktemp("small_ace_map")
-    width, height, focal = 320, 240, 262.5
+    root = tmp_path_factory.mktemp("small_scene")
     try:
-        scene = render_scene(root / "scene", num_images=4, width=width, height=height, focal=focal, seed=0)
+        return render_scene(root / "scene", num_images=4, width=SMALL_SCENE_SIZE[0], height=SMALL_SCENE_SIZE[1],
+                            focal=SMALL_SCENE_FOCAL, seed=0)
     except RenderingUnavailable as error:
         pytest.skip(f"offscreen rendering unavailable: {error}")
-    map_file = root / "out" / "map.pt"
+
+
+@pytest.fixture(scope="session")
+def small_ace_map(small_scene, tmp_path_factory) -> SyntheticAceMap:
+    """A small head trained on the 4 views of small_scene with GT poses and depth (~25 s on 2 CPU cores).
+    Depth supervision makes the points metric: with 4 nearby views, reprojection alone leaves the depth along
+    each ray ambiguous."""
+    (width, height), focal, scene = SMALL_SCENE_SIZE, SMALL_SCENE_FOCAL, small_scene
+    map_file = tmp_path_factory.mktemp("small_ace_map") / "out" / "map.pt"
     # One torch thread: with other processes on few cores, OpenMP spin-waiting makes training ~10x slower.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "train_ace.py"), f"{scene}/images/*.png", str(map_file),

@@ -34,7 +34,7 @@ syn = _load_module()
 
 def _require_rendering() -> None:
     try:
-        syn._pyrender()
+        syn.import_pyrender()
     except syn.RenderingUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -130,7 +130,7 @@ def test_rerender_replaces_stale_frames(tmp_path):
 # ---------------------------------------------------------------------------
 
 def _white_quad_scene(corners_world: np.ndarray):
-    pyrender = syn._pyrender()
+    pyrender = syn.import_pyrender()
     material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], doubleSided=True)
     prim = pyrender.Primitive(positions=corners_world.astype(np.float32),
                               indices=np.array([[0, 1, 2], [0, 2, 3]], np.uint32), material=material)
