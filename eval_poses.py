@@ -262,19 +262,22 @@ def align(est_c2w: np.ndarray, gt_c2w: np.ndarray, confidences: np.ndarray, *, e
                          f"only {len(indices)} frame(s) with confidence > {conf_threshold:g} and valid GT; "
                          f"an alignment needs at least {MIN_FIT_FRAMES}")
     est, gt = est_c2w[indices], gt_c2w[indices]
-    if len(indices) < MIN_RANSAC_FRAMES:
+    result = None
+    if len(indices) >= MIN_RANSAC_FRAMES:
+        result = ransac_similarity(est, gt, thresh_t, thresh_r, estimate_scale, iterations, seed)
+    if result is None:
+        # Too few frames for RANSAC, or no three frames within the thresholds of one similarity (a distorted
+        # reconstruction): a least-squares fit on all of them still says how far off the poses are.
         similarity = fit_similarity(gt[:, :3, 3], est[:, :3, 3], estimate_scale)
         if similarity is None:
             return Alignment(None, "failed", no_inliers, candidates, "degenerate camera positions")
         inliers = no_inliers.copy()
         inliers[indices] = _score(similarity, est, gt, thresh_t, thresh_r)
+        reason = (f"only {len(indices)} frame(s) with confidence > {conf_threshold:g} and valid GT (RANSAC needs "
+                  f"{MIN_RANSAC_FRAMES})" if len(indices) < MIN_RANSAC_FRAMES else
+                  f"RANSAC found no similarity that puts three frames within {thresh_t:g} / {thresh_r:g} deg")
         return Alignment(similarity, "least_squares", inliers, candidates,
-                         f"only {len(indices)} frame(s) with confidence > {conf_threshold:g} and valid GT "
-                         f"(RANSAC needs {MIN_RANSAC_FRAMES}); least-squares fit on all of them")
-    result = ransac_similarity(est, gt, thresh_t, thresh_r, estimate_scale, iterations, seed)
-    if result is None:
-        return Alignment(None, "failed", no_inliers, candidates,
-                         "RANSAC found no similarity consistent with three frames")
+                         f"{reason}; least-squares fit on all {len(indices)} of them")
     similarity, candidate_inliers = result
     inliers = no_inliers.copy()
     inliers[indices] = candidate_inliers

@@ -49,8 +49,12 @@ def main() -> None:
     focal = float((results / "poses_final.txt").read_text().split()[8])
     print(f"\nDemo finished in {(time.time() - start) / 60:.1f} min.")
     print(f"  registered: {summary['num_registered']}/{summary['num_images']} images")
-    print(f"  after similarity alignment: {summary['accuracy_percent']:.1f}% within 5 cm / 5 deg, median errors "
-          f"{summary['median_rot_err_deg']:.2f} deg / {summary['median_trans_err_cm']:.1f} cm")
+    if summary["median_rot_err_deg"] is None:
+        print(f"  alignment to the ground truth failed: {summary['alignment']['message']}")
+    else:
+        print(f"  after similarity alignment ({summary['alignment']['method']}): {summary['accuracy_percent']:.1f}% "
+              f"within 5 cm / 5 deg, median errors {summary['median_rot_err_deg']:.2f} deg / "
+              f"{summary['median_trans_err_cm']:.1f} cm")
     print(f"  focal length: {focal:.1f} px estimated, {true_focal:.1f} px true")
     print(f"  poses: {results / 'poses_final.txt'}\n  scene: {scene}")
 

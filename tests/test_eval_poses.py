@@ -167,6 +167,21 @@ def test_few_frames_fall_back_to_least_squares():
     assert summary["median_trans_err"] < 1e-9
 
 
+def test_distorted_reconstruction_falls_back_to_least_squares_with_finite_errors():
+    """No three frames within 5 cm / 5 deg of one similarity: errors are measured after a least-squares fit."""
+    rng = np.random.default_rng(8)
+    gt = random_cam_to_world(rng, 12)
+    distorted = gt.copy()
+    distorted[:, :3, 3] += rng.normal(0, 0.5, size=(12, 3))  # metres of distortion, far above 5 cm
+    rotation, translation, scale = random_similarity(rng)
+    summary = eval_poses.evaluate(_entries(apply_similarity(distorted, rotation, translation, scale)), list(gt))
+    assert summary["alignment"]["method"] == "least_squares" and summary["alignment"]["ok"] is True
+    true_offsets = np.linalg.norm(distorted[:, :3, 3] - gt[:, :3, 3], axis=1)
+    # After the fit the errors are of the size of the known distortion: neither ~0 nor inf.
+    assert 0.3 * np.median(true_offsets) < summary["median_trans_err"] < 1.5 * np.median(true_offsets)
+    assert np.isfinite(summary["median_rot_err_deg"]) and summary["accuracy_percent"] < 20
+
+
 def test_too_few_confident_frames_fail_with_inf_errors():
     rng = np.random.default_rng(7)
     gt = random_cam_to_world(rng, 12)
