@@ -77,7 +77,7 @@ def test_seed_buffer_holds_several_augmented_views(orbit_scene, encoder):
                                    constant_depth=2.0)
     args = SimpleNamespace(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
                            base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240, use_aug=True,
-                           aug_scale=1.5, aug_rotation=15)
+                           aug_scale=1.5, aug_rotation=15, aug_shift=0.0)
     buffer = ace_trainer.fill_training_buffer(data, encoder, args, __import__("torch").device("cpu"), "cpu")
     assert len(buffer) == 6 * 256
     distinct = {tuple(np.round(r.numpy().ravel(), 5)) for r in buffer.rotations[::256]}
