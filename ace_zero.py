@@ -82,9 +82,9 @@ def build_parser():
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
     seeds.add_argument("--seed_aug_shift", type=float, default=None,
                        help="new: image-shift augmentation of seed mapping (fraction of the image size; train_ace "
-                            "--aug_shift). One image lets the head tie image position to scene point, which pulls "
-                            "registered neighbours towards the seed view. Default: 0.25 with the XFeat encoder "
-                            "(measured), 0 (the original's behaviour) with the ACE encoder")
+                            "--aug_shift). It reduced the pull of registered neighbours towards the seed view. "
+                            "Default: 0.25 with the XFeat encoder (measured), 0 (the original's behaviour) with "
+                            "the ACE encoder")
     seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "twoview", "constant"),
                        help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
                             "geometry with a partner image; constant is the last resort")

@@ -104,7 +104,7 @@ def build_parser():
     aug.add_argument("--aug_scale", type=float, default=1.5, help="scale factor range [1/s, s]")
     aug.add_argument("--aug_shift", type=float, default=0.0,
                      help="new: most image shift, as a fraction of the image size (moves the principal point); "
-                          "breaks the link between image position and scene point that a single seed image has")
+                          "ace_zero uses it for seeds")
     vis = parser.add_argument_group("visualisation")
     add_render_args(vis)
     vis.add_argument("--use_existing_vis_buffer", type=str, default=None,
