@@ -1,7 +1,8 @@
 """Seed depth without a depth network: two-view geometry with the frozen encoder's features.
 
-The seed image is matched to a few partner images (mutual nearest neighbours of the dense stride-8 features),
-the relative pose comes from the essential matrix, matches are triangulated, and the sparse depths are
+The seed image is matched to a few partner images (mutual nearest neighbours of XFeat keypoint descriptors, or
+of the dense stride-8 features for encoders without a detector), the relative pose comes from a MAGSAC essential
+matrix, matches are triangulated, and the sparse depths are
 interpolated into a dense depth map. Its scale is arbitrary, so it is normalised to a median depth of
 `median_depth` scene units; ACE0's reconstruction inherits that scale (as it inherits ZoeDepth's otherwise).
 """
