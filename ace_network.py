@@ -114,11 +114,15 @@ class XFeatEncoder(FeatureEncoder):
         super().train(False)  # frozen: batch-norm statistics must never change
         return self
 
+    @staticmethod
+    def _pad_to_32(x: torch.Tensor) -> torch.Tensor:
+        """XFeat needs sides divisible by 32: pad right and bottom (outputs are cropped back)."""
+        height, width = x.shape[-2:]
+        return F.pad(x, (0, (-width) % 32, 0, (-height) % 32), mode="replicate")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % 32, (-width) % 32
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        features, _, _ = self.model(x)
+        features, _, _ = self.model(self._pad_to_32(x))
         out_h, out_w = self.output_size(height, width)
         return features[:, :, :out_h, :out_w]
 
@@ -132,7 +136,7 @@ class XFeatEncoder(FeatureEncoder):
         pixel, where dense cells are quantised to 8 pixels. Positions follow `cell_centres` (pixel i spans
         [i, i + 1)). Descriptors are sampled bilinearly at the keypoints."""
         height, width = x.shape[-2:]
-        x = F.pad(x, (0, (-width) % 32, 0, (-height) % 32), mode="replicate")
+        x = self._pad_to_32(x)
         features, logits, reliability = self.model(x)
         cells_h, cells_w = logits.shape[-2:]
         probability = F.softmax(logits, dim=1)[:, :OUTPUT_SUBSAMPLE ** 2]

@@ -211,9 +211,8 @@ def fill_training_buffer(data: MappingData, encoder, args, device, storage_devic
     """Sample encoder features of augmented views until the buffer is full or the passes are used up."""
     capacity = buffer_size(args, len(data.images))
     per_image = args.samples_per_image
-    passes = args.max_dataset_passes
     rng = np.random.default_rng(args.base_seed + 511)
-    order = [int(i) for _ in range(passes) for i in rng.permutation(len(data.images))]
+    order = [int(i) for _ in range(args.max_dataset_passes) for i in rng.permutation(len(data.images))]
     view_seeds = rng.integers(0, 2 ** 31, size=len(order))
     chunks: dict[str, list] = {k: [] for k in ("features", "pixels", "focals", "rotations", "image_ids", "targets")}
     filled = 0

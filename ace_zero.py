@@ -235,8 +235,12 @@ def seed_values(args) -> np.ndarray:
     return rng.uniform(size=args.try_seeds)
 
 
+def seed_network_file(args, k: int) -> Path:
+    return args.results_folder / f"iteration0_seed{k}.pt"
+
+
 def map_seed(args, k: int, focal: float, threads: int | None = None, render: bool = False) -> None:
-    network = args.results_folder / f"iteration0_seed{k}.pt"
+    network = seed_network_file(args, k)
     extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
     run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
                                 "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
@@ -245,9 +249,8 @@ def map_seed(args, k: int, focal: float, threads: int | None = None, render: boo
 
 
 def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
-    folder = args.results_folder
     threads = max(1, (os.cpu_count() or 1) // max(1, args.seed_parallel_workers))
-    network = folder / f"iteration0_seed{k}.pt"
+    network = seed_network_file(args, k)
     if not network.exists():
         map_seed(args, k, focal, threads)
     rate = register(args, network, f"iteration0_seed{k}_fastcheck", focal, SEED_SCORING_MAX_IMAGES, threads)
