@@ -123,16 +123,18 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
 @dataclass
 class View:
     grey: np.ndarray        # H x W float32 in [0, 1]
-    valid: np.ndarray       # H/8 x W/8 bool: cell centre inside the (rotated) image
-    rotation: np.ndarray    # 3 x 3: camera rotation of the augmentation (new_cam = rotation @ old_cam)
+    valid: np.ndarray       # H/8 x W/8 bool: cell centre shows a pixel of the mapping image
+    rotation: np.ndarray    # 3 x 3 and 3: camera motion of the augmentation,
+    translation: np.ndarray  # new_cam = rotation @ old_cam + translation
     focal: float            # pixels of this view
     principal: tuple[float, float]  # principal point (pixels) of this view: the centre, moved by the shift
     scene_coords: np.ndarray | None  # 3 x H/8 x W/8 depth targets in the scene frame (0 = none)
 
 
 def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Generator, augment: bool,
-              aug_scale: float, aug_rotation: float, aug_shift: float = 0.0) -> View:
-    """Load one mapping image, rescale, jitter, rotate and shift it; depth targets follow the same warp."""
+              aug_scale: float, aug_rotation: float, aug_shift: float = 0.0, aug_viewpoint: float = 0.0) -> View:
+    """Load one mapping image, rescale, jitter, (with depth) re-render it from a nearby viewpoint, then rotate
+    and shift it; depth targets follow the same warps."""
     scale = rng.uniform(1.0 / aug_scale, aug_scale) if augment else 1.0
     grey, _ = dataset_io.load_network_input(data.images[index], int(short_side * scale))
     height, width = grey.shape
@@ -140,42 +142,104 @@ def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Gen
         brightness = rng.uniform(-AUG_BRIGHTNESS_CONTRAST, AUG_BRIGHTNESS_CONTRAST)
         contrast = rng.uniform(1 - AUG_BRIGHTNESS_CONTRAST, 1 + AUG_BRIGHTNESS_CONTRAST)
         grey = np.clip((grey - grey.mean()) * contrast + grey.mean() + brightness, 0.0, 1.0)
+    focal = data.focals[index] * min(width, height) / min(data.image_size)
+    depth = _depth_map(data, index, width, height)
+    mask = np.ones((height, width), np.float32)
+    rotation, translation = np.eye(3), np.zeros(3)
+    if augment and aug_viewpoint > 0 and depth is not None and data.constant_depth is None:
+        grey, depth, mask, rotation, translation = novel_viewpoint(grey, depth, focal, rng, aug_viewpoint)
     angle = rng.uniform(-aug_rotation, aug_rotation) if augment else 0.0
     shift = rng.uniform(-aug_shift, aug_shift, size=2) * (width, height) if augment else np.zeros(2)
     warp = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
     warp[:, 2] += shift  # the principal point moves with the content
-    mask = np.ones((height, width), np.float32)
     if angle != 0.0 or shift.any():
         grey = cv2.warpAffine(grey, warp, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         mask = cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
-    rotation = np.eye(3)
-    rotation[:2, :2] = warp[:, :2]  # pixel offsets from the principal point rotate like camera x/y
+        if depth is not None:
+            depth = cv2.warpAffine(depth, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
+    in_plane = np.eye(3)
+    in_plane[:2, :2] = warp[:, :2]  # pixel offsets from the principal point rotate like camera x/y
+    rotation, translation = in_plane @ rotation, in_plane @ translation
     principal = (width / 2 + float(shift[0]), height / 2 + float(shift[1]))
-    focal = data.focals[index] * min(width, height) / min(data.image_size)
     grid_v = np.arange(OUTPUT_SUBSAMPLE // 2, height, OUTPUT_SUBSAMPLE)
     grid_u = np.arange(OUTPUT_SUBSAMPLE // 2, width, OUTPUT_SUBSAMPLE)
     valid = mask[np.ix_(grid_v, grid_u)] > 0
-    targets = _depth_targets(data, index, width, height, warp, focal, principal, rotation, grid_u, grid_v)
-    return View(grey.astype(np.float32), valid, rotation, float(focal), principal, targets)
+    targets = None
+    if depth is not None:
+        targets = _scene_targets(data.cam_to_world[index], depth[np.ix_(grid_v, grid_u)], grid_u, grid_v, focal,
+                                 principal, rotation, translation)
+    return View(grey.astype(np.float32), valid, rotation, translation, float(focal), principal, targets)
 
 
-def _depth_targets(data, index, width, height, warp, focal, principal, rotation, grid_u, grid_v) -> np.ndarray | None:
-    if data.depth_files is None and data.constant_depth is None and data.estimated_depth is None:
-        return None
+def _depth_map(data: MappingData, index: int, width: int, height: int) -> np.ndarray | None:
+    """Depth (scene units, 0 = unknown) of a mapping image at the network resolution, if it has any."""
     if data.depth_files is not None or data.estimated_depth is not None:
         depth = dataset_io.load_depth_png(data.depth_files[index]) if data.depth_files else data.estimated_depth
-        depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
-        depth = cv2.warpAffine(depth, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
-        depth = depth[np.ix_(grid_v, grid_u)]
-    else:
-        depth = np.full((len(grid_v), len(grid_u)), data.constant_depth, np.float32)
+        return cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
+    if data.constant_depth is not None:
+        return np.full((height, width), data.constant_depth, np.float32)
+    return None
+
+
+def _scene_targets(cam_to_world, depth, grid_u, grid_v, focal, principal, rotation, translation) -> np.ndarray:
+    """Scene points on the rays of the cell centres of an augmented view with this depth (0 = no target)."""
     u, v = np.meshgrid(grid_u, grid_v)
     cam = np.stack([(u - principal[0]) / focal * depth, (v - principal[1]) / focal * depth, depth])
     # augmented camera -> original camera -> scene
-    cam = rotation.T @ cam.reshape(3, -1)
-    scene = data.cam_to_world[index][:3, :3] @ cam + data.cam_to_world[index][:3, 3:4]
+    cam = rotation.T @ (cam.reshape(3, -1) - translation[:, None])
+    scene = cam_to_world[:3, :3] @ cam + cam_to_world[:3, 3:4]
     scene[:, depth.reshape(-1) <= 0] = 0.0
     return scene.reshape(3, *depth.shape).astype(np.float32)
+
+
+def _axis_angle(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    return cv2.Rodrigues((axis / np.linalg.norm(axis) * angle_rad).reshape(3, 1))[0]
+
+
+def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.random.Generator,
+                    max_angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Re-render an image with depth from a camera orbiting the scene (pivot on the optical axis at the median
+    depth) by up to `max_angle_deg` about a random axis perpendicular to the optical axis.
+
+    A single view teaches the head nothing about how features change with the viewpoint; these views do, and
+    keep registrations of neighbouring images from being pulled towards the seed view. Pixels are splatted
+    with a z-buffer; one-pixel cracks are closed, disocclusions and the area outside the original image become
+    invalid (mask 0, depth 0) and their grey values are inpainted so that the encoder sees no hard edges.
+    Returns grey, depth, mask of the new view and its motion (new_cam = rotation @ old_cam + translation)."""
+    height, width = grey.shape
+    known = depth > 0
+    pivot = np.array([0.0, 0.0, float(np.median(depth[known]))]) if known.any() else np.zeros(3)
+    direction = rng.uniform(0, 2 * np.pi)
+    angle = np.radians(rng.uniform(-max_angle_deg, max_angle_deg))
+    rotation = _axis_angle(np.array([np.cos(direction), np.sin(direction), 0.0]), angle)
+    translation = pivot - rotation @ pivot
+    v, u = np.nonzero(known)
+    d = depth[v, u]
+    cam = np.stack([(u + 0.5 - width / 2) / focal * d, (v + 0.5 - height / 2) / focal * d, d])
+    new = rotation @ cam + translation[:, None]
+    ahead = new[2] > 1e-6
+    new_u = np.floor(new[0] / np.where(ahead, new[2], 1) * focal + width / 2).astype(np.int64)
+    new_v = np.floor(new[1] / np.where(ahead, new[2], 1) * focal + height / 2).astype(np.int64)
+    inside = ahead & (new_u >= 0) & (new_u < width) & (new_v >= 0) & (new_v < height)
+    target = (new_v * width + new_u)[inside]
+    order = np.lexsort((new[2][inside], target))  # by pixel, nearest first
+    first = order[np.unique(target[order], return_index=True)[1]]
+    out_grey = np.zeros(height * width, np.float32)
+    out_depth = np.zeros(height * width, np.float32)
+    out_grey[target[first]] = grey[v[inside][first], u[inside][first]]
+    out_depth[target[first]] = new[2][inside][first]
+    out_grey, out_depth = out_grey.reshape(height, width), out_depth.reshape(height, width)
+    hit = (out_depth > 0).astype(np.uint8)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    covered = cv2.morphologyEx(hit, cv2.MORPH_CLOSE, cross)
+    crack = (covered > 0) & (hit == 0)
+    nearest = cv2.dilate(np.where(hit > 0, 1.0 / np.maximum(out_depth, 1e-6), 0).astype(np.float32), cross)
+    out_depth[crack] = 1.0 / np.maximum(nearest[crack], 1e-6)
+    holes = (hit == 0).astype(np.uint8)
+    filled = cv2.inpaint(np.round(out_grey * 255).astype(np.uint8), holes, 3, cv2.INPAINT_TELEA)
+    out_grey = np.where(hit > 0, out_grey, filled.astype(np.float32) / 255)
+    out_depth[covered == 0] = 0
+    return out_grey, out_depth, covered.astype(np.float32), rotation, translation
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,7 +250,8 @@ class TrainingBuffer:
     features: torch.Tensor   # N x C
     pixels: torch.Tensor     # N x 2, relative to the principal point
     focals: torch.Tensor     # N, pixels of the augmented view at the initial focal
-    rotations: torch.Tensor  # N x 3 x 3 augmentation rotation
+    rotations: torch.Tensor  # N x 3 x 3 and N x 3: augmentation motion of the camera
+    translations: torch.Tensor
     image_ids: torch.Tensor  # N
     targets: torch.Tensor | None  # N x 3 depth targets (0 = none)
 
@@ -197,8 +262,8 @@ class TrainingBuffer:
         def take(tensor):
             return None if tensor is None else tensor[indices].to(device, non_blocking=True)
         return {"features": take(self.features).float(), "pixels": take(self.pixels), "focals": take(self.focals),
-                "rotations": take(self.rotations), "image_ids": take(self.image_ids),
-                "targets": take(self.targets)}
+                "rotations": take(self.rotations), "translations": take(self.translations),
+                "image_ids": take(self.image_ids), "targets": take(self.targets)}
 
 
 def buffer_size(args, num_images: int) -> int:
@@ -214,7 +279,7 @@ def fill_training_buffer(data: MappingData, encoder, args, device, storage_devic
     rng = np.random.default_rng(args.base_seed + 511)
     order = [int(i) for _ in range(args.max_dataset_passes) for i in rng.permutation(len(data.images))]
     view_seeds = rng.integers(0, 2 ** 31, size=len(order))
-    chunks: dict[str, list] = {k: [] for k in ("features", "pixels", "focals", "rotations", "image_ids", "targets")}
+    chunks: dict[str, list] = {k: [] for k in TrainingBuffer.__dataclass_fields__}
     filled = 0
     sampler = torch.Generator().manual_seed(args.base_seed + 4095)
     dtype = torch.float16 if args.use_half and device.type == "cuda" else torch.float32
@@ -222,7 +287,7 @@ def fill_training_buffer(data: MappingData, encoder, args, device, storage_devic
     def load(item):
         index, view_seed = item
         return index, make_view(data, index, args.image_resolution, np.random.default_rng(view_seed),
-                                args.use_aug, args.aug_scale, args.aug_rotation, args.aug_shift)
+                                args.use_aug, args.aug_scale, args.aug_rotation, args.aug_shift, args.aug_viewpoint)
 
     workers = max(1, args.num_data_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool, \
@@ -259,6 +324,7 @@ def _sample_view(view: View, index: int, count: int, encoder, device, sampler, d
     chunks["pixels"].append(pixels.to(storage_device))
     chunks["focals"].append(torch.full((count,), view.focal).to(storage_device))
     chunks["rotations"].append(torch.from_numpy(view.rotation).float().expand(count, 3, 3).to(storage_device))
+    chunks["translations"].append(torch.from_numpy(view.translation).float().expand(count, 3).to(storage_device))
     chunks["image_ids"].append(torch.full((count,), index, dtype=torch.long).to(storage_device))
     if view.scene_coords is not None:
         targets = torch.from_numpy(view.scene_coords[:, :cells_h, :cells_w]).reshape(3, -1).t()[cells]
@@ -458,7 +524,7 @@ class Trainer:
         predicted = predicted.float()
         world_to_cam = self.pose_refiner(batch["image_ids"])
         cam = batch["rotations"] @ (world_to_cam[:, :, :3] @ predicted[:, :, None] + world_to_cam[:, :, 3:])
-        cam = cam[:, :, 0]
+        cam = cam[:, :, 0] + batch["translations"]
         focals = batch["focals"] * self.calibration.scale()
         depth = cam[:, 2].clamp(min=a.depth_min)
         projected = cam[:, :2] / depth[:, None] * focals[:, None]
@@ -475,7 +541,7 @@ class Trainer:
         # The proxy term regularises the head only: it is no evidence about poses or focal length, and letting it
         # move them drags every camera towards its bad early predictions.
         cam_fixed = (batch["rotations"] @ (world_to_cam[:, :, :3].detach() @ predicted[:, :, None]
-                                           + world_to_cam[:, :, 3:].detach()))[:, :, 0]
+                                           + world_to_cam[:, :, 3:].detach()))[:, :, 0] + batch["translations"]
         loss_invalid = self._invalid_loss(predicted, cam_fixed, batch, ~valid, has_target, focals.detach())
         loss = (loss_valid + loss_invalid) / len(errors)
         if not torch.isfinite(loss):

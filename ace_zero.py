@@ -30,14 +30,18 @@ SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 
 # The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
-# Measured on a rendered orbit (seed with true depth, 3000 iterations): neighbours 6-18 deg away registered at
-# 2.3-7.8 deg error with this shift, 3.2-20 deg without; 0.5 spoiled the seed's own fit.
-XFEAT_SEED_AUG_SHIFT = 0.25
+# Seed augmentation with the XFeat encoder, which (unlike the ACE encoder) was never trained for scene coordinate
+# regression: a head mapped from one view generalises to other views only when it has seen the seed shifted,
+# re-rendered from nearby viewpoints and in many views (README, "Seeds with the XFeat encoder"). Measured on the
+# demo orbit (seed with true depth, 3000 iterations), registration error of the views 6-42 deg from the seed:
+# 0.5-7 deg with all three, 1.1-24 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
+# were worse. The ACE encoder keeps the original's seed mapping.
+XFEAT_SEED_AUGMENTATION = {"seed_aug_shift": 0.25, "seed_aug_viewpoint": 10.0, "seed_dataset_passes": 100}
 
 CPU_PROFILE = {
     "try_seeds": 3,
     "seed_parallel_workers": 1,
-    "seed_iterations": 1500,
+    "seed_iterations": 3000,
     "mapping_iterations": 3000,
     "refit_iterations": 4000,
     "final_refit_posewait": 800,
@@ -82,9 +86,16 @@ def build_parser():
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
     seeds.add_argument("--seed_aug_shift", type=float, default=None,
                        help="new: image-shift augmentation of seed mapping (fraction of the image size; train_ace "
-                            "--aug_shift). It reduced the pull of registered neighbours towards the seed view. "
-                            "Default: 0.25 with the XFeat encoder (measured), 0 (the original's behaviour) with "
-                            "the ACE encoder")
+                            "--aug_shift). Default: 0.25 with the XFeat encoder, 0 (the original) with the ACE "
+                            "encoder")
+    seeds.add_argument("--seed_aug_viewpoint", type=float, default=None,
+                       help="new: seed views re-rendered with the seed depth from viewpoints up to this many degrees "
+                            "away (train_ace --aug_viewpoint). Default: 10 with the XFeat encoder, 0 (the "
+                            "original) with the ACE encoder")
+    seeds.add_argument("--seed_dataset_passes", type=int, default=None,
+                       help="new: augmented views of the seed image in its training buffer (train_ace "
+                            "--max_dataset_passes). Default: 100 with the XFeat encoder, --max_dataset_passes "
+                            "(the original) with the ACE encoder")
     seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "twoview", "constant"),
                        help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
                             "geometry with a partner image; constant is the last resort")
@@ -182,13 +193,13 @@ def common_args(args) -> list:
     return ["--device", args.device, "--encoder_path", args.encoder_path, "--image_resolution", args.image_resolution]
 
 
-def mapping_args(args, refit: bool, iterations: int | None = None) -> list:
-    """Flags of a mapping round; `iterations` overrides the round's default length (seeds)."""
+def mapping_args(args, refit: bool, iterations: int | None = None, passes: int | None = None) -> list:
+    """Flags of a mapping round; `iterations` and `passes` override the round's length and buffer (seeds)."""
     result = common_args(args) + [
         "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
         "--pose_refinement_lr", args.pose_refinement_lr, "--num_head_blocks", args.num_head_blocks,
         "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
-        "--iterations_output", args.iterations_output, "--max_dataset_passes", args.max_dataset_passes,
+        "--iterations_output", args.iterations_output, "--max_dataset_passes", passes or args.max_dataset_passes,
         "--learning_rate_cooldown_iterations", args.cooldown_iterations,
         "--learning_rate_cooldown_trigger_percent_threshold", args.cooldown_threshold,
         "--aug_rotation", args.aug_rotation, "--training_buffer_cpu", args.training_buffer_cpu,
@@ -242,8 +253,10 @@ def seed_network_file(args, k: int) -> Path:
 def map_seed(args, k: int, focal: float, threads: int | None = None, render: bool = False) -> None:
     network = seed_network_file(args, k)
     extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
-    run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations),
+    run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations,
+                                                                        args.seed_dataset_passes),
                                 "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
+                                "--aug_viewpoint", args.seed_aug_viewpoint,
                                 *focal_args(focal), *extra,
                                 *(render_args(args) if render else [])], threads)
 
@@ -382,10 +395,19 @@ def validate(args) -> float:
         raise UserError("--try_seeds must be at least 1")
     if args.seed_parallel_workers == -1:
         args.seed_parallel_workers = os.cpu_count() or 1
-    if args.seed_aug_shift is None:
-        args.seed_aug_shift = XFEAT_SEED_AUG_SHIFT if str(args.encoder_path).lower() == XFEAT_ENCODER_ID else 0.0
-        _log.info("seed image-shift augmentation: %.2f", args.seed_aug_shift)
+    set_seed_augmentation(args)
     return args.use_external_focal_length
+
+
+def set_seed_augmentation(args) -> None:
+    """Fill the seed augmentation flags left unset: the XFeat profile, or the original's seed mapping."""
+    xfeat = str(args.encoder_path).lower() == XFEAT_ENCODER_ID
+    original = {"seed_aug_shift": 0.0, "seed_aug_viewpoint": 0.0, "seed_dataset_passes": args.max_dataset_passes}
+    for flag, value in (XFEAT_SEED_AUGMENTATION if xfeat else original).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    _log.info("seed augmentation: shift %.2f, viewpoints up to %.0f deg, %d views", args.seed_aug_shift,
+              args.seed_aug_viewpoint, args.seed_dataset_passes)
 
 
 def summary(args, last: str, elapsed: float, state: RunState) -> None:

@@ -105,6 +105,9 @@ def build_parser():
     aug.add_argument("--aug_shift", type=float, default=0.0,
                      help="new: most image shift, as a fraction of the image size (moves the principal point); "
                           "ace_zero uses it for seeds")
+    aug.add_argument("--aug_viewpoint", type=float, default=0.0,
+                     help="new: most viewpoint change (deg) of views re-rendered from images with depth (seeds), "
+                          "orbiting the median depth; ace_zero uses it for seeds")
     vis = parser.add_argument_group("visualisation")
     add_render_args(vis)
     vis.add_argument("--use_existing_vis_buffer", type=str, default=None,

@@ -151,22 +151,24 @@ def test_rotation_orthonormalisation():
         assert torch.allclose(torch.det(fixed), torch.ones(8), atol=1e-5)
 
 
-@pytest.mark.parametrize("shift", [0.0, 0.2])
-def test_augmented_view_keeps_geometry(orbit_scene, shift):
-    """Depth targets of a scaled, rotated (and shifted) view are the scene points seen at those pixels."""
+@pytest.mark.parametrize("shift,viewpoint", [(0.0, 0.0), (0.2, 0.0), (0.2, 10.0)])
+def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
+    """Depth targets of a scaled, rotated (shifted, re-rendered) view are the scene points seen at those pixels."""
     from types import SimpleNamespace
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
     poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
     depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
     data = ace_trainer.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
-    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift)
+    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
     assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
     height, width = view.grey.shape
     rows, cols = np.nonzero(view.valid & (np.abs(view.scene_coords).sum(axis=0) > 0))
     targets = view.scene_coords[:, rows, cols].T
-    # Project with the augmented camera: world -> original camera -> augmentation rotation -> pixels.
+    # Project with the augmented camera: world -> original camera -> augmentation motion -> pixels.
     world_to_cam = np.linalg.inv(poses[0])
-    cam = view.rotation @ (world_to_cam[:3, :3] @ targets.T + world_to_cam[:3, 3:4])
+    moved = np.linalg.norm(view.translation)
+    assert (moved > 0.01) if viewpoint else (moved == 0)
+    cam = view.rotation @ (world_to_cam[:3, :3] @ targets.T + world_to_cam[:3, 3:4]) + view.translation[:, None]
     u = cam[0] / cam[2] * view.focal + view.principal[0]
     v = cam[1] / cam[2] * view.focal + view.principal[1]
     if shift:

@@ -77,8 +77,32 @@ def test_seed_buffer_holds_several_augmented_views(orbit_scene, encoder):
                                    constant_depth=2.0)
     args = SimpleNamespace(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
                            base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240, use_aug=True,
-                           aug_scale=1.5, aug_rotation=15, aug_shift=0.0)
+                           aug_scale=1.5, aug_rotation=15, aug_shift=0.0, aug_viewpoint=0.0)
     buffer = ace_trainer.fill_training_buffer(data, encoder, args, __import__("torch").device("cpu"), "cpu")
     assert len(buffer) == 6 * 256
     distinct = {tuple(np.round(r.numpy().ravel(), 5)) for r in buffer.rotations[::256]}
     assert len(distinct) == 6
+
+
+def test_novel_viewpoint_matches_a_rendering(orbit_scene):
+    """A seed view re-rendered from its depth looks like the renderer's image from that camera, and its depth
+    agrees; the unwarped image does not (so the comparison can fail)."""
+    from datasets.synthetic_scene import SceneRenderer, build_scene
+    stem = sorted(p.stem for p in orbit_scene.glob("images/*.png"))[5]
+    grey = dataset_io.rgb_to_grey01(dataset_io.load_image_rgb(str(orbit_scene / "images" / f"{stem}.png")))
+    depth = dataset_io.load_depth_png(str(orbit_scene / "depth" / f"{stem}.depth.png"))
+    cam_to_world = dataset_io.load_cam_to_world(str(orbit_scene / "poses" / f"{stem}.pose.txt"))
+    new_grey, new_depth, mask, rotation, translation = ace_trainer.novel_viewpoint(
+        grey.astype(np.float32), depth, ORBIT_FOCAL, np.random.default_rng(3), 10.0)
+    angle = np.degrees(np.linalg.norm(cv2.Rodrigues(rotation)[0]))
+    assert 2.0 < angle <= 10.0 and mask.mean() > 0.5
+    new_to_old = np.eye(4)
+    new_to_old[:3, :3], new_to_old[:3, 3] = rotation.T, -rotation.T @ translation
+    with SceneRenderer(build_scene(seed=3), grey.shape[1], grey.shape[0], ORBIT_FOCAL) as renderer:
+        rendered_rgb, rendered_depth = renderer.render(cam_to_world @ new_to_old)
+    rendered = dataset_io.rgb_to_grey01(rendered_rgb)
+    valid = (mask > 0) & (rendered_depth > 0)
+    warped_error = np.median(np.abs(new_grey - rendered)[valid])
+    assert warped_error < 0.03 and warped_error < 0.3 * np.median(np.abs(grey - rendered)[valid])
+    relative = np.abs(new_depth - rendered_depth)[valid] / rendered_depth[valid]
+    assert np.median(relative) < 0.005 and np.mean(relative < 0.05) > 0.95
