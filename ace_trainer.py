@@ -202,18 +202,25 @@ def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.r
     depth) by up to `max_angle_deg` about a random axis perpendicular to the optical axis.
 
     A single view teaches the head nothing about how features change with the viewpoint; these views do, and
-    keep registrations of neighbouring images from being pulled towards the seed view. Pixels are splatted
-    with a z-buffer; one-pixel cracks are closed, disocclusions and the area outside the original image become
-    invalid (mask 0, depth 0) and their grey values are inpainted so that the encoder sees no hard edges.
+    keep registrations of neighbouring images from being pulled towards the seed view.
     Returns grey, depth, mask of the new view and its motion (new_cam = rotation @ old_cam + translation)."""
-    height, width = grey.shape
     known = depth > 0
     pivot = np.array([0.0, 0.0, float(np.median(depth[known]))]) if known.any() else np.zeros(3)
     direction = rng.uniform(0, 2 * np.pi)
     angle = np.radians(rng.uniform(-max_angle_deg, max_angle_deg))
     rotation = _axis_angle(np.array([np.cos(direction), np.sin(direction), 0.0]), angle)
     translation = pivot - rotation @ pivot
-    v, u = np.nonzero(known)
+    new_grey, new_depth = _splat(grey, depth, focal, rotation, translation)
+    new_grey, new_depth, mask = _fill_splat_holes(new_grey, new_depth)
+    return new_grey, new_depth, mask, rotation, translation
+
+
+def _splat(grey: np.ndarray, depth: np.ndarray, focal: float, rotation: np.ndarray, translation: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Forward-project every pixel with depth into the moved camera; the nearest point wins each pixel (depth 0
+    where none lands)."""
+    height, width = grey.shape
+    v, u = np.nonzero(depth > 0)
     d = depth[v, u]
     cam = np.stack([(u + 0.5 - width / 2) / focal * d, (v + 0.5 - height / 2) / focal * d, d])
     new = rotation @ cam + translation[:, None]
@@ -228,18 +235,24 @@ def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.r
     out_depth = np.zeros(height * width, np.float32)
     out_grey[target[first]] = grey[v[inside][first], u[inside][first]]
     out_depth[target[first]] = new[2][inside][first]
-    out_grey, out_depth = out_grey.reshape(height, width), out_depth.reshape(height, width)
-    hit = (out_depth > 0).astype(np.uint8)
+    return out_grey.reshape(height, width), out_depth.reshape(height, width)
+
+
+def _fill_splat_holes(grey: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-pixel cracks get the nearest neighbouring depth; disocclusions and the area outside the original
+    image stay without depth (mask 0). Every hole's grey value is inpainted so that the encoder sees no hard
+    edges."""
+    hit = (depth > 0).astype(np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     covered = cv2.morphologyEx(hit, cv2.MORPH_CLOSE, cross)
     crack = (covered > 0) & (hit == 0)
-    nearest = cv2.dilate(np.where(hit > 0, 1.0 / np.maximum(out_depth, 1e-6), 0).astype(np.float32), cross)
-    out_depth[crack] = 1.0 / np.maximum(nearest[crack], 1e-6)
-    holes = (hit == 0).astype(np.uint8)
-    filled = cv2.inpaint(np.round(out_grey * 255).astype(np.uint8), holes, 3, cv2.INPAINT_TELEA)
-    out_grey = np.where(hit > 0, out_grey, filled.astype(np.float32) / 255)
-    out_depth[covered == 0] = 0
-    return out_grey, out_depth, covered.astype(np.float32), rotation, translation
+    nearest = cv2.dilate(np.where(hit > 0, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32), cross)
+    depth = depth.copy()
+    depth[crack] = 1.0 / np.maximum(nearest[crack], 1e-6)
+    depth[covered == 0] = 0
+    filled = cv2.inpaint(np.round(grey * 255).astype(np.uint8), 1 - hit, 3, cv2.INPAINT_TELEA)
+    grey = np.where(hit > 0, grey, filled.astype(np.float32) / 255)
+    return grey, depth, covered.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
