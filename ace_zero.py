@@ -34,7 +34,7 @@ REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 # regression: a head mapped from one view generalises to other views only when it has seen the seed shifted,
 # re-rendered from nearby viewpoints and in many views (README, "Seeds with the XFeat encoder"). Measured on the
 # demo orbit (seed with true depth, 3000 iterations), registration error of the views 6-42 deg from the seed:
-# 0.5-7 deg with all three, 1.1-24 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
+# 0.6-9.5 deg with all three, 1.8-42 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
 # were worse. The ACE encoder keeps the original's seed mapping.
 XFEAT_SEED_AUGMENTATION = {"seed_aug_shift": 0.25, "seed_aug_viewpoint": 10.0, "seed_dataset_passes": 100}
 
