@@ -192,10 +192,6 @@ def _scene_targets(cam_to_world, depth, grid_u, grid_v, focal, principal, rotati
     return scene.reshape(3, *depth.shape).astype(np.float32)
 
 
-def _axis_angle(axis: np.ndarray, angle_rad: float) -> np.ndarray:
-    return cv2.Rodrigues((axis / np.linalg.norm(axis) * angle_rad).reshape(3, 1))[0]
-
-
 def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.random.Generator,
                     max_angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-render an image with depth from a camera orbiting the scene (pivot on the optical axis at the median
@@ -208,7 +204,7 @@ def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.r
     pivot = np.array([0.0, 0.0, float(np.median(depth[known]))]) if known.any() else np.zeros(3)
     direction = rng.uniform(0, 2 * np.pi)
     angle = np.radians(rng.uniform(-max_angle_deg, max_angle_deg))
-    rotation = _axis_angle(np.array([np.cos(direction), np.sin(direction), 0.0]), angle)
+    rotation = dataset_io.rotation_about(np.array([np.cos(direction), np.sin(direction), 0.0]), angle)
     translation = pivot - rotation @ pivot
     new_grey, new_depth = _splat(grey, depth, focal, rotation, translation)
     new_grey, new_depth, mask = _fill_splat_holes(new_grey, new_depth)

@@ -121,11 +121,6 @@ def orthonormalise(rotation: np.ndarray) -> np.ndarray:
     return fixed
 
 
-def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
-    vector = np.asarray(axis, np.float64) / max(np.linalg.norm(axis), 1e-12) * angle
-    return cv2.Rodrigues(vector)[0]
-
-
 class ObserverCamera:
     """A camera that trails its targets: each target is pushed back along its viewing axis and the camera shows
     the mean of the recent ones, so cuts between targets become slow, smooth moves."""
@@ -159,7 +154,7 @@ def pan_cameras(cam_to_world: np.ndarray, arc_deg: float = PAN_ARC_DEG, count: i
     views = []
     for angle in np.radians(np.linspace(-arc_deg / 2, arc_deg / 2, count)):
         pose = np.eye(4)
-        pose[:3, :3] = rotation_about(reference[:3, 0 if flipped_portrait else 1], angle) @ reference[:3, :3]
+        pose[:3, :3] = dataset_io.rotation_about(reference[:3, 0 if flipped_portrait else 1], angle) @ reference[:3, :3]
         pose[:3, 3] = centre + pose[:3, 2] * radius
         views.append(pose)
     return views

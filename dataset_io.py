@@ -145,6 +145,12 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
     return inverse
 
 
+def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
+    """3 x 3 rotation by `angle` radians about `axis` (any length but zero)."""
+    axis = np.asarray(axis, np.float64)
+    return Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-12) * angle).as_matrix()
+
+
 def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
     x, y, z, w = Rotation.from_matrix(world_to_cam[:3, :3]).as_quat()

@@ -223,7 +223,7 @@ def test_observer_trails_its_targets():
     observer.follow(target)
     assert np.allclose(observer.pose()[:3, 3], [0, 0, 2])  # pushed back along +z (OpenGL: backwards)
     turned = np.eye(4)
-    turned[:3, :3] = vis.rotation_about(np.array([0.0, 1.0, 0.0]), np.pi / 2)
+    turned[:3, :3] = dataset_io.rotation_about(np.array([0.0, 1.0, 0.0]), np.pi / 2)
     for _ in range(5):
         observer.follow(turned)
     pose = observer.pose()
