@@ -127,14 +127,15 @@ class XFeatEncoder(FeatureEncoder):
         return features[:, :, :out_h, :out_w]
 
     @torch.no_grad()
-    def detect(self, x: torch.Tensor, max_keypoints: int = 4096, min_score: float = 0.05
+    def detect(self, x: torch.Tensor, max_keypoints: int = 4096, min_score: float = 0.05, subpixel: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse keypoints of one image (1 x 1 x H x W): pixel positions N x 2 and unit descriptors N x 64.
 
         The keypoint head scores every pixel of each 8x8 cell (64 row-major logits plus a 'no keypoint' bin);
         local maxima above `min_score`, ranked by score times the reliability map, locate matches to about a
-        pixel, where dense cells are quantised to 8 pixels. Positions follow `cell_centres` (pixel i spans
-        [i, i + 1)). Descriptors are sampled bilinearly at the keypoints."""
+        pixel, where dense cells are quantised to 8 pixels; `subpixel` refines each peak with a parabola through
+        its neighbours. Positions follow `cell_centres` (pixel i spans [i, i + 1)). Descriptors are sampled
+        bilinearly at the keypoints."""
         height, width = x.shape[-2:]
         x = self._pad_to_32(x)
         features, logits, reliability = self.model(x)
@@ -146,11 +147,27 @@ class XFeatEncoder(FeatureEncoder):
         peaks = (score == F.max_pool2d(score, 5, stride=1, padding=2)) & (score > min_score)
         v, u = torch.nonzero(peaks[0, 0], as_tuple=True)
         positions = torch.stack([u, v], dim=1).float() + 0.5  # pixel centres, as cell_centres
+        if subpixel:
+            positions = positions + self._peak_offsets(score[0, 0], v, u)
         grid = self._sample_grid(positions, x.shape[-1], x.shape[-2])
         rank = score[0, 0, v, u] * F.grid_sample(reliability, grid, align_corners=False)[0, 0, 0]
         keep = rank.argsort(descending=True)[:max_keypoints]
         descriptors = F.grid_sample(features, grid[:, :, keep], mode="bilinear", align_corners=False)[0, :, 0].t()
         return positions[keep], F.normalize(descriptors, dim=1)
+
+    @staticmethod
+    def _peak_offsets(score: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Sub-pixel (x, y) offsets of score peaks: the vertex of the parabola through each peak and its two
+        neighbours along each axis (borders replicate, giving no offset there)."""
+        padded = F.pad(score[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+        v, u = v + 1, u + 1
+        centre = padded[v, u]
+        offsets = []
+        for before, after in ((padded[v, u - 1], padded[v, u + 1]), (padded[v - 1, u], padded[v + 1, u])):
+            curvature = before - 2 * centre + after
+            offset = torch.where(curvature < 0, 0.5 * (before - after) / curvature.clamp(max=-1e-12), 0.0)
+            offsets.append(offset.clamp(-0.5, 0.5))
+        return torch.stack(offsets, dim=1)
 
     @staticmethod
     def _sample_grid(positions: torch.Tensor, width: int, height: int) -> torch.Tensor:

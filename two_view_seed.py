@@ -29,13 +29,13 @@ KEYPOINT_ACCURACY_PX = 1.0  # XFeat keypoints: about a pixel
 CELL_ACCURACY_PX = 4.0      # dense cell centres (encoders without a detector): half a cell
 
 
-def keypoints(encoder, grey: np.ndarray, device) -> tuple[torch.Tensor, np.ndarray]:
+def keypoints(encoder, grey: np.ndarray, device, subpixel: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """Unit descriptors and pixel positions: the encoder's keypoints if it has a detector (XFeat), else every
     output cell at its centre (accurate to CELL_ACCURACY_PX only)."""
     image = encoder.normalise(torch.from_numpy(grey)[None, None].to(device))
     with torch.no_grad():
         if hasattr(encoder, "detect"):
-            positions, descriptors = encoder.detect(image)
+            positions, descriptors = encoder.detect(image, subpixel=subpixel)
         else:
             features = encoder(image)[0]
             channels, height, width = features.shape

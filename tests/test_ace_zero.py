@@ -48,7 +48,8 @@ def test_reconstruction_files(reconstruction):
         assert (out / name).is_file(), name
     assert (out / "poses_iteration0_seed0.txt").is_file()
     state = json.loads((out / "ace_zero_state.json").read_text())
-    assert state["finished"] and (out / f"poses_{state['completed'][-1]}.txt").read_text() == \
+    # On CPU the final registration is bundle-adjusted (bundle_adjust.py) into poses_final.txt.
+    assert state["finished"] and (out / f"poses_{state['completed'][-1]}_adjusted.txt").read_text() == \
         (out / "poses_final.txt").read_text()
     assert "registered: " in result.stderr and "@500" in result.stderr
 

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Bundle adjustment of registered poses on feature tracks: an addition to ACE0 for short (CPU) runs.
+
+ACE0 refines poses by training a pose refiner jointly with the scene network for tens of thousands of iterations;
+on a CPU the rounds are too short for that, and registration against a head that learnt a slightly distorted
+scene leaves errors of a few degrees. This step polishes the poses of a pose file the classical way: XFeat
+keypoints of every registered image are matched to its nearest cameras (as the input poses place them), matches
+are verified with a fundamental matrix (MAGSAC), chained into tracks, triangulated with the input poses, and
+poses, points and (optionally) the shared focal length are optimised for reprojection error with a robust loss.
+The best-observed camera is held fixed and the result keeps the input's scale.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.transform import Rotation
+
+import dataset_io
+from cli_common import UserError, add_device_arg, make_parser, run_main, select_device, str2bool
+
+_log = logging.getLogger("bundle_adjust")
+
+MIN_PAIR_MATCHES = 30       # verified matches for a pair to count
+MIN_CAMERA_OBSERVATIONS = 20  # cameras seen in fewer track points keep their input pose
+MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded cost
+MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
+KEYPOINT_ACCURACY_PX = 1.0  # XFeat, at network resolution
+
+
+@dataclass
+class ImageFeatures:
+    pixels: np.ndarray       # N x 2, original image pixels
+    descriptors: "torch.Tensor"  # N x 64, unit length
+
+
+@dataclass
+class Tracks:
+    camera: np.ndarray   # M observations: index of the camera ...
+    point: np.ndarray    # ... index of the point ...
+    pixels: np.ndarray   # ... and where it was seen (M x 2, original pixels)
+    count: int           # number of points
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("input_poses", type=Path, help="ACE pose file (e.g. poses_iteration5.txt)")
+    parser.add_argument("output_poses", type=Path, help="where to write the adjusted pose file")
+    add_device_arg(parser)
+    parser.add_argument("--confidence_threshold", type=float, default=1000,
+                        help="images with a lower confidence are copied unchanged and not used")
+    parser.add_argument("--refine_focal", type=str2bool, default=True, help="optimise the shared focal length")
+    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
+    parser.add_argument("--neighbours", type=int, default=8, help="images matched to each image")
+    parser.add_argument("--max_view_angle", type=float, default=60,
+                        help="only pair cameras whose viewing directions differ by less (deg)")
+    parser.add_argument("--max_iterations", type=int, default=100, help="most solver iterations per round")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tracks
+
+def extract_features(paths: list[str], short_side: int, device) -> list[ImageFeatures]:
+    """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points)."""
+    from ace_network import load_encoder
+    from two_view_seed import keypoints
+    encoder = load_encoder("xfeat", device)
+    features = []
+    for path in paths:
+        grey, (width, height) = dataset_io.load_network_input(path, short_side)
+        descriptors, pixels = keypoints(encoder, grey, device, subpixel=True)
+        features.append(ImageFeatures(pixels * (width / grey.shape[1]), descriptors))
+    return features
+
+
+def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: float) -> list[tuple[int, int]]:
+    """Each camera with its nearest cameras (centre distance) among those looking in a similar direction."""
+    centres, axes = cam_to_world[:, :3, 3], cam_to_world[:, :3, 2]
+    distance = np.linalg.norm(centres[:, None] - centres[None], axis=2)
+    similar = axes @ axes.T > np.cos(np.radians(max_angle_deg))
+    pairs = set()
+    for i in range(len(centres)):
+        order = [j for j in np.argsort(distance[i]) if j != i and similar[i, j]]
+        pairs.update((min(i, j), max(i, j)) for j in order[:neighbours])
+    return sorted(pairs)
+
+
+def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed)."""
+    from two_view_seed import mutual_matches
+    ia, ib = mutual_matches(a.descriptors, b.descriptors)
+    if len(ia) < MIN_PAIR_MATCHES:
+        return ia[:0], ib[:0]
+    _, mask = cv2.findFundamentalMat(a.pixels[ia], b.pixels[ib], cv2.USAC_MAGSAC, accuracy_px, 0.9999)
+    if mask is None or mask.sum() < MIN_PAIR_MATCHES:
+        return ia[:0], ib[:0]
+    inliers = mask.ravel() > 0
+    return ia[inliers], ib[inliers]
+
+
+def build_tracks(features: list[ImageFeatures], matches: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+                 ) -> list[np.ndarray]:
+    """Keypoints connected by matches, as arrays of global keypoint ids; a track that sees one image twice is
+    contradictory and dropped."""
+    offsets = np.cumsum([0] + [len(f.pixels) for f in features])
+    first = np.concatenate([ia + offsets[i] for (i, _), (ia, _) in matches.items()])
+    second = np.concatenate([ib + offsets[j] for (_, j), (_, ib) in matches.items()])
+    graph = scipy.sparse.coo_matrix((np.ones(len(first)), (first, second)), shape=(offsets[-1], offsets[-1]))
+    _, labels = connected_components(graph, directed=False)
+    image_of = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
+    order = np.argsort(labels, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
+    return [g for g in groups if len(g) >= 2 and len(np.unique(image_of[g])) == len(g)]
+
+
+def observations(tracks: list[np.ndarray], features: list[ImageFeatures]) -> Tracks:
+    """Flatten the longest tracks into observation arrays."""
+    offsets = np.cumsum([0] + [len(f.pixels) for f in features])
+    all_pixels = np.concatenate([f.pixels for f in features])
+    tracks = sorted(tracks, key=len, reverse=True)[:MAX_TRACK_POINTS]
+    ids = np.concatenate(tracks)
+    point = np.repeat(np.arange(len(tracks)), [len(t) for t in tracks])
+    camera = np.searchsorted(offsets, ids, side="right") - 1
+    return Tracks(camera, point, all_pixels[ids], len(tracks))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry
+
+def rays(tracks: Tracks, world_to_cam: np.ndarray, focal: float, centre: np.ndarray) -> tuple[np.ndarray, ...]:
+    """World-space unit rays and camera centres of every observation."""
+    rotation = world_to_cam[tracks.camera, :3, :3]
+    local = np.column_stack([(tracks.pixels - centre) / focal, np.ones(len(tracks.pixels))])
+    directions = np.einsum("mji,mj->mi", rotation, local)  # R^T d
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    origins = -np.einsum("mji,mj->mi", rotation, world_to_cam[tracks.camera, :3, 3])
+    return origins, directions
+
+
+def triangulate(tracks: Tracks, world_to_cam: np.ndarray, focal: float, centre: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares intersection of each track's rays, and whether it is usable (in front of every camera that
+    sees it, with enough parallax)."""
+    origins, directions = rays(tracks, world_to_cam, focal, centre)
+    projector = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # removes the along-ray component
+    lhs = np.zeros((tracks.count, 3, 3))
+    rhs = np.zeros((tracks.count, 3))
+    np.add.at(lhs, tracks.point, projector)
+    np.add.at(rhs, tracks.point, np.einsum("mij,mj->mi", projector, origins))
+    conditioned = np.linalg.cond(lhs) < 1e8
+    lhs[~conditioned] = np.eye(3)
+    points = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    to_point = points[tracks.point] - origins
+    in_front = np.ones(tracks.count, bool)
+    np.logical_and.at(in_front, tracks.point, (to_point * directions).sum(1) > 0)
+    # Parallax: the widest angle between a track's rays and their mean direction, doubled.
+    mean = np.zeros((tracks.count, 3))
+    np.add.at(mean, tracks.point, directions)
+    mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    cosine = np.full(tracks.count, 1.0)
+    np.minimum.at(cosine, tracks.point, (directions * mean[tracks.point]).sum(1))
+    parallax = 2 * np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+    return points, conditioned & in_front & (parallax > MIN_PARALLAX_DEG)
+
+
+def project(rotvecs: np.ndarray, translations: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of points (one per observation) in cameras given as world-to-camera rotation vectors and
+    translations; also the camera-space points."""
+    in_camera = Rotation.from_rotvec(rotvecs).apply(points) + translations
+    return focal * in_camera[:, :2] / in_camera[:, 2:] + centre, in_camera
+
+
+class Problem:
+    """Parameter vector [free cameras (rotation vector, translation) | points | focal?] and its residuals."""
+
+    def __init__(self, tracks: Tracks, world_to_cam: np.ndarray, fixed_camera: int, centre: np.ndarray,
+                 refine_focal: bool, focal: float):
+        self.tracks, self.centre, self.refine_focal, self.focal = tracks, centre, refine_focal, focal
+        self.rotvecs = Rotation.from_matrix(world_to_cam[:, :3, :3]).as_rotvec()
+        self.translations = world_to_cam[:, :3, 3].copy()
+        self.fixed = fixed_camera
+        cameras = len(world_to_cam)
+        # Column of each camera's first parameter; the fixed camera has none (-1).
+        self.camera_column = np.full(cameras, -1)
+        free = [c for c in range(cameras) if c != fixed_camera]
+        self.camera_column[free] = 6 * np.arange(len(free))
+        self.point_column = 6 * len(free)
+        self.focal_column = self.point_column + 3 * tracks.count
+
+    def pack(self, points: np.ndarray) -> np.ndarray:
+        free = self.camera_column >= 0
+        cameras = np.hstack([self.rotvecs[free], self.translations[free]]).ravel()
+        return np.concatenate([cameras, points.ravel(), [self.focal] if self.refine_focal else []])
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        rotvecs, translations = self.rotvecs.copy(), self.translations.copy()
+        free = self.camera_column >= 0
+        cameras = x[:self.point_column].reshape(-1, 6)
+        rotvecs[free], translations[free] = cameras[:, :3], cameras[:, 3:]
+        points = x[self.point_column:self.focal_column].reshape(-1, 3)
+        focal = x[self.focal_column] if self.refine_focal else self.focal
+        return rotvecs, translations, points, focal
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        rotvecs, translations, points, focal = self.unpack(x)
+        t = self.tracks
+        pixels, _ = project(rotvecs[t.camera], translations[t.camera], points[t.point], focal, self.centre)
+        return (pixels - t.pixels).ravel()
+
+    def jacobian(self, x: np.ndarray) -> scipy.sparse.csr_matrix:
+        rotvecs, translations, points, focal = self.unpack(x)
+        t = self.tracks
+        rv, tr, pts = rotvecs[t.camera], translations[t.camera], points[t.point]
+        _, in_camera = project(rv, tr, pts, focal, self.centre)
+        inverse_z = 1 / in_camera[:, 2]
+        # d pixel / d camera-space point: focal * [[1/z, 0, -x/z^2], [0, 1/z, -y/z^2]]
+        d_camera = np.zeros((len(rv), 2, 3))
+        d_camera[:, 0, 0] = d_camera[:, 1, 1] = focal * inverse_z
+        d_camera[:, :, 2] = -focal * in_camera[:, :2] * inverse_z[:, None] ** 2
+        d_point = d_camera @ Rotation.from_rotvec(rv).as_matrix()
+        d_rotation = np.stack([self._rotation_derivative(rv, tr, pts, focal, k) for k in range(3)], axis=2)
+        free = self.camera_column[t.camera] >= 0
+        rows = np.arange(len(rv))
+        cam_blocks = np.concatenate([d_rotation, d_camera], axis=2)[free]
+        cam_columns = self.camera_column[t.camera][free]
+        entries = [(rows, d_point, self.point_column + 3 * t.point, 3), (rows[free], cam_blocks, cam_columns, 6)]
+        if self.refine_focal:
+            d_focal = (in_camera[:, :2] * inverse_z[:, None])[:, :, None]
+            entries.append((rows, d_focal, np.full(len(rv), self.focal_column), 1))
+        data, row_ids, col_ids = [], [], []
+        for obs, block, first, width in entries:
+            data.append(block.ravel())
+            row_ids.append(np.repeat(2 * obs[:, None] + np.arange(2), width, axis=1).ravel())
+            col_ids.append(np.tile(first[:, None] + np.arange(width), (1, 2)).ravel())
+        shape = (2 * len(rv), self.focal_column + int(self.refine_focal))
+        return scipy.sparse.csr_matrix((np.concatenate(data), (np.concatenate(row_ids), np.concatenate(col_ids))),
+                                       shape=shape)
+
+    def _rotation_derivative(self, rv, tr, pts, focal, k, step=1e-6) -> np.ndarray:
+        """Central difference in one rotation-vector component (closed forms of the SO(3) Jacobian are longer)."""
+        delta = np.zeros(3)
+        delta[k] = step
+        plus, _ = project(rv + delta, tr, pts, focal, self.centre)
+        minus, _ = project(rv - delta, tr, pts, focal, self.centre)
+        return (plus - minus) / (2 * step)
+
+    def poses(self, x: np.ndarray) -> np.ndarray:
+        rotvecs, translations, _, _ = self.unpack(x)
+        world_to_cam = np.tile(np.eye(4), (len(rotvecs), 1, 1))
+        world_to_cam[:, :3, :3] = Rotation.from_rotvec(rotvecs).as_matrix()
+        world_to_cam[:, :3, 3] = translations
+        return world_to_cam
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Adjustment
+
+def keep_observations(tracks: Tracks, keep: np.ndarray) -> tuple[Tracks, np.ndarray]:
+    """The kept observations, without points now seen fewer than twice, and the kept points' old ids (new ids
+    are contiguous)."""
+    camera, point, pixels = tracks.camera[keep], tracks.point[keep], tracks.pixels[keep]
+    seen = np.bincount(point, minlength=tracks.count)
+    enough = seen[point] >= 2
+    ids, point = np.unique(point[enough], return_inverse=True)
+    return Tracks(camera[enough], point, pixels[enough], len(ids)), ids
+
+
+def reprojection_errors(problem: Problem, x: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(problem.residuals(x).reshape(-1, 2), axis=1)
+
+
+def robust_cost(errors: np.ndarray, f_scale: float) -> float:
+    """Soft-L1 (pseudo-Huber) cost of per-observation errors: quadratic below f_scale, linear above."""
+    return float((2 * f_scale ** 2 * (np.sqrt(1 + (errors / f_scale) ** 2) - 1)).sum())
+
+
+def levenberg_marquardt(problem: Problem, x: np.ndarray, f_scale: float, max_iterations: int,
+                        tolerance: float = 1e-6) -> tuple[np.ndarray, int]:
+    """Iteratively reweighted Levenberg-Marquardt (soft-L1 weights); each step eliminates the points (Schur
+    complement) and solves the small dense camera system."""
+    damping = 1e-4
+    cost = robust_cost(reprojection_errors(problem, x), f_scale)
+    for step in range(max_iterations):
+        residuals = problem.residuals(x)
+        errors = np.linalg.norm(residuals.reshape(-1, 2), axis=1)
+        weights = np.repeat(1 / np.sqrt(1 + (errors / f_scale) ** 2), 2)
+        normal = NormalEquations(problem, problem.jacobian(x), weights, residuals)
+        while True:
+            candidate = x + normal.solve(damping)
+            new_cost = robust_cost(reprojection_errors(problem, candidate), f_scale)
+            if np.isfinite(new_cost) and new_cost < cost:
+                break
+            damping *= 10
+            if damping > 1e8:
+                return x, step
+        x, improvement, cost = candidate, (cost - new_cost) / cost, new_cost
+        damping = max(damping / 10, 1e-8)
+        if improvement < tolerance:
+            return x, step + 1
+    return x, max_iterations
+
+
+class NormalEquations:
+    """J^T W J split into cameras (+ focal) c and points p: [[A, E], [E^T, B]], B block-diagonal (3 x 3 per point),
+    so the points can be eliminated exactly and cheaply."""
+
+    def __init__(self, problem: Problem, jacobian: scipy.sparse.csr_matrix, weights: np.ndarray,
+                 residuals: np.ndarray):
+        columns = jacobian.shape[1]
+        point_columns = np.arange(problem.point_column, problem.focal_column)
+        self.camera_columns = np.setdiff1d(np.arange(columns), point_columns)
+        self.point_columns = point_columns
+        jacobian = jacobian.tocsc()
+        camera_part = jacobian[:, self.camera_columns]
+        point_part = jacobian[:, point_columns]
+        weighted_camera = camera_part.T.multiply(weights).tocsr()
+        weighted_point = point_part.T.multiply(weights).tocsr()
+        self.a = (weighted_camera @ camera_part).toarray()
+        self.e = (weighted_camera @ point_part).tocsr()
+        self.b = self._point_blocks(weighted_point, point_part)
+        self.g_camera = weighted_camera @ residuals
+        self.g_point = weighted_point @ residuals
+        self.size = columns
+
+    @staticmethod
+    def _point_blocks(weighted_point, point_part) -> np.ndarray:
+        product = (weighted_point @ point_part).tocsr()
+        points = product.shape[0] // 3
+        blocks = np.zeros((points, 3, 3))
+        rows, cols = product.nonzero()
+        blocks[rows // 3, rows % 3, cols % 3] = np.asarray(product[rows, cols]).ravel()
+        return blocks
+
+    def solve(self, damping: float) -> np.ndarray:
+        """The step minimising the damped quadratic model (Marquardt: damping scales the diagonal)."""
+        a = self.a + np.diag(damping * np.diag(self.a) + 1e-12)
+        b = self.b.copy()
+        diagonal = np.arange(3)
+        b[:, diagonal, diagonal] *= 1 + damping
+        b[:, diagonal, diagonal] += 1e-12
+        b_inverse = np.linalg.inv(b)
+        points = len(b)
+        b_inverse_sparse = scipy.sparse.bsr_matrix((b_inverse, np.arange(points), np.arange(points + 1)),
+                                                   shape=(3 * points, 3 * points)).tocsr()
+        e_b_inverse = self.e @ b_inverse_sparse
+        schur = a - (e_b_inverse @ self.e.T).toarray()
+        rhs = -self.g_camera + e_b_inverse @ self.g_point
+        # With one camera fixed the scene's scale is still free; the damped diagonal keeps the system regular.
+        camera_step = np.linalg.solve(schur, rhs)
+        point_step = b_inverse_sparse @ (-self.g_point - self.e.T @ camera_step)
+        step = np.zeros(self.size)
+        step[self.camera_columns] = camera_step
+        step[self.point_columns] = point_step
+        return step
+
+
+def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, tracks: Tracks, refine_focal: bool,
+           accuracy_px: float, max_iterations: int) -> tuple[np.ndarray, float, dict]:
+    """Robust bundle adjustment in rounds of shrinking error scale, dropping observations far beyond it."""
+    points, usable = triangulate(tracks, world_to_cam, focal, centre)
+    seen = np.bincount(tracks.camera[usable[tracks.point]], minlength=len(world_to_cam))
+    # A camera in too few tracks would be placed by its outliers: it keeps its input pose.
+    tracks, ids = keep_observations(tracks, usable[tracks.point] & (seen[tracks.camera] >= MIN_CAMERA_OBSERVATIONS))
+    points = points[ids]
+    stats = {"points": tracks.count, "observations": len(tracks.camera)}
+    fixed = int(np.argmax(np.bincount(tracks.camera, minlength=len(world_to_cam))))
+    problem = Problem(tracks, world_to_cam, fixed, centre, refine_focal, focal)
+    x = problem.pack(points)
+    stats["median_error_before"] = float(np.median(reprojection_errors(problem, x)))
+    # Errors start far above the keypoint accuracy (poses a few degrees off): the loss scale follows the median
+    # error down, so that most observations keep pulling, and observations far beyond it are dropped.
+    f_scale = stats["median_error_before"]
+    while True:
+        f_scale = max(f_scale, accuracy_px)
+        final = f_scale <= accuracy_px
+        # Intermediate rounds only need to bring the errors down to the next scale.
+        x, steps = levenberg_marquardt(problem, x, f_scale, max_iterations, 1e-6 if final else 1e-4)
+        errors = reprojection_errors(problem, x)
+        _log.info("error scale %.1f px: median reprojection error %.2f px, %d steps", f_scale,
+                  np.median(errors), steps)
+        _, _, points, focal_now = problem.unpack(x)
+        tracks, ids = keep_observations(tracks, errors < 3 * f_scale)
+        problem = Problem(tracks, problem.poses(x), fixed, centre, refine_focal, focal_now)
+        x = problem.pack(points[ids])
+        if final:
+            break
+        f_scale = min(f_scale / 2, float(np.median(errors)))
+    stats["median_error_after"] = float(np.median(reprojection_errors(problem, x)))
+    stats["inlier_observations"] = len(tracks.camera)
+    adjusted = keep_input_scale(world_to_cam, problem.poses(x), fixed)
+    return adjusted, float(problem.unpack(x)[3]), stats
+
+
+def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.ndarray:
+    """Undo the scale drift (the one gauge freedom left with one camera fixed), about the fixed camera."""
+    centres_before = np.stack([dataset_io.invert_pose(p)[:3, 3] for p in before])
+    centres_after = np.stack([dataset_io.invert_pose(p)[:3, 3] for p in after])
+    spread_before = np.linalg.norm(centres_before - centres_before[fixed], axis=1).sum()
+    spread_after = np.linalg.norm(centres_after - centres_after[fixed], axis=1).sum()
+    if spread_after < 1e-12:
+        return after
+    scaled = centres_after[fixed] + (centres_after - centres_after[fixed]) * (spread_before / spread_after)
+    result = after.copy()
+    result[:, :3, 3] = -np.einsum("nij,nj->ni", after[:, :3, :3], scaled)
+    return result
+
+
+def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
+                 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    from tqdm import tqdm
+    matches = {}
+    for i, j in tqdm(pairs, desc="matching image pairs", leave=False):
+        ia, ib = verified_matches(features[i], features[j], accuracy_px)
+        if len(ia):
+            matches[(i, j)] = (ia, ib)
+    return matches
+
+
+def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], dict]:
+    """Adjusted copies of the entries (confident ones move; every entry gets the new shared focal length)."""
+    used = [k for k, e in enumerate(entries) if e.confidence >= args.confidence_threshold]
+    if len(used) < 2:
+        raise UserError(f"{args.input_poses}: {len(used)} image(s) with confidence >= {args.confidence_threshold:g}; "
+                        f"bundle adjustment needs 2")
+    paths = [entries[k].path for k in used]
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"{args.input_poses}: image {path} not found (paths are read from the pose file)")
+    width, height = dataset_io.common_image_size(paths)
+    focal = dataset_io.single_focal(entries, str(args.input_poses))
+    world_to_cam = np.stack([entries[k].world_to_cam for k in used])
+    features = extract_features(paths, args.image_resolution, device)
+    accuracy = KEYPOINT_ACCURACY_PX * min(width, height) / args.image_resolution
+    pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), args.neighbours,
+                            args.max_view_angle)
+    matches = match_images(features, pairs, accuracy)
+    _log.info("%d of %d image pairs verified", len(matches), len(pairs))
+    tracks = observations(build_tracks(features, matches), features) if matches else None
+    if tracks is None or tracks.count < MIN_PAIR_MATCHES:
+        _log.warning("too few feature tracks to adjust; poses are copied unchanged")
+        return entries, {"adjusted": False}
+    centre = np.array([width / 2, height / 2])
+    adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, args.refine_focal, accuracy,
+                                        args.max_iterations)
+    result = [dataset_io.PoseEntry(e.path, e.world_to_cam, new_focal, e.confidence) for e in entries]
+    for k, pose in zip(used, adjusted):
+        result[k].world_to_cam = pose
+    return result, {"adjusted": True, "pairs": len(matches), "focal_before": focal, "focal_after": new_focal,
+                    **stats}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = select_device(args.device)
+    start = time.time()
+    entries = dataset_io.read_ace_pose_file(args.input_poses)
+    adjusted, stats = bundle_adjust(entries, args, device)
+    dataset_io.write_ace_pose_file(args.output_poses, adjusted)
+    if stats["adjusted"]:
+        _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
+                  "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],
+                  stats["median_error_before"], stats["median_error_after"], stats["focal_before"],
+                  stats["focal_after"], time.time() - start, args.output_poses)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))
