@@ -363,41 +363,78 @@ class NormalEquations:
         return step
 
 
-def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, tracks: Tracks, refine_focal: bool,
+def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_tracks: Tracks, refine_focal: bool,
            accuracy_px: float, max_iterations: int) -> tuple[np.ndarray, float, dict]:
-    """Robust bundle adjustment in rounds of shrinking error scale, dropping observations far beyond it."""
-    points, usable = triangulate(tracks, world_to_cam, focal, centre)
-    seen = np.bincount(tracks.camera[usable[tracks.point]], minlength=len(world_to_cam))
-    # A camera in too few tracks would be placed by its outliers: it keeps its input pose.
-    tracks, ids = keep_observations(tracks, usable[tracks.point] & (seen[tracks.camera] >= MIN_CAMERA_OBSERVATIONS))
-    points = points[ids]
-    stats = {"points": tracks.count, "observations": len(tracks.camera)}
-    fixed = int(np.argmax(np.bincount(tracks.camera, minlength=len(world_to_cam))))
-    problem = Problem(tracks, world_to_cam, fixed, centre, refine_focal, focal)
-    x = problem.pack(points)
-    stats["median_error_before"] = float(np.median(reprojection_errors(problem, x)))
-    # Errors start far above the keypoint accuracy (poses a few degrees off): the loss scale follows the median
-    # error down, so that most observations keep pulling, and observations far beyond it are dropped.
-    f_scale = stats["median_error_before"]
+    """Robust bundle adjustment in rounds of shrinking error scale. Errors start far above the keypoint accuracy
+    (poses a few degrees off), so the loss scale follows the median error down: most observations keep pulling,
+    and those far beyond the scale are left out of the next round. Between rounds, badly registered cameras
+    are re-seated by PnP and the points are triangulated again."""
+    poses = world_to_cam.copy()
+    fixed = int(np.argmax(np.bincount(all_tracks.camera, minlength=len(poses))))
+    f_scale, stats = None, {"points": all_tracks.count, "observations": len(all_tracks.camera)}
     while True:
-        f_scale = max(f_scale, accuracy_px)
+        points, usable = triangulate(all_tracks, poses, focal, centre)
+        errors = observation_errors(all_tracks, poses, points, focal, centre)
+        keep = usable[all_tracks.point]
+        if f_scale is None:
+            f_scale = max(float(np.median(errors[keep])), accuracy_px)
+            stats["median_error_before"] = f_scale
+        else:
+            keep &= errors < 3 * f_scale
+        # A camera in too few tracks would be placed by its outliers: it keeps its pose.
+        seen = np.bincount(all_tracks.camera[keep], minlength=len(poses))
+        tracks, ids = keep_observations(all_tracks, keep & (seen[all_tracks.camera] >= MIN_CAMERA_OBSERVATIONS))
         final = f_scale <= accuracy_px
+        problem = Problem(tracks, poses, fixed, centre, refine_focal, focal)
         # Intermediate rounds only need to bring the errors down to the next scale.
-        x, steps = levenberg_marquardt(problem, x, f_scale, max_iterations, 1e-6 if final else 1e-4)
-        errors = reprojection_errors(problem, x)
+        x, steps = levenberg_marquardt(problem, problem.pack(points[ids]), f_scale, max_iterations,
+                                       1e-6 if final else 1e-4)
+        round_errors = reprojection_errors(problem, x)
         _log.info("error scale %.1f px: median reprojection error %.2f px, %d steps", f_scale,
-                  np.median(errors), steps)
-        _, _, points, focal_now = problem.unpack(x)
-        tracks, ids = keep_observations(tracks, errors < 3 * f_scale)
-        problem = Problem(tracks, problem.poses(x), fixed, centre, refine_focal, focal_now)
-        x = problem.pack(points[ids])
+                  np.median(round_errors), steps)
+        poses, focal = problem.poses(x), float(problem.unpack(x)[3])
         if final:
             break
-        f_scale = min(f_scale / 2, float(np.median(errors)))
-    stats["median_error_after"] = float(np.median(reprojection_errors(problem, x)))
+        f_scale = max(accuracy_px, min(f_scale / 2, float(np.median(round_errors))))
+        solved = np.full((all_tracks.count, 3), np.nan)
+        solved[ids] = problem.unpack(x)[2]
+        poses = reseat_cameras(all_tracks, poses, solved, focal, centre, 3 * f_scale, fixed)
+    stats["median_error_after"] = float(np.median(round_errors))
     stats["inlier_observations"] = len(tracks.camera)
-    adjusted = keep_input_scale(world_to_cam, problem.poses(x), fixed)
-    return adjusted, float(problem.unpack(x)[3]), stats
+    return keep_input_scale(world_to_cam, poses, fixed), focal, stats
+
+
+def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float,
+                       centre: np.ndarray) -> np.ndarray:
+    """Reprojection error of every observation (NaN where its point is NaN)."""
+    rotation = world_to_cam[tracks.camera, :3, :3]
+    in_camera = np.einsum("mij,mj->mi", rotation, points[tracks.point]) + world_to_cam[tracks.camera, :3, 3]
+    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre
+    return np.linalg.norm(pixels - tracks.pixels, axis=1)
+
+
+def reseat_cameras(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
+                   threshold_px: float, fixed: int) -> np.ndarray:
+    """Cameras that agree with few of their points (a registration far off, which the adjustment cannot pull
+    back) placed again by RANSAC PnP on the points, when that agrees with at least twice as many."""
+    camera_matrix = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
+    errors = observation_errors(tracks, world_to_cam, points, focal, centre)
+    known = np.isfinite(points[tracks.point]).all(axis=1)
+    result = world_to_cam.copy()
+    for camera in range(len(world_to_cam)):
+        mine = known & (tracks.camera == camera)
+        if camera == fixed or mine.sum() < MIN_CAMERA_OBSERVATIONS:
+            continue
+        agreeing = int((errors[mine] < threshold_px).sum())
+        found, rotation, translation, inliers = cv2.solvePnPRansac(
+            points[tracks.point[mine]], tracks.pixels[mine], camera_matrix, None, iterationsCount=1000,
+            reprojectionError=threshold_px, flags=cv2.SOLVEPNP_SQPNP)
+        if found and inliers is not None and len(inliers) > max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
+            result[camera, :3, :3] = cv2.Rodrigues(rotation)[0]
+            result[camera, :3, 3] = translation.ravel()
+            _log.info("camera %d re-seated by PnP: %d -> %d of %d points agree", camera, agreeing, len(inliers),
+                      mine.sum())
+    return result
 
 
 def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from bundle_adjust import Problem, Tracks
+from bundle_adjust import Problem, Tracks, reseat_cameras
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -74,6 +74,28 @@ def test_adjustment_recovers_poses_and_focal(orbit_scene, tmp_path):
     assert after["accuracy_percent"] == 100.0
     focal = dataset_io.read_ace_pose_file(adjusted)[0].focal
     assert focal == pytest.approx(ORBIT_FOCAL, rel=0.015)
+
+
+def test_far_off_camera_is_reseated():
+    """A camera registered far off (as ACE0 can at the edge of a reconstruction), beyond what the adjustment
+    pulls back, is put back by PnP on the points; cameras that agree with their points stay."""
+    rng = np.random.default_rng(3)
+    cameras, points = 3, 200
+    world_to_cam = np.tile(np.eye(4), (cameras, 1, 1))
+    world_to_cam[:, :3, :3] = Rotation.from_rotvec(rng.normal(size=(cameras, 3)) * 0.05).as_matrix()
+    world_to_cam[:, :3, 3] = rng.normal(size=(cameras, 3)) * 0.2
+    xyz = rng.uniform([-2, -1.5, 3], [2, 1.5, 6], size=(points, 3))
+    camera, point = np.repeat(np.arange(cameras), points), np.tile(np.arange(points), cameras)
+    centre, focal = np.array([320.0, 240.0]), 500.0
+    in_camera = np.einsum("mij,mj->mi", world_to_cam[camera, :3, :3], xyz[point]) + world_to_cam[camera, :3, 3]
+    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre + rng.normal(size=(len(camera), 2)) * 0.3
+    tracks = Tracks(camera, point, pixels, points)
+    wrong = world_to_cam.copy()
+    wrong[2, :3, :3] = dataset_io.rotation_about([0, 1, 0], np.radians(40)) @ wrong[2, :3, :3]
+    wrong[2, :3, 3] += [0.5, 0, 0]
+    result = reseat_cameras(tracks, wrong, xyz, focal, centre, 3.0, fixed=0)
+    np.testing.assert_array_equal(result[:2], wrong[:2])
+    np.testing.assert_allclose(result[2], world_to_cam[2], atol=0.01)
 
 
 def test_unconfident_images_are_copied(orbit_scene, tmp_path):
