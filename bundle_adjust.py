@@ -6,8 +6,9 @@ on a CPU the rounds are too short for that, and registration against a head that
 scene leaves errors of a few degrees. This step polishes the poses of a pose file the classical way: XFeat
 keypoints of every registered image are matched to its nearest cameras (as the input poses place them), matches
 are verified with a fundamental matrix (MAGSAC), chained into tracks, triangulated with the input poses, and
-poses, points and (optionally) the shared focal length are optimised for reprojection error with a robust loss.
-The best-observed camera is held fixed and the result keeps the input's scale.
+poses, points and (optionally) the shared focal length are optimised for reprojection error with a robust loss;
+cameras registered far off are re-seated by PnP between rounds. The best-observed camera is held fixed and the
+result keeps the input's scale.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def build_parser():
     parser.add_argument("--neighbours", type=int, default=8, help="images matched to each image")
     parser.add_argument("--max_view_angle", type=float, default=60,
                         help="only pair cameras whose viewing directions differ by less (deg)")
-    parser.add_argument("--max_iterations", type=int, default=100, help="most solver iterations per round")
+    parser.add_argument("--max_iterations", type=int, default=500,
+                        help="most solver steps per round (a focal length far off needs hundreds)")
     return parser
 
 
@@ -495,8 +497,18 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
                     **stats}
 
 
+def validate(args) -> None:
+    for flag, value, least in (("--neighbours", args.neighbours, 1), ("--image_resolution", args.image_resolution, 32),
+                               ("--max_iterations", args.max_iterations, 1)):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    if not 0 < args.max_view_angle <= 180:
+        raise UserError(f"--max_view_angle must be in (0, 180] degrees, got {args.max_view_angle}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    validate(args)
     device = select_device(args.device)
     start = time.time()
     entries = dataset_io.read_ace_pose_file(args.input_poses)

@@ -119,3 +119,10 @@ def test_too_few_confident_images_is_a_clear_error(orbit_scene, tmp_path):
     assert result.returncode == 2
     assert "bundle adjustment needs 2" in result.stderr and str(noisy) in result.stderr
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_bad_flag_is_a_clear_error(tmp_path):
+    result = run_cli("bundle_adjust.py", tmp_path / "in.txt", tmp_path / "out.txt", "--neighbours", 0, check=False)
+    assert result.returncode == 2 and "--neighbours must be at least 1" in result.stderr
+    missing = run_cli("bundle_adjust.py", tmp_path / "in.txt", tmp_path / "out.txt", check=False)
+    assert missing.returncode == 2 and "in.txt" in missing.stderr and "Traceback" not in missing.stderr
