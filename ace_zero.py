@@ -454,15 +454,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def adjust_final_poses(args, last: str) -> Path:
-    """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it)."""
+    """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
+    the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
     adjusted = args.results_folder / f"poses_{last}_adjusted.txt"
     if adjusted.exists() and adjusted.stat().st_mtime >= registered.stat().st_mtime:
         _log.info("using the bundle adjustment in %s", adjusted)
-    else:
+        return adjusted
+    try:
         run_script("bundle_adjust.py", [registered, adjusted, "--device", args.device,
                                         "--confidence_threshold", args.registration_confidence,
                                         "--refine_focal", args.refine_calibration])
+    except UserError as error:
+        # The reconstruction itself is done: keep it rather than end the run on its last polish.
+        _log.warning("%s; poses_final.txt is the unadjusted %s", error, registered.name)
+        return registered
     return adjusted
 
 

@@ -138,7 +138,7 @@ def observations(tracks: list[np.ndarray], features: list[ImageFeatures]) -> Tra
 # Geometry
 
 def rays(tracks: Tracks, world_to_cam: np.ndarray, focal: float, centre: np.ndarray) -> tuple[np.ndarray, ...]:
-    """World-space unit rays and camera centres of every observation."""
+    """Ray origins (camera centres) and world-space unit directions of every observation."""
     rotation = world_to_cam[tracks.camera, :3, :3]
     local = np.column_stack([(tracks.pixels - centre) / focal, np.ones(len(tracks.pixels))])
     directions = np.einsum("mji,mj->mi", rotation, local)  # R^T d
