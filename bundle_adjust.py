@@ -178,7 +178,12 @@ def project(rotvecs: np.ndarray, translations: np.ndarray, points: np.ndarray, f
     """Pixels of points (one per observation) in cameras given as world-to-camera rotation vectors and
     translations; also the camera-space points."""
     in_camera = Rotation.from_rotvec(rotvecs).apply(points) + translations
-    return focal * in_camera[:, :2] / in_camera[:, 2:] + centre, in_camera
+    return to_pixels(in_camera, focal, centre), in_camera
+
+
+def to_pixels(in_camera: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
+    """Pinhole projection of camera-space points (principal point `centre`, as ACE0 assumes)."""
+    return focal * in_camera[:, :2] / in_camera[:, 2:] + centre
 
 
 class Problem:
@@ -189,7 +194,6 @@ class Problem:
         self.tracks, self.centre, self.refine_focal, self.focal = tracks, centre, refine_focal, focal
         self.rotvecs = Rotation.from_matrix(world_to_cam[:, :3, :3]).as_rotvec()
         self.translations = world_to_cam[:, :3, 3].copy()
-        self.fixed = fixed_camera
         cameras = len(world_to_cam)
         # Column of each camera's first parameter; the fixed camera has none (-1).
         self.camera_column = np.full(cameras, -1)
@@ -411,8 +415,7 @@ def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndar
     """Reprojection error of every observation (NaN where its point is NaN)."""
     rotation = world_to_cam[tracks.camera, :3, :3]
     in_camera = np.einsum("mij,mj->mi", rotation, points[tracks.point]) + world_to_cam[tracks.camera, :3, 3]
-    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre
-    return np.linalg.norm(pixels - tracks.pixels, axis=1)
+    return np.linalg.norm(to_pixels(in_camera, focal, centre) - tracks.pixels, axis=1)
 
 
 def reseat_cameras(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
