@@ -294,21 +294,24 @@ def levenberg_marquardt(problem: Problem, x: np.ndarray, f_scale: float, max_ite
     """Iteratively reweighted Levenberg-Marquardt (soft-L1 weights); each step eliminates the points (Schur
     complement) and solves the small dense camera system."""
     damping = 1e-4
-    cost = robust_cost(reprojection_errors(problem, x), f_scale)
+    residuals = problem.residuals(x)
+    errors = np.linalg.norm(residuals.reshape(-1, 2), axis=1)
+    cost = robust_cost(errors, f_scale)
     for step in range(max_iterations):
-        residuals = problem.residuals(x)
-        errors = np.linalg.norm(residuals.reshape(-1, 2), axis=1)
         weights = np.repeat(1 / np.sqrt(1 + (errors / f_scale) ** 2), 2)
         normal = NormalEquations(problem, problem.jacobian(x), weights, residuals)
         while True:
             candidate = x + normal.solve(damping)
-            new_cost = robust_cost(reprojection_errors(problem, candidate), f_scale)
+            candidate_residuals = problem.residuals(candidate)
+            candidate_errors = np.linalg.norm(candidate_residuals.reshape(-1, 2), axis=1)
+            new_cost = robust_cost(candidate_errors, f_scale)
             if np.isfinite(new_cost) and new_cost < cost:
                 break
             damping *= 10
             if damping > 1e8:
                 return x, step
-        x, improvement, cost = candidate, (cost - new_cost) / cost, new_cost
+        improvement = (cost - new_cost) / cost
+        x, residuals, errors, cost = candidate, candidate_residuals, candidate_errors, new_cost
         damping = max(damping / 10, 1e-8)
         if improvement < tolerance:
             return x, step + 1
@@ -339,11 +342,9 @@ class NormalEquations:
 
     @staticmethod
     def _point_blocks(weighted_point, point_part) -> np.ndarray:
-        product = (weighted_point @ point_part).tocsr()
-        points = product.shape[0] // 3
-        blocks = np.zeros((points, 3, 3))
-        rows, cols = product.nonzero()
-        blocks[rows // 3, rows % 3, cols % 3] = np.asarray(product[rows, cols]).ravel()
+        product = (weighted_point @ point_part).tocoo()  # non-zero only inside each point's 3 x 3 block
+        blocks = np.zeros((product.shape[0] // 3, 3, 3))
+        blocks[product.row // 3, product.row % 3, product.col % 3] = product.data
         return blocks
 
     def solve(self, damping: float) -> np.ndarray:
