@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,17 +99,53 @@ def _load_xfeat_model_class():
     return module.XFeatModel
 
 
+@dataclass(frozen=True)
+class XFeatVariant:
+    """How XFeat's dense features are computed.
+
+    XFeat's convolutions pad with zeros, and its deep levels (stride 32, receptive field of several hundred
+    pixels) read the image border through that padding: the features then encode where in the frame a cell
+    lies (a linear probe recovers the position with R^2 ~0.9). A head can fit the reprojection loss from that
+    position code alone, for any poses, so the loss no longer separates true poses from collapsed ones.
+    `conv_padding='reflect'` pads every convolution by mirroring its input, which carries no border signal;
+    `canvas` mirrors the image outwards by that many pixels first, so the interior never sees a border at all
+    (the features of the added margin are cropped away)."""
+    encoder_id: str
+    conv_padding: str = "zeros"
+    canvas: int = 0
+    levels: str = "fused"  # fused: XFeat's descriptors; fine: the stride-8 level alone (receptive field ~53 px)
+    description: str = ""
+
+
+XFEAT_VARIANTS = {v.encoder_id: v for v in (
+    XFeatVariant(XFEAT_ENCODER_ID, "zeros", 0, "XFeat as published (zero padding: features encode position)"),
+    XFeatVariant("xfeat-canvas64", "zeros", 64, "XFeat on the image mirrored outwards by 64 px"),
+    XFeatVariant("xfeat-canvas128", "zeros", 128, "XFeat on the image mirrored outwards by 128 px"),
+    XFeatVariant("xfeat-reflect", "reflect", 0, "XFeat with mirror padding in every convolution"),
+    XFeatVariant("xfeat-reflect-canvas32", "reflect", 32, description="XFeat with mirror padding, on the image "
+                                                                      "mirrored outwards by 32 px"),
+    XFeatVariant("xfeat-fine", "zeros", 0, "fine", "XFeat's stride-8 level, before the pyramid fusion"),
+    XFeatVariant("xfeat-fine-reflect", "reflect", 0, "fine",
+                 "XFeat's stride-8 level, before the pyramid fusion, mirror padding"),
+)}
+
+
 class XFeatEncoder(FeatureEncoder):
     """XFeat backbone: 64-d dense descriptors at stride 8; the network pads the input to a multiple of 32."""
-    encoder_id = XFEAT_ENCODER_ID
     feature_dim = 64
 
-    def __init__(self):
+    def __init__(self, variant: XFeatVariant = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
         super().__init__()
+        self.variant = variant
+        self.encoder_id = variant.encoder_id
         self.model = _load_xfeat_model_class()()
         weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
+        if variant.conv_padding != "zeros":
+            for module in self.model.modules():
+                if isinstance(module, nn.Conv2d) and any(module.padding):
+                    module.padding_mode = variant.conv_padding
 
     def train(self, mode: bool = True):
         super().train(False)  # frozen: batch-norm statistics must never change
@@ -122,9 +159,27 @@ class XFeatEncoder(FeatureEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        features, _, _ = self.model(self._pad_to_32(x))
+        margin = self.variant.canvas
+        if margin:
+            # a multiple of 8 keeps the output cells on the image's own 8-pixel grid
+            x = F.pad(x, (margin, margin, margin, margin), mode="reflect")
+        features = self._dense(self._pad_to_32(x))
         out_h, out_w = self.output_size(height, width)
-        return features[:, :, :out_h, :out_w]
+        first = margin // OUTPUT_SUBSAMPLE
+        return features[:, :, first:first + out_h, first:first + out_w]
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """XFeat's forward pass up to the dense features (the keypoint and reliability heads are skipped)."""
+        m = self.model
+        x = m.norm(x.mean(dim=1, keepdim=True))
+        fine = m.block3(m.block2(m.block1(x) + m.skip1(x)))
+        if self.variant.levels == "fine":
+            return fine
+        middle = m.block4(fine)
+        coarse = m.block5(middle)
+        size = fine.shape[-2:]
+        return m.block_fusion(fine + F.interpolate(middle, size, mode="bilinear")
+                              + F.interpolate(coarse, size, mode="bilinear"))
 
     @torch.no_grad()
     def detect(self, x: torch.Tensor, max_keypoints: int = 4096, min_score: float = 0.05, subpixel: bool = False
@@ -178,8 +233,9 @@ class XFeatEncoder(FeatureEncoder):
 
 def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
     """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""
-    if str(encoder_path).lower() == XFEAT_ENCODER_ID:
-        encoder = XFeatEncoder()
+    variant = XFEAT_VARIANTS.get(str(encoder_path).lower())
+    if variant is not None:
+        encoder = XFeatEncoder(variant)
     else:
         encoder = _load_ace_encoder(Path(encoder_path))
     for parameter in encoder.parameters():

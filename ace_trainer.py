@@ -446,7 +446,8 @@ class Trainer:
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
                                         args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
-                                        args.pose_refinement_weight).to(device)
+                                        args.pose_refinement_weight, args.pose_refinement_gauge,
+                                        args.pose_refinement_update).to(device)
         if args.refine_calibration and len(set(np.round(self.data.focals, 6))) != 1:
             raise UserError("--refine_calibration needs one focal length shared by all mapping images")
         self.calibration = CalibrationRefiner(self.data.shared_focal, args.refine_calibration,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_network import XFEAT_ENCODER_ID
+from ace_network import XFEAT_VARIANTS
 from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
                         atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
@@ -408,7 +408,7 @@ def validate(args) -> float:
 
 def set_seed_augmentation(args) -> None:
     """Fill the seed augmentation flags left unset: the XFeat profile, or the original's seed mapping."""
-    xfeat = str(args.encoder_path).lower() == XFEAT_ENCODER_ID
+    xfeat = str(args.encoder_path).lower() in XFEAT_VARIANTS
     original = {"seed_aug_shift": 0.0, "seed_aug_viewpoint": 0.0, "seed_dataset_passes": args.max_dataset_passes}
     for flag, value in (XFEAT_SEED_AUGMENTATION if xfeat else original).items():
         if getattr(args, flag) is None:

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 POSE_REFINEMENT_CHOICES = ("none", "naive", "mlp")
 ORTHO_CHOICES = ("gram-schmidt", "procrustes")
+GAUGE_CHOICES = ("none", "centres")
+UPDATE_CHOICES = ("additive", "rotation")
 
 
 def gram_schmidt(matrices: torch.Tensor) -> torch.Tensor:
@@ -42,13 +44,13 @@ class OptionallyOptimised(nn.Module):
 
 
 class PoseMLP(nn.Module):
-    """12 values of a 3x4 pose -> 12-value correction; 128 wide (the original refiner's size)."""
+    """12 values of a 3x4 pose -> a correction (12 values by default); 128 wide (the original refiner's size)."""
 
-    def __init__(self, width: int = 128):
+    def __init__(self, width: int = 128, outputs: int = 12):
         super().__init__()
         self.skip = nn.Linear(12, width)
         self.layers = nn.ModuleList([nn.Linear(12, width), nn.Linear(width, width), nn.Linear(width, width)])
-        self.fc1, self.fc2, self.fc3 = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, 12)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, outputs)
         # Start at the input poses: the original's random initial offsets (~1-3 deg) are baked into the map
         # before the refiner can undo them, which short CPU runs cannot afford.
         nn.init.zeros_(self.fc3.weight)
@@ -66,28 +68,88 @@ class PoseRefiner(OptionallyOptimised):
     """Holds the initial world-to-camera 3x4 poses and returns refined ones."""
 
     def __init__(self, world_to_cam: torch.Tensor, method: str = "none", ortho: str = "gram-schmidt",
-                 learning_rate: float = 1e-3, mlp_weight: float = 0.1):
+                 learning_rate: float = 1e-3, mlp_weight: float = 0.1, gauge: str = "none",
+                 update: str = "additive"):
         super().__init__()
         if method not in POSE_REFINEMENT_CHOICES:
             raise ValueError(f"unknown pose refinement '{method}'")
-        self.method, self.mlp_weight = method, mlp_weight
+        if gauge not in GAUGE_CHOICES:
+            raise ValueError(f"unknown pose refinement gauge '{gauge}'")
+        if update not in UPDATE_CHOICES:
+            raise ValueError(f"unknown pose update '{update}'")
+        self.method, self.mlp_weight, self.gauge, self.update = method, mlp_weight, gauge, update
+        values = 12 if update == "additive" else 6
         self.orthonormalise = gram_schmidt if ortho == "gram-schmidt" else procrustes
         self.register_buffer("initial", world_to_cam[:, :3, :4].clone().float())
         self.optimizer = None
         if method == "naive":
-            self.poses = nn.Parameter(self.initial.clone())
+            start = self.initial.clone() if update == "additive" else torch.zeros(len(self.initial), 6)
+            self.poses = nn.Parameter(start)
             self.optimizer = torch.optim.AdamW([self.poses], lr=learning_rate)
         elif method == "mlp":
-            self.mlp = PoseMLP()
+            self.mlp = PoseMLP(outputs=values)
             self.optimizer = torch.optim.AdamW(self.mlp.parameters(), lr=learning_rate)
 
     def forward(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Refined 3x4 world-to-camera poses (all, or those of `indices`)."""
-        initial = self.initial if indices is None else self.initial[indices]
         if self.method == "none":
-            return initial
-        if self.method == "naive":
-            raw = self.poses if indices is None else self.poses[indices]
-        else:
-            raw = initial + self.mlp_weight * self.mlp(initial.reshape(-1, 12)).view(-1, 3, 4)
+            return self.initial if indices is None else self.initial[indices]
+        if self.gauge == "none" and indices is not None:  # only the poses asked for (the original's cost)
+            return self._refined(self.initial[indices], None if self.method == "mlp" else self.poses[indices])
+        poses = self._refined(self.initial, None if self.method == "mlp" else self.poses)
+        if self.gauge == "centres":
+            poses = hold_centre_gauge(poses, self.initial)
+        return poses if indices is None else poses[indices]
+
+    def _refined(self, initial: torch.Tensor, parameters: torch.Tensor | None) -> torch.Tensor:
+        """`parameters`: the naive refiner's own values for these poses; None = ask the MLP."""
+        if self.update == "rotation":
+            change = parameters if parameters is not None else self.mlp_weight * self.mlp(initial.reshape(-1, 12))
+            return rotate_and_move(initial, change[:, :3], change[:, 3:])
+        raw = parameters if parameters is not None else \
+            initial + self.mlp_weight * self.mlp(initial.reshape(-1, 12)).view(-1, 3, 4)
         return torch.cat([self.orthonormalise(raw[:, :, :3]), raw[:, :, 3:]], dim=2)
+
+
+def rotate_and_move(world_to_cam: torch.Tensor, rotation_vectors: torch.Tensor, centre_shifts: torch.Tensor
+                    ) -> torch.Tensor:
+    """Each camera turned about its own centre by a rotation vector (camera axes) and its centre moved (world).
+
+    The original adds the refiner's output to the pose's matrix entries and re-orthonormalises. The refiner's
+    MLP is a smooth function of the pose, so early on it gives every camera nearly the same correction; a large
+    common addend then dominates every rotation matrix, and all cameras turn towards one orientation (the
+    collapse measured in the README). A common rotation vector or centre shift here is a rigid motion of each
+    camera instead, which never makes two cameras alike."""
+    skew = torch.zeros(len(rotation_vectors), 3, 3, device=world_to_cam.device)
+    x, y, z = rotation_vectors.unbind(1)
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -z, y, -x
+    skew = skew - skew.transpose(1, 2)
+    rotations = torch.linalg.matrix_exp(skew) @ world_to_cam[:, :, :3]
+    centres = camera_centres(world_to_cam) + centre_shifts
+    return torch.cat([rotations, -(rotations @ centres[:, :, None])], dim=2)
+
+
+def camera_centres(world_to_cam: torch.Tensor) -> torch.Tensor:
+    """N x 3 camera centres -R^T t of N x 3 x 4 world-to-camera poses."""
+    return -(world_to_cam[:, :, :3].transpose(1, 2) @ world_to_cam[:, :, 3:])[:, :, 0]
+
+
+def hold_centre_gauge(poses: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Move the refined cameras so that their centres keep the initial centroid and RMS spread.
+
+    The reprojection loss cannot see the scale of the scene, but a head's errors are roughly fixed in scene
+    units, so their pixel size falls as the cameras move away from the points: left free, the refiner drifts
+    towards an ever larger camera layout (the issue's +8 units along z) while the head lags behind. Fixing
+    centroid and spread removes that direction of motion (differentiably, so it also gets no gradient) and
+    leaves every relative pose free. With fewer than two distinct centres there is no spread to hold."""
+    centres, initial_centres = camera_centres(poses), camera_centres(initial)
+    if len(centres) < 2:
+        return poses
+    offsets, initial_offsets = centres - centres.mean(0), initial_centres - initial_centres.mean(0)
+    initial_spread = initial_offsets.pow(2).sum(1).mean().sqrt()
+    if float(initial_spread) < 1e-9:
+        return poses
+    scale = initial_spread / offsets.pow(2).sum(1).mean().sqrt().clamp(min=1e-12)
+    held = initial_centres.mean(0) + scale * offsets
+    rotations = poses[:, :, :3]
+    return torch.cat([rotations, -(rotations @ held[:, :, None])], dim=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args, apply_cpu_profile,
                         configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
-from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
+from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("train_ace")
 
@@ -59,6 +59,12 @@ def build_parser():
     poses.add_argument("--pose_refinement_weight", type=float, default=0.1, help="scale of the MLP pose updates")
     poses.add_argument("--pose_refinement_wait", type=int, default=0, help="keep poses fixed for this many iterations")
     poses.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    poses.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
+                       help="new: 'centres' holds the refined cameras' centroid and spread at the input's, so the "
+                            "refiner cannot drift along the scale it cannot see; none = the original")
+    poses.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
+                       help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
+                            "the original (refiner output added to the pose matrix, re-orthonormalised)")
     poses.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                        help="how refined rotations are re-orthonormalised")
     net = parser.add_argument_group("network")

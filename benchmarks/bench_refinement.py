@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Does one mapping round with pose refinement make noisy poses better? Ground-truth poses are perturbed by a
+random rotation (about a random axis) and translation of fixed size, `train_ace.py --pose_refinement ...` maps
+from them, and the refined `poses_*_preliminary.txt` is compared with the truth after a similarity alignment
+(least squares over all cameras). Also reported: the camera spread (mean pairwise angle between the optical
+axes) of the truth, the input and the output; a refiner that collapses the cameras shrinks it.
+
+Data set: a folder with images/, poses/<stem>.pose.txt, calibration.txt, or `rendered` for the project's own
+orbit. Unknown flags go to train_ace.py. Example:
+`benchmarks/bench_refinement.py ../shared/data/temple --pose_refinement mlp --iterations 3000`."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import dataset_io  # noqa: E402
+from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene  # noqa: E402
+from eval_poses import evaluate  # noqa: E402
+
+
+def perturb(cam_to_world: np.ndarray, degrees: float, distance: float, rng: np.random.Generator) -> np.ndarray:
+    """The pose rotated by exactly `degrees` about a random axis (through the camera centre) and moved by
+    exactly `distance` in a random direction."""
+    axis = rng.normal(size=3)
+    direction = rng.normal(size=3)
+    noisy = cam_to_world.copy()
+    noisy[:3, :3] = dataset_io.rotation_about(axis / np.linalg.norm(axis), np.radians(degrees)) @ noisy[:3, :3]
+    noisy[:3, 3] += distance * direction / np.linalg.norm(direction)
+    return noisy
+
+
+def camera_spread_deg(cam_to_world: np.ndarray) -> float:
+    """Mean angle between the optical axes of all camera pairs."""
+    axes = cam_to_world[:, :3, 2]
+    cosines = np.clip(axes @ axes.T, -1, 1)
+    upper = np.triu_indices(len(axes), 1)
+    return float(np.degrees(np.arccos(cosines[upper])).mean())
+
+
+def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance: float, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    paths = []
+    for path in data.poses:
+        noisy = perturb(dataset_io.load_cam_to_world(path), degrees, distance, rng)
+        target = folder / Path(path).name
+        target.write_text("\n".join(" ".join(f"{v:.10f}" for v in row) for row in noisy) + "\n")
+        paths.append(str(target))
+    return paths
+
+
+def _symlinked(folder: Path, paths: list[str]) -> str:
+    folder.mkdir(parents=True)
+    for path in paths:
+        (folder / Path(path).name).symlink_to(Path(path).resolve())
+    return str(folder / "*")
+
+
+def accuracy(cam_to_world: np.ndarray, truth: np.ndarray, images: list[str]) -> dict:
+    """Median errors after a least-squares similarity alignment of all cameras (none is left out)."""
+    entries = [dataset_io.PoseEntry(image, np.linalg.inv(pose), 1.0, 2000.0) for image, pose in
+               zip(images, cam_to_world)]
+    summary = evaluate(entries, list(truth), thresh_t=1e9, thresh_r=360.0)
+    return {"rot_deg": summary["median_rot_err_deg"], "trans": summary["median_trans_err"],
+            "scale": summary["alignment"]["scale"], "spread_deg": camera_spread_deg(cam_to_world)}
+
+
+def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int, extra: list[str]) -> dict:
+    truth = np.array([dataset_io.load_cam_to_world(p) for p in data.poses])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        noisy = write_noisy_poses(data, tmp / "noisy", degrees, distance, seed)
+        out = tmp / "map.pt"
+        command = [sys.executable, str(REPO / "train_ace.py"), _symlinked(tmp / "images", data.images), str(out),
+                   "--pose_files", str(tmp / "noisy" / "*"), "--use_external_focal_length", str(data.focal),
+                   "--device", "cpu", *extra]
+        start = time.time()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        seconds = time.time() - start
+        if result.returncode != 0:
+            raise SystemExit(f"error: train_ace.py failed: {result.stderr.strip().splitlines()[-1]}")
+        refined = dataset_io.read_ace_pose_file(tmp / "poses_map_preliminary.txt")
+        noisy_c2w = np.array([dataset_io.load_cam_to_world(p) for p in noisy])
+        refined_c2w = np.array([e.cam_to_world for e in refined])
+    return {"dataset": data.name, "flags": " ".join(extra), "seconds": round(seconds, 1),
+            "truth_spread_deg": camera_spread_deg(truth), "input": accuracy(noisy_c2w, truth, data.images),
+            "output": accuracy(refined_c2w, truth, data.images)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("dataset", help="data set folder, or 'rendered'")
+    parser.add_argument("--noise_deg", type=float, default=3.0, help="rotation noise of every input pose")
+    parser.add_argument("--noise_distance", type=float, default=0.02, help="translation noise (scene units)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args, extra = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = rendered_scene(Path(tmp) / "rendered") if args.dataset == "rendered" else posed_folder(
+            Path(args.dataset))
+        report = run_refinement(data, args.noise_deg, args.noise_distance, args.seed, extra)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
