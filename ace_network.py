@@ -130,6 +130,13 @@ XFEAT_VARIANTS = {v.encoder_id: v for v in (
 )}
 
 
+def _published_xfeat() -> nn.Module:
+    model = _load_xfeat_model_class()()
+    weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 class XFeatEncoder(FeatureEncoder):
     """XFeat backbone: 64-d dense descriptors at stride 8; the network pads the input to a multiple of 32."""
     feature_dim = 64
@@ -138,11 +145,11 @@ class XFeatEncoder(FeatureEncoder):
         super().__init__()
         self.variant = variant
         self.encoder_id = variant.encoder_id
-        self.model = _load_xfeat_model_class()()
-        weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.model.eval()
+        self.model = _published_xfeat()
+        # keypoints (detect) always come from the network as published: its detector was trained that way
+        self.detector = self.model
         if variant.conv_padding != "zeros":
+            self.detector = _published_xfeat()
             for module in self.model.modules():
                 if isinstance(module, nn.Conv2d) and any(module.padding):
                     module.padding_mode = variant.conv_padding
@@ -193,7 +200,7 @@ class XFeatEncoder(FeatureEncoder):
         bilinearly at the keypoints."""
         height, width = x.shape[-2:]
         x = self._pad_to_32(x)
-        features, logits, reliability = self.model(x)
+        features, logits, reliability = self.detector(x)
         cells_h, cells_w = logits.shape[-2:]
         probability = F.softmax(logits, dim=1)[:, :OUTPUT_SUBSAMPLE ** 2]
         score = probability.reshape(1, OUTPUT_SUBSAMPLE, OUTPUT_SUBSAMPLE, cells_h, cells_w)

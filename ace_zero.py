@@ -19,7 +19,7 @@ import dataset_io
 from ace_network import XFEAT_VARIANTS
 from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
                         atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
-from refine_poses import ORTHO_CHOICES, POSE_REFINEMENT_CHOICES
+from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("ace_zero")
 
@@ -113,6 +113,10 @@ def build_parser():
                          help="rotation re-orthonormalisation")
     mapping.add_argument("--pose_refinement_wait", type=int, default=0, help="poses frozen this long")
     mapping.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    mapping.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
+                         help="new: 'centres' holds the refined cameras' centroid and spread (train_ace.py)")
+    mapping.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
+                         help="new: 'rotation' = rigid per-camera updates instead of the original's additive ones")
     mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
     add_focal_arg(mapping, default=-1)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
@@ -204,7 +208,8 @@ def mapping_args(args, refit: bool, iterations: int | None = None, passes: int |
     """Flags of a mapping round; `iterations` and `passes` override the round's length and buffer (seeds)."""
     result = common_args(args) + [
         "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
-        "--pose_refinement_lr", args.pose_refinement_lr, "--num_head_blocks", args.num_head_blocks,
+        "--pose_refinement_lr", args.pose_refinement_lr, "--pose_refinement_gauge", args.pose_refinement_gauge,
+        "--pose_refinement_update", args.pose_refinement_update, "--num_head_blocks", args.num_head_blocks,
         "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
         "--iterations_output", args.iterations_output, "--max_dataset_passes", passes or args.max_dataset_passes,
         "--learning_rate_cooldown_iterations", args.cooldown_iterations,

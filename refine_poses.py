@@ -120,7 +120,7 @@ def rotate_and_move(world_to_cam: torch.Tensor, rotation_vectors: torch.Tensor, 
     common addend then dominates every rotation matrix, and all cameras turn towards one orientation (the
     collapse measured in the README). A common rotation vector or centre shift here is a rigid motion of each
     camera instead, which never makes two cameras alike."""
-    skew = torch.zeros(len(rotation_vectors), 3, 3, device=world_to_cam.device)
+    skew = torch.zeros(len(rotation_vectors), 3, 3, device=world_to_cam.device, dtype=world_to_cam.dtype)
     x, y, z = rotation_vectors.unbind(1)
     skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -z, y, -x
     skew = skew - skew.transpose(1, 2)

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
+from cli_common import DEFAULT_ENCODER  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--scene_extent", type=float, default=None,
                         help="report translation errors also relative to this extent (non-metric data)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
+    parser.add_argument("--encoder_path", default=DEFAULT_ENCODER, help="encoder of mapping and registration")
     args, extra = parser.parse_known_args()  # anything else is passed on to train_ace.py
     calibration = dataset_io.read_calibration(args.dataset / "calibration.txt")
     images = sorted(str(p) for p in (args.dataset / "images").iterdir())
@@ -59,14 +61,16 @@ def main() -> None:
         head = tmp / "map.pt"
         map_time = run("train_ace.py", list_file(tmp, "map_images", mapping), head,
                        "--pose_files", list_file(tmp, "map_poses", mapping_poses),
-                       "--use_external_focal_length", calibration.fx, *extra)
+                       "--use_external_focal_length", calibration.fx, "--encoder_path", args.encoder_path, *extra)
         reg_time = run("register_mapping.py", list_file(tmp, "query_images", query), head,
-                       "--use_external_focal_length", calibration.fx, "--session", "query")
+                       "--use_external_focal_length", calibration.fx, "--session", "query",
+                       "--encoder_path", args.encoder_path)
         entries = sorted(dataset_io.read_ace_pose_file(tmp / "poses_query.txt"), key=lambda e: Path(e.path).name)
     gt = [dataset_io.load_cam_to_world(p) for p in query_poses]
     result = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.02, thresh_r=2.0)
     summary = {
-        "dataset": args.dataset.name, "split": args.split, "mapping_images": len(mapping),
+        "dataset": args.dataset.name, "split": args.split, "encoder": args.encoder_path,
+        "mapping_images": len(mapping),
         "query_images": len(query), "confidence_gt_500": sum(e.confidence > 500 for e in entries),
         "median_rot_err_deg": result["median_rot_err_deg"], "median_trans_err": result["median_trans_err"],
         "percent_within_2cm_2deg": result["accuracy_percent"], "mapping_seconds": round(map_time, 1),

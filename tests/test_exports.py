@@ -20,7 +20,7 @@ import export_cameras
 import export_colmap
 import export_nerfstudio
 import export_point_cloud
-from cli_common import UserError
+from cli_common import DEFAULT_ENCODER, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FLIP = np.diag([1.0, -1.0, -1.0])
@@ -58,7 +58,7 @@ def scored_pose_file(small_ace_map, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def regressor(small_ace_map):
-    return export_point_cloud.load_regressor(small_ace_map.map_file, "xfeat", "cpu")
+    return export_point_cloud.load_regressor(small_ace_map.map_file, DEFAULT_ENCODER, "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dataset_io
+from cli_common import DEFAULT_ENCODER
 from conftest import ORBIT_FOCAL, ORBIT_SIZE, run_cli
 from eval_poses import evaluate
 
@@ -21,7 +22,7 @@ def test_mapping_outputs(orbit_head, orbit_scene):
     stem = orbit_head.with_suffix("")
     state = torch.load(orbit_head, weights_only=True)
     assert all(v.dtype == torch.float16 for k, v in state.items() if k != "encoder_id")
-    assert state["encoder_id"] == "xfeat" and state["fc3.weight"].shape[0] == 4
+    assert state["encoder_id"] == DEFAULT_ENCODER and state["fc3.weight"].shape[0] == 4
     log = np.loadtxt(f"{stem}.txt")
     assert log.shape[1] == 7 and log[-1, 0] == 1500
     assert log[-1, 3] > 0.5, "training inlier fraction should be high after mapping"

@@ -1,0 +1,79 @@
+"""Pose refiner parameterisations and the centre gauge, against scipy and analytic cases."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+
+from refine_poses import PoseRefiner, camera_centres, hold_centre_gauge, rotate_and_move
+
+
+def _ring_poses(count: int = 8, radius: float = 2.0) -> torch.Tensor:
+    """World-to-camera poses of cameras on a ring, all looking at the origin."""
+    poses = []
+    for angle in np.linspace(0, np.pi, count):
+        centre = radius * np.array([np.sin(angle), 0.0, -np.cos(angle)])
+        forward = -centre / np.linalg.norm(centre)
+        right = np.cross([0.0, -1.0, 0.0], forward)
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+        poses.append(np.concatenate([rotation, -(rotation @ centre)[:, None]], axis=1))
+    return torch.tensor(np.array(poses), dtype=torch.float64)
+
+
+def _pairwise_angles(poses: torch.Tensor) -> np.ndarray:
+    rotations = Rotation.from_matrix(poses[:, :, :3].numpy())
+    return np.array([(rotations[i] * rotations[j].inv()).magnitude() for i in range(len(poses))
+                     for j in range(i + 1, len(poses))])
+
+
+def test_rotate_and_move_matches_scipy():
+    poses = _ring_poses(3)
+    vectors = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.0, 0.0], [-0.5, 0.1, 0.0]], dtype=torch.float64)
+    shifts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.1, 0.0, -0.1]], dtype=torch.float64)
+    moved = rotate_and_move(poses, vectors, shifts)
+    for index in range(3):
+        expected = Rotation.from_rotvec(vectors[index].numpy()).as_matrix() @ poses[index, :, :3].numpy()
+        assert np.allclose(moved[index, :, :3].numpy(), expected, atol=1e-9)
+    assert torch.allclose(camera_centres(moved), camera_centres(poses) + shifts, atol=1e-9)
+
+
+def test_common_correction_collapses_additive_but_not_rotation_updates():
+    """The failure mode the rotation update removes: one large correction shared by all cameras."""
+    poses = _ring_poses().float()
+    additive = PoseRefiner(poses, "naive", update="additive")
+    with torch.no_grad():
+        additive.poses += torch.tensor([[3.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 3.0, 0]])  # same addend for all
+    rotation = PoseRefiner(poses, "naive", update="rotation")
+    with torch.no_grad():
+        rotation.poses[:, :3] += torch.tensor([0.4, -0.3, 0.2])
+    before = _pairwise_angles(poses.double())
+    assert _pairwise_angles(additive().detach().double()).mean() < 0.5 * before.mean()
+    assert np.allclose(_pairwise_angles(rotation().detach().double()), before, atol=1e-4)
+
+
+def test_centre_gauge_undoes_a_similarity_and_passes_relative_motion():
+    poses = _ring_poses()
+    # the same rig, scaled by 3 and moved: the gauge gives back the initial centres exactly
+    centres = 3.0 * camera_centres(poses) + torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    scaled = torch.cat([poses[:, :, :3], -(poses[:, :, :3] @ centres[:, :, None])], dim=2)
+    held = hold_centre_gauge(scaled, poses)
+    assert torch.allclose(camera_centres(held), camera_centres(poses), atol=1e-9)
+    assert torch.equal(held[:, :, :3], scaled[:, :, :3])
+    # one camera moved alone: the others keep their relative layout, centroid and spread stay
+    moved = rotate_and_move(poses, torch.zeros(len(poses), 3, dtype=torch.float64),
+                            torch.cat([torch.tensor([[0.3, 0.0, 0.0]]), torch.zeros(len(poses) - 1, 3)]).double())
+    held = camera_centres(hold_centre_gauge(moved, poses))
+    initial = camera_centres(poses)
+    assert torch.allclose(held.mean(0), initial.mean(0), atol=1e-9)
+    assert torch.allclose((held - held.mean(0)).pow(2).sum(1).mean(), (initial - initial.mean(0)).pow(2).sum(1).mean())
+
+
+def test_centre_gauge_gives_no_gradient_along_scale():
+    poses = _ring_poses()
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    scaled = torch.cat([poses[:, :, :3], scale * poses[:, :, 3:]], dim=2)
+    # any loss of the held centres: moving every camera away from the centroid changes nothing
+    loss = camera_centres(hold_centre_gauge(scaled, poses)).pow(2).sum()
+    loss.backward()
+    assert abs(float(scale.grad)) < 1e-9
