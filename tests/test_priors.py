@@ -264,38 +264,51 @@ def _error_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def _raises(main, argv) -> str:
+    with pytest.raises(UserError) as error:
+        main([str(a) for a in argv])
+    return str(error.value)
+
+
 def test_cli_errors(small_scene, tmp_path):
-    base = ["train_ace.py", f"{small_scene}/images/*.png", tmp_path / "m.pt", "--pose_files",
-            f"{small_scene}/poses/*.txt", "--use_external_focal_length", 262.5, "--device", "cpu"]
-    line = _error_line(run_cli(*base, "--prior_loss_type", "laplace_wd", check=False))
+    import ace_zero
+    import train_ace
+    base = [f"{small_scene}/images/*.png", tmp_path / "m.pt", "--pose_files", f"{small_scene}/poses/*.txt",
+            "--use_external_focal_length", 262.5, "--device", "cpu"]
+    # as the user sees it: one line, no traceback
+    line = _error_line(run_cli("train_ace.py", *base, "--prior_loss_type", "laplace_wd", check=False))
     assert line == "error: Only diffusion prior_loss_type is supported with the DSAC* style loss."
-    line = _error_line(run_cli(*base, "--prior_loss_type", "diffusion", check=False))
-    assert "needs --prior_diffusion_model_path" in line and "cannot be downloaded here" in line
-    line = _error_line(run_cli(*base, "--loss_structure", "probabilistic", "--prior_loss_type", "rgbd_laplace_nll",
-                               check=False))
-    assert "needs depth maps" in line
-    line = _error_line(run_cli(*base, "--loss_structure", "probabilistic", "--prior_loss_type", "laplace_nll",
-                               "--prior_loss_location", "auto", check=False))
-    assert "auto need depth" in line
-    assert "expected a number or 'auto'" in run_cli(*base, "--prior_loss_location", "near", check=False).stderr
-    zero = ["ace_zero.py", f"{small_scene}/images/*.png", tmp_path / "r", "--device", "cpu"]
-    line = _error_line(run_cli(*zero, "--loss_structure", "probabilistic", check=False))
+    message = _raises(train_ace.main, [*base, "--prior_loss_type", "diffusion"])
+    assert "needs --prior_diffusion_model_path" in message and "cannot be downloaded here" in message
+    assert "not found" in _raises(train_ace.main, [*base, "--prior_loss_type", "diffusion",
+                                                   "--prior_diffusion_model_path", tmp_path / "none.pt"])
+    assert "needs depth maps" in _raises(train_ace.main, [*base, "--loss_structure", "probabilistic",
+                                                          "--prior_loss_type", "rgbd_laplace_nll"])
+    assert "auto need depth" in _raises(train_ace.main, [*base, "--loss_structure", "probabilistic",
+                                                         "--prior_loss_type", "laplace_nll",
+                                                         "--prior_loss_location", "auto"])
+    with pytest.raises(SystemExit):
+        train_ace.build_parser().parse_args([*map(str, base), "--prior_loss_location", "near"])
+    zero = [f"{small_scene}/images/*.png", tmp_path / "r", "--device", "cpu"]
+    line = _error_line(run_cli("ace_zero.py", *zero, "--loss_structure", "probabilistic", check=False))
     assert line == "error: Probabilistic loss needs a prior_loss_type. Using none will almost certainly degenerate."
-    line = _error_line(run_cli(*zero, "--depth_use_always", "True", check=False))
-    assert "needs --depth_files" in line
-    line = _error_line(run_cli(*zero, "--loss_structure", "probabilistic", "--prior_loss_type", "rgbd_laplace_nll",
-                               "--depth_files", f"{small_scene}/depth/*.png", check=False))
-    assert "--depth_use_always True" in line
+    assert "needs --depth_files" in _raises(ace_zero.main, [*zero, "--depth_use_always", "True"])
+    assert "--depth_use_always True" in _raises(ace_zero.main, [*zero, "--loss_structure", "probabilistic",
+                                                                "--prior_loss_type", "rgbd_laplace_nll",
+                                                                "--depth_files", f"{small_scene}/depth/*.png"])
+    assert "DSAC*" in _raises(ace_zero.main, [*zero, "--prior_loss_type", "laplace_nll"])
 
 
 def test_help_lists_prior_flags():
-    for script in ("train_ace.py", "ace_zero.py"):
-        text = run_cli(script, "--help").stdout
+    import ace_zero
+    import train_ace
+    for module in (train_ace, ace_zero):
+        text = module.build_parser().format_help()
         for flag in ("--loss_structure", "--prior_loss_type", "--prior_loss_weight", "--prior_loss_bandwidth",
                      "--prior_loss_location", "--prior_diffusion_model_path", "--prior_diffusion_start_step",
                      "--prior_diffusion_warmup_steps", "--prior_diffusion_subsample", "--render_depth_hist"):
-            assert flag in text, (script, flag)
-    assert "--depth_use_always" in run_cli("ace_zero.py", "--help").stdout
+            assert flag in text, (module, flag)
+    assert "--depth_use_always" in ace_zero.build_parser().format_help()
 
 
 def test_ace_zero_passes_priors_to_every_mapping_call():
@@ -320,7 +333,7 @@ def test_ace_zero_passes_priors_to_every_mapping_call():
 # ----------------------------------------------------------------------------------------------------------------
 # train_depth_prior.py
 
-def test_train_depth_prior(tmp_path):
+def test_train_depth_prior(tmp_path, capsys):
     rng = np.random.default_rng(4)
     values = []
     for i in range(3):
@@ -332,15 +345,18 @@ def test_train_depth_prior(tmp_path):
     cv2.imwrite(str(tmp_path / "e.pgm"), eight_bit)
     values.append(np.full(100, 7 * 256 / 1000.0))
     pooled = np.concatenate(values)
-    result = run_cli("train_depth_prior.py", f"{tmp_path}/*.*", "--plot", "--output_png", tmp_path / "fit.png")
-    location = float(result.stdout.split("Laplace location:")[1].split()[0])
-    scale = float(result.stdout.split("Laplace scale:")[1].split()[0])
+    import train_depth_prior
+    train_depth_prior.main([f"{tmp_path}/*.*", "--plot", "--output_png", str(tmp_path / "fit.png")])
+    out = capsys.readouterr().out
+    location = float(out.split("Laplace location:")[1].split()[0])
+    scale = float(out.split("Laplace scale:")[1].split()[0])
     median = np.median(pooled)
     assert location == pytest.approx(median, abs=6e-4)
     assert scale == pytest.approx(np.abs(pooled - median).mean(), abs=6e-4)
     assert cv2.imread(str(tmp_path / "fit.png")) is not None
-    subset = run_cli("train_depth_prior.py", f"{tmp_path}/*.png", "--num_files", 1)
-    assert "Laplace location" in subset.stdout
+    assert train_depth_prior.sample_files(f"{tmp_path}/*.png", 2, 42) == \
+        train_depth_prior.sample_files(f"{tmp_path}/*.png", 2, 42)  # reproducible sample
+    assert len(train_depth_prior.sample_files(f"{tmp_path}/*.png", 2, 42)) == 2
     missing = run_cli("train_depth_prior.py", f"{tmp_path}/none*.png", check=False)
     assert _error_line(missing).startswith("error: glob_pattern: no files match")
 
@@ -348,3 +364,12 @@ def test_train_depth_prior(tmp_path):
 def test_constants_match_reference():
     assert ace_loss.DIFFUSION_MIN_ERROR_PX == 30 and ace_loss.DIFFUSION_EVERY == 4
     assert ace_loss.DEPTH_SUPERVISION_RADIUS == 0.1
+
+
+def test_depth_histogram_draws_in_the_left_corner():
+    from ace_visualizer import draw_histogram
+    frame = np.full((360, 640, 3), 100, np.uint8)
+    bins = np.repeat(np.array([[200, 200, 200]], np.uint8), 40, axis=0)
+    draw_histogram(frame, np.random.default_rng(0).uniform(0, 4, 500), (0.0, 4.0), bins, "depth 0-4.00",
+                   left_corner=True)
+    assert (frame[:, :320] != 100).any() and (frame[:, 320:] == 100).all()
