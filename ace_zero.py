@@ -371,12 +371,13 @@ def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
     """Numbers for an 'auto' prior location/bandwidth from the seed's median depth (None: not auto)."""
     if "auto" not in (args.prior_loss_location, args.prior_loss_bandwidth):
         return None, None
-    from ace_loss import auto_prior
-    median = seed_median_depth(args, state)
-    location, bandwidth = auto_prior(median, args.prior_loss_location, args.prior_loss_bandwidth)
-    _log.info("prior from the seed's median depth %.3f: location %.3f, bandwidth %.3f", median, location,
-              bandwidth)
-    return location, bandwidth
+    if getattr(args, "resolved_prior", None) is None:  # once per run: a ZoeDepth seed would be estimated again
+        from ace_loss import auto_prior
+        median = seed_median_depth(args, state)
+        args.resolved_prior = auto_prior(median, args.prior_loss_location, args.prior_loss_bandwidth)
+        _log.info("prior from the seed's median depth %.3f: location %.3f, bandwidth %.3f", median,
+                  *args.resolved_prior)
+    return args.resolved_prior
 
 
 def seed_median_depth(args, state: RunState) -> float:

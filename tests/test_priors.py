@@ -373,3 +373,21 @@ def test_depth_histogram_draws_in_the_left_corner():
     draw_histogram(frame, np.random.default_rng(0).uniform(0, 4, 500), (0.0, 4.0), bins, "depth 0-4.00",
                    left_corner=True)
     assert (frame[:, :320] != 100).any() and (frame[:, 320:] == 100).all()
+
+
+def test_ace_zero_auto_prior_from_the_seed(small_scene):
+    import ace_zero
+    import dataset_io
+    args = ace_zero.build_parser().parse_args(
+        [f"{small_scene}/images/*.png", "out", "--depth_files", f"{small_scene}/depth/*.png", "--try_seeds", "2",
+         "--loss_structure", "probabilistic", "--prior_loss_type", "laplace_nll", "--prior_loss_location", "auto",
+         "--prior_loss_bandwidth", "auto"])
+    state = ace_zero.RunState(args.rgb_files, seed_id="iteration0_seed1")
+    index = int(ace_zero.seed_values(args)[1] * 4)
+    depth = dataset_io.load_depth_png(sorted(str(p) for p in small_scene.glob("depth/*.png"))[index])
+    median = float(np.median(depth[depth > 0]))
+    assert ace_zero.resolved_prior(args, state) == pytest.approx((median, median * 0.6 / 1.73))
+    # without depth files: the two-view seed's normalisation
+    args = ace_zero.build_parser().parse_args([f"{small_scene}/images/*.png", "out", "--prior_loss_location",
+                                               "auto", "--seed_depth", "twoview"])
+    assert ace_zero.resolved_prior(args, state) == pytest.approx((2.0, 0.1))
