@@ -391,3 +391,34 @@ def test_ace_zero_auto_prior_from_the_seed(small_scene):
     args = ace_zero.build_parser().parse_args([f"{small_scene}/images/*.png", "out", "--prior_loss_location",
                                                "auto", "--seed_depth", "twoview"])
     assert ace_zero.resolved_prior(args, state) == pytest.approx((2.0, 0.1))
+
+
+def test_dsac_star_value_against_numpy():
+    """The dsac* structure (the ACE0 loss before the priors): tanh for valid predictions, the L1 pull to the
+    proxy point at depth_target for invalid ones without a target, the Euclidean distance to the target for
+    invalid ones with a target; a prediction > 0.1 from its target is invalid."""
+    rng = np.random.default_rng(5)
+    count = 64
+    depths = rng.uniform(-1, 5, count)
+    errors = rng.uniform(0, 1500, count)
+    targets = rng.normal(0, 1, (count, 3))
+    targets[::3] = 0  # no target
+    inputs = _inputs(errors.tolist(), depths.tolist(), torch.tensor(targets, dtype=torch.float32))
+    scene = inputs.scene.detach().numpy().astype(np.float64)
+    near = np.linalg.norm(scene - targets, axis=1) <= 0.1
+    near[::4] = True
+    targets[near] = scene[near] + 0.01  # some predictions within the radius of their target
+    inputs.targets = torch.tensor(targets, dtype=torch.float32)
+    has = np.abs(targets).sum(axis=1) > 1e-5
+    far = np.linalg.norm(scene - targets, axis=1) > 0.1
+    valid = (depths > 0.1) & (errors < 1000) & (depths < 1000) & ~(has & far)
+    scale = 51.0
+    expected = (scale * np.tanh(errors[valid] / scale)).sum()
+    supervised = ~valid & has
+    expected += np.linalg.norm(scene[supervised] - targets[supervised], axis=1).sum()
+    proxy = np.array([0, 0, 10.0])
+    pulled = ~valid & ~has
+    expected += np.abs(scene[pulled] - proxy).sum()
+    inliers, value = AceLoss(LossConfig(), use_depth=True).compute(inputs)
+    assert float(value) == pytest.approx(expected / count, rel=1e-5)
+    assert inliers == pytest.approx(((errors < 10) & valid).mean())
