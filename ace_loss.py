@@ -4,9 +4,8 @@ the priors on predicted depth (Laplace NLL, Laplace 1-Wasserstein, RGB-D Laplace
 (a user-supplied point-cloud diffusion model)."""
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,7 +13,6 @@ import torch
 from cli_common import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
                         PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
 
-_log = logging.getLogger(__name__)
 
 DEPTH_PRIORS = ("laplace_nll", "laplace_wd")  # priors with a fixed location, not using measured depth
 
@@ -51,7 +49,7 @@ class PriorConfig:
 @dataclass
 class LossConfig:
     structure: str = "dsac*"
-    prior: PriorConfig = None  # type: ignore[assignment]
+    prior: PriorConfig = field(default_factory=PriorConfig)
     repro_loss_type: str = "dyntanh"
     soft_clamp: float = 50.0
     soft_clamp_min: float = 1.0
@@ -61,10 +59,6 @@ class LossConfig:
     depth_max: float = 1000.0
     depth_target: float = 10.0
     inlier_px: float = 10.0
-
-    def __post_init__(self):
-        if self.prior is None:
-            self.prior = PriorConfig()
 
     @classmethod
     def from_args(cls, args) -> "LossConfig":
@@ -225,7 +219,7 @@ class PriorLoss:
         self.diffusion = load_diffusion_regulariser(config.diffusion_model_path, device) \
             if config.type == "diffusion" else None
 
-    def diffusion_weight(self, iteration: int, max_iterations: int) -> float:
+    def diffusion_weight(self, iteration: int) -> float:
         """0 up to the start step and off every 4th iteration; then a linear warm-up (when set) to 1."""
         c = self.config
         if iteration <= c.diffusion_start_step or iteration % DIFFUSION_EVERY != 0:
@@ -257,7 +251,7 @@ class PriorLoss:
 
     def _diffusion(self, scene: torch.Tensor, errors: torch.Tensor, iteration: int,
                    max_iterations: int) -> torch.Tensor:
-        weight = self.diffusion_weight(iteration, max_iterations)
+        weight = self.diffusion_weight(iteration)
         if weight == 0.0:
             return scene.new_zeros(())
         if self.config.diffusion_subsample < 1:

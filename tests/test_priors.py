@@ -192,14 +192,14 @@ def toy_model(tmp_path):
 def test_diffusion_schedule():
     prior = PriorLoss(PriorConfig("none"), False)  # the schedule needs no model
     prior.config = PriorConfig("diffusion", diffusion_start_step=100, diffusion_warmup_steps=40)
-    assert [prior.diffusion_weight(i, 1000) for i in (0, 96, 100, 101, 104, 120, 140, 144, 1000)] == \
+    assert [prior.diffusion_weight(i) for i in (0, 96, 100, 101, 104, 120, 140, 144, 1000)] == \
         [0, 0, 0, 0, pytest.approx(0.1), pytest.approx(0.5), 1.0, 1.0, 1.0]
     assert prior.diffusion_time(100, 1100) == pytest.approx(0.05)
     assert prior.diffusion_time(600, 1100) == pytest.approx(0.025)
     assert prior.diffusion_time(1100, 1100) == 0.0 and prior.diffusion_time(5000, 1100) == 0.0
     # the ACE0 setting: first active step is iteration 4
     prior.config = PriorConfig("diffusion")
-    assert [prior.diffusion_weight(i, 100) for i in range(9)] == [0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert [prior.diffusion_weight(i) for i in range(9)] == [0, 0, 0, 0, 1, 0, 0, 0, 1]
 
 
 def test_diffusion_prior_value_gradient_and_mask(toy_model):
