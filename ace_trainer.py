@@ -16,6 +16,8 @@ import torch
 from tqdm import tqdm
 
 import dataset_io
+from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
+                      reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
 from cli_common import UserError, atomic_write_text
 from refine_calibration import CalibrationRefiner
@@ -24,7 +26,6 @@ from refine_poses import PoseRefiner
 _log = logging.getLogger(__name__)
 
 AUG_BRIGHTNESS_CONTRAST = 0.1  # +-10 % jitter of grey images
-DEPTH_SUPERVISION_RADIUS = 0.1  # predictions farther than this (scene units) from a depth target get a 3D loss
 CONSTANT_SEED_DEPTH = 2.0      # depth prior when a seed image has neither a depth file nor a depth network
 
 
@@ -65,6 +66,8 @@ def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
         images = [e.path for e in entries]
         poses = [e.cam_to_world for e in entries]
         file_focals = np.array([e.focal for e in entries])
+        if args.depth_files is not None:
+            depth_files = _depth_files_of(images, args.rgb_files, args.depth_files)
     else:
         images = dataset_io.glob_files(args.rgb_files)
         file_focals = None
@@ -91,6 +94,20 @@ def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
     return data
 
 
+def _depth_files_of(images: list[str], rgb_files: str, depth_glob: str) -> list[str]:
+    """Depth file of each image of a pose file: the images of `rgb_files` and the depth files correspond in
+    sorted order (RGB-D ACE0 maps every round with depth)."""
+    all_images = dataset_io.glob_files(rgb_files)
+    all_depth = dataset_io.glob_files(depth_glob, "--depth_files")
+    dataset_io.check_counts(all_images, all_depth, "--depth_files")
+    by_image = {str(Path(i).resolve()): d for i, d in zip(all_images, all_depth)}
+    missing = [i for i in images if str(Path(i).resolve()) not in by_image]
+    if missing:
+        raise UserError(f"--depth_files: {missing[0]} (from --use_ace_pose_file) is not among the images of "
+                        f"'{rgb_files}', so it has no depth file")
+    return [by_image[str(Path(i).resolve())] for i in images]
+
+
 def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
     """The single seed image int(seed * N) with identity pose and a depth estimate: a depth file, ZoeDepth,
     two-view geometry with a partner image, or (last resort) a constant depth."""
@@ -115,6 +132,28 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
         subset.constant_depth = CONSTANT_SEED_DEPTH
         _log.warning("seed image without depth: constant-depth prior of %.1f (scene units)", CONSTANT_SEED_DEPTH)
     return subset
+
+
+MEDIAN_DEPTH_MAX_FILES = 20  # depth files read to estimate a scene's median depth
+
+
+def median_depth_of(data: MappingData) -> float:
+    """Median depth of the mapping data's depth (seed estimate, constant prior or up to 20 depth files): what
+    '--prior_loss_location auto' uses."""
+    if data.constant_depth is not None:
+        return float(data.constant_depth)
+    if data.estimated_depth is not None:
+        known = data.estimated_depth[data.estimated_depth > 0]
+    elif data.depth_files is not None:
+        step = max(1, len(data.depth_files) // MEDIAN_DEPTH_MAX_FILES)
+        maps = [dataset_io.load_depth_png(f) for f in data.depth_files[::step]]
+        known = np.concatenate([m[m > 0] for m in maps])
+    else:
+        raise UserError("--prior_loss_location/--prior_loss_bandwidth auto need depth: a seed image "
+                        "(--use_pose_seed) or --depth_files; otherwise pass numbers")
+    if known.size == 0:
+        raise UserError("--prior_loss_location auto: the depth maps hold no valid depth")
+    return float(np.median(known))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,29 +381,7 @@ def _sample_view(view: View, index: int, count: int, encoder, device, sampler, d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loss and schedules
-
-def soft_clamp_scale(loss_type: str, soft_clamp: float, soft_clamp_min: float, schedule: str,
-                     progress: float) -> float:
-    """tanh uses a fixed scale; dyntanh shrinks it from soft_clamp + min to min over training."""
-    if loss_type != "dyntanh":
-        return soft_clamp
-    shaped = 1.0 - math.sqrt(max(0.0, 1.0 - progress ** 2)) if schedule == "circle" else progress
-    return (1.0 - shaped) * soft_clamp + soft_clamp_min
-
-
-def reprojection_loss(errors: torch.Tensor, loss_type: str, scale: float) -> torch.Tensor:
-    """Robust sum of reprojection errors (pixels)."""
-    if loss_type in ("tanh", "dyntanh"):
-        return (scale * torch.tanh(errors / scale)).sum()
-    small = errors[errors <= scale]
-    large = errors[errors > scale]
-    if loss_type == "l1":
-        return small.sum()
-    if loss_type == "l1+sqrt":
-        return small.sum() + torch.sqrt(scale * large).sum()
-    return small.sum() + torch.log(1 + scale * large).sum()
-
+# Schedules
 
 class LearningRateSchedule:
     """circle (one-cycle cosine), constant, or 1cyclepoly (warm-up, plateau, linear cooldown that an
@@ -429,6 +446,17 @@ def _cosine_between(start: float, end: float, t: float) -> float:
     return end + (start - end) / 2.0 * (math.cos(math.pi * t) + 1)
 
 
+def measured_depth(targets: torch.Tensor, initial_world_to_cam: torch.Tensor, rotations: torch.Tensor,
+                   translations: torch.Tensor) -> torch.Tensor:
+    """Camera depth of each depth target in its augmented view (0 = no target). Targets were built from the
+    initial poses, so mapping them back through those poses gives the measured depth whatever the pose refiner
+    does since."""
+    cam = initial_world_to_cam[:, :, :3] @ targets[:, :, None] + initial_world_to_cam[:, :, 3:]
+    depth = (rotations @ cam)[:, 2, 0] + translations[:, 2]
+    present = targets.abs().sum(dim=1) > TARGET_PRESENT_L1
+    return torch.where(present, depth, torch.zeros_like(depth))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Trainer
 
@@ -443,6 +471,7 @@ class Trainer:
         self.seed_mode = args.use_pose_seed >= 0
         _log.info("mapping %d image(s) of %dx%d, focal %.1f px%s", len(self.data.images), *self.data.image_size,
                   self.data.shared_focal, " (seed image)" if self.seed_mode else "")
+        self.loss = self._create_loss()
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
                                         args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
@@ -468,6 +497,21 @@ class Trainer:
         np.random.seed(seed)
         random.seed(seed)
 
+    def _create_loss(self) -> AceLoss:
+        a = self.args
+        if "auto" in (str(a.prior_loss_location), str(a.prior_loss_bandwidth)):
+            a.prior_loss_location, a.prior_loss_bandwidth = auto_prior(
+                median_depth_of(self.data), a.prior_loss_location, a.prior_loss_bandwidth)
+            _log.info("prior from the median depth: location %.3f, bandwidth %.3f", a.prior_loss_location,
+                      a.prior_loss_bandwidth)
+        has_depth = self.data.depth_files is not None or self.data.estimated_depth is not None or \
+            self.data.constant_depth is not None
+        if a.loss_structure != "dsac*" or a.prior_loss_type != "none":
+            _log.info("loss: %s, prior %s (weight %g, bandwidth %g, location %g)", a.loss_structure,
+                      a.prior_loss_type, a.prior_loss_weight, float(a.prior_loss_bandwidth),
+                      float(a.prior_loss_location))
+        return AceLoss(LossConfig.from_args(a), has_depth, self.device)
+
     def _create_head(self) -> Head:
         a = self.args
         if a.load_weights is not None:
@@ -482,9 +526,11 @@ class Trainer:
     def _create_visualizer(self):
         from ace_visualizer import MappingVisualizer, RenderSettings
         a = self.args
-        return MappingVisualizer(RenderSettings.from_args(a, self.device.type), Path(a.output_map_file).stem,
-                                 self.pose_refiner.initial.cpu().numpy(), a.render_map_error_threshold,
-                                 a.render_map_depth_filter, a.use_existing_vis_buffer)
+        visualizer = MappingVisualizer(RenderSettings.from_args(a, self.device.type), Path(a.output_map_file).stem,
+                                       self.pose_refiner.initial.cpu().numpy(), a.render_map_error_threshold,
+                                       a.render_map_depth_filter, a.use_existing_vis_buffer)
+        visualizer.depth_histogram = getattr(a, "render_depth_hist", False)
+        return visualizer
 
     # -- loop ---------------------------------------------------------------------------------------------------
 
@@ -539,21 +585,12 @@ class Trainer:
         depth = cam[:, 2].clamp(min=a.depth_min)
         projected = cam[:, :2] / depth[:, None] * focals[:, None]
         errors = (projected - batch["pixels"]).abs().sum(dim=1)  # L1 reprojection error, as the original
-        valid = (cam[:, 2] > a.depth_min) & (errors < a.repro_loss_hard_clamp) & (cam[:, 2] < a.depth_max)
-        has_target = None
-        if batch["targets"] is not None:
-            has_target = batch["targets"].abs().sum(dim=1) > 0
-            far = (predicted - batch["targets"]).norm(dim=1) > DEPTH_SUPERVISION_RADIUS
-            valid = valid & ~(has_target & far)
-        scale = soft_clamp_scale(a.repro_loss_type, a.repro_loss_soft_clamp, a.repro_loss_soft_clamp_min,
-                                 a.repro_loss_schedule, iteration / max(1, self.schedule.max_iterations))
-        loss_valid = reprojection_loss(errors[valid], a.repro_loss_type, scale)
-        # The proxy term regularises the head only: it is no evidence about poses or focal length, and letting it
-        # move them drags every camera towards its bad early predictions.
         cam_fixed = (batch["rotations"] @ (world_to_cam[:, :, :3].detach() @ predicted[:, :, None]
                                            + world_to_cam[:, :, 3:].detach()))[:, :, 0] + batch["translations"]
-        loss_invalid = self._invalid_loss(predicted, cam_fixed, batch, ~valid, has_target, focals.detach())
-        loss = (loss_valid + loss_invalid) / len(errors)
+        rays = torch.cat([batch["pixels"] / focals.detach()[:, None], torch.ones_like(focals)[:, None]], dim=1)
+        inliers, loss = self.loss.compute(LossInputs(
+            predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),
+            iteration, self.schedule.max_iterations))
         if not torch.isfinite(loss):
             raise RuntimeError(f"training diverged at iteration {iteration} (loss {float(loss)})")
         self.optimizer.zero_grad(set_to_none=True)
@@ -565,22 +602,16 @@ class Trainer:
         if iteration >= a.pose_refinement_wait:
             self.pose_refiner.step()
         self.calibration.step()
-        inliers = float(((errors < a.learning_rate_cooldown_trigger_px_threshold) & valid).float().mean())
         if self.visualizer is not None:
             self.visualizer.record_batch(predicted, errors, cam[:, 2])
         self._last_inliers = inliers
         return float(loss.detach()), inliers
 
-    def _invalid_loss(self, predicted, cam, batch, invalid, has_target, focals) -> torch.Tensor:
-        """Pull invalid predictions to the depth target (if any) or to a proxy point on the pixel's ray."""
-        loss = torch.zeros((), device=predicted.device)
-        if has_target is not None:
-            supervised = invalid & has_target
-            loss = loss + (predicted[supervised] - batch["targets"][supervised]).norm(dim=1).sum()
-            invalid = invalid & ~has_target
-        rays = torch.cat([batch["pixels"] / focals[:, None], torch.ones_like(focals)[:, None]], dim=1)
-        proxy = rays * self.args.depth_target
-        return loss + (cam[invalid] - proxy[invalid]).abs().sum()
+    def _measured_depth(self, batch: dict) -> torch.Tensor | None:
+        if batch["targets"] is None or self.args.prior_loss_type != "rgbd_laplace_nll":
+            return None
+        return measured_depth(batch["targets"], self.pose_refiner.initial[batch["image_ids"]], batch["rotations"],
+                              batch["translations"])
 
     # -- outputs ------------------------------------------------------------------------------------------------
 

@@ -353,11 +353,12 @@ def draw_caption(frame: np.ndarray, lines: Sequence[str]) -> None:
 
 
 def draw_histogram(frame: np.ndarray, values: np.ndarray, value_range: tuple[float, float],
-                   bin_colours: np.ndarray, label: str) -> None:
-    """Bar chart in the bottom right corner; values outside the range count in the first/last bin."""
+                   bin_colours: np.ndarray, label: str, left_corner: bool = False) -> None:
+    """Bar chart in the bottom right (or left) corner; values outside the range count in the first/last bin."""
     height, width = frame.shape[:2]
     box_w, box_h = int(width * 0.3), int(height * 0.2)
-    left, bottom = width - box_w - int(width * 0.02), height - int(height * 0.04)
+    left = int(width * 0.02) if left_corner else width - box_w - int(width * 0.02)
+    bottom = height - int(height * 0.04)
     top = bottom - box_h
     backdrop = frame[top:bottom, left:left + box_w]
     backdrop[:] = (backdrop * 0.4).astype(np.uint8)  # darken behind the bars for contrast
@@ -392,7 +393,7 @@ class Phase:
         self.frames = 0
 
     def emit(self, target: np.ndarray, xyz: np.ndarray, rgb: np.ndarray, meshes: Meshes, caption: Sequence[str],
-             histogram: tuple | None = None) -> Path:
+             histogram: tuple | None = None, left_histogram: tuple | None = None) -> Path:
         """Render, annotate and save the next frame; the observer moves one step towards `target`."""
         start = time.time()
         self.observer.follow(target)
@@ -400,6 +401,8 @@ class Phase:
         draw_caption(frame, caption)
         if histogram is not None:
             draw_histogram(frame, *histogram)
+        if left_histogram is not None:
+            draw_histogram(frame, *left_histogram, left_corner=True)
         path = self.settings.folder / f"frame_{self.buffer.frame_idx:05d}.png"
         ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -434,6 +437,7 @@ class MappingVisualizer(Phase):
         buffer.pan_cameras = pan_cameras(self.mapping_cameras, flipped_portrait=settings.flipped_portrait)
         buffer.map_xyz, buffer.map_clr = VisBuffer().map_xyz, VisBuffer().map_clr  # the new map replaces the old
         self.batches: deque = deque(maxlen=MAPPING_BATCHES_SHOWN)
+        self.depth_histogram = False  # --render_depth_hist
 
     def record_batch(self, scene_xyz, errors, depth) -> None:
         """Keep a training batch (torch tensors, detached; OpenCV world) for the next frame."""
@@ -465,7 +469,17 @@ class MappingVisualizer(Phase):
         bins = error_colours((np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS * threshold, threshold)
         self.emit(pan_view(self.buffer.pan_cameras, self.buffer.frame_idx), xyz, rgb,
                   self._camera_meshes(refined_world_to_cam), ["Neural Mapping", f"Iteration {iteration}"],
-                  (errors, (0.0, threshold), bins, f"reprojection error 0-{threshold:g} px"))
+                  (errors, (0.0, threshold), bins, f"reprojection error 0-{threshold:g} px"),
+                  self._depth_histogram() if self.depth_histogram else None)
+
+    def _depth_histogram(self) -> tuple:
+        """Camera depths of the shown batches, from 0 to twice their median (all of them, also those behind the
+        camera, which land in the first bin)."""
+        import torch
+        depth = torch.cat([d for _, _, d in self.batches]).float().cpu().numpy() if self.batches else np.zeros(0)
+        top = max(2.0 * float(np.median(depth)), 1e-3) if len(depth) else 1.0
+        bins = np.repeat(np.array([[200, 200, 200]], np.uint8), HISTOGRAM_BINS, axis=0)
+        return depth, (0.0, top), bins, f"depth 0-{top:.2f}"
 
     def finish_map(self, regressor, entries: list[dataset_io.PoseEntry], image_resolution: int, device) -> None:
         """Extract the network's point cloud, reveal it over a few frames, write `<stem>_mapping.pkl`."""

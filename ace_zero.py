@@ -17,8 +17,9 @@ import numpy as np
 
 import dataset_io
 from ace_network import XFEAT_VARIANTS
-from cli_common import (REPO_ROOT, UserError, add_device_arg, add_encoder_args, add_focal_arg, apply_cpu_profile,
-                        atomic_write_text, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg, add_encoder_args,
+                        add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
+                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("ace_zero")
@@ -64,6 +65,9 @@ def build_parser():
     add_encoder_args(parser)
     parser.add_argument("--depth_files", type=str, default=None,
                         help="glob of depth PNGs (mm) for the seed images, instead of a depth network")
+    parser.add_argument("--depth_use_always", type=str2bool, default=False,
+                        help="use --depth_files in every mapping round, not only for the seed (RGB-D ACE0; "
+                             "registration stays RGB-only)")
     loop = parser.add_argument_group("reconstruction loop")
     loop.add_argument("--iterations_max", type=int, default=100, help="most mapping/registration rounds")
     loop.add_argument("--registration_threshold", type=float, default=0.99,
@@ -103,6 +107,10 @@ def build_parser():
                        help="new: augmented views of the seed image in its training buffer (train_ace "
                             "--max_dataset_passes). Default: 100 with the XFeat encoder, --max_dataset_passes "
                             "(the original) with the ACE encoder")
+    seeds.add_argument("--seed_probabilistic_depth", type=str2bool, default=True,
+                       help="new: under --loss_structure probabilistic with laplace_nll/laplace_wd, map the seed "
+                            "with dsac* so that its depth supervises it (False: the prior alone shapes the seed's "
+                            "depth, which the reference leaves open; measured in the README)")
     seeds.add_argument("--seed_depth", type=str, default="auto", choices=("auto", "zoedepth", "twoview", "constant"),
                        help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
                             "geometry with a partner image; constant is the last resort")
@@ -135,6 +143,7 @@ def build_parser():
     mapping.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
     mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
     mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
+    add_prior_args(parser.add_argument_group("loss structure and priors (passed to every mapping call)"))
     reg = parser.add_argument_group("registration")
     reg.add_argument("--ransac_iterations", type=int, default=32, help="RANSAC hypotheses")
     reg.add_argument("--ransac_threshold", type=float, default=10, help="RANSAC inlier threshold (px)")
@@ -142,6 +151,8 @@ def build_parser():
     out.add_argument("--export_point_cloud", type=str2bool, default=False, help="write pc_final.ply at the end")
     out.add_argument("--dense_point_cloud", type=str2bool, default=False, help="unfiltered point cloud")
     out.add_argument("--render_visualization", type=str2bool, default=False, help="render a video of the process")
+    out.add_argument("--render_depth_hist", type=str2bool, default=False,
+                     help="histogram of the predicted depths in the mapping frames")
     out.add_argument("--render_flipped_portrait", type=str2bool, default=False, help="rotated portrait images")
     out.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
     out.add_argument("--render_camera_z_offset", type=float, default=4,
@@ -219,13 +230,40 @@ def mapping_args(args, refit: bool, iterations: int | None = None, passes: int |
     if args.head_width is not None:
         result += ["--head_width", args.head_width]
     if refit:
-        return result + ["--repro_loss_type", "dyntanh", "--pose_refinement_wait", args.final_refit_posewait,
+        # Under probabilistic the refit keeps the rounds' robust loss (the reference forces dyntanh under dsac* only).
+        repro = "dyntanh" if args.loss_structure == "dsac*" else args.repro_loss_type
+        return result + ["--repro_loss_type", repro, "--pose_refinement_wait", args.final_refit_posewait,
                          "--learning_rate_schedule", "circle", "--learning_rate_max", 0.005,
                          "--iterations", iterations or args.refit_iterations]
     return result + ["--repro_loss_type", args.repro_loss_type, "--pose_refinement_wait", args.pose_refinement_wait,
                      "--learning_rate_schedule", args.learning_rate_schedule,
                      "--learning_rate_max", args.learning_rate_max,
                      "--iterations", iterations or args.mapping_iterations]
+
+
+def prior_args(args, seed: bool, location=None, bandwidth=None) -> list:
+    """The loss structure and prior flags of a mapping call. `location`/`bandwidth` replace 'auto' (resolved from
+    the seed) in the rounds after the seed.
+
+    The seed round: under probabilistic with a fixed-location prior (laplace_nll, laplace_wd) its depth would
+    reach no term (only rgbd_laplace_nll reads depth targets), and one image with identity pose constrains
+    nothing along the rays, so its depths would become the prior's shape: a plane at the location (NLL). The
+    seed is therefore mapped with dsac* and its depth (README, "Scene coordinate priors": measured)."""
+    structure, prior = args.loss_structure, args.prior_loss_type
+    if seed and structure == "probabilistic" and prior in ("laplace_nll", "laplace_wd") and \
+            args.seed_probabilistic_depth:
+        structure, prior = "dsac*", "none"
+    result = ["--loss_structure", structure, "--prior_loss_type", prior,
+              "--prior_loss_weight", args.prior_loss_weight,
+              "--prior_loss_bandwidth", bandwidth if bandwidth is not None else args.prior_loss_bandwidth,
+              "--prior_loss_location", location if location is not None else args.prior_loss_location,
+              "--prior_diffusion_start_step", args.prior_diffusion_start_step,
+              "--prior_diffusion_warmup_steps", args.prior_diffusion_warmup_steps,
+              "--prior_diffusion_subsample", args.prior_diffusion_subsample,
+              "--render_depth_hist", args.render_depth_hist]
+    if args.prior_diffusion_model_path is not None:
+        result += ["--prior_diffusion_model_path", args.prior_diffusion_model_path]
+    return result
 
 
 def render_args(args) -> list:
@@ -268,7 +306,7 @@ def map_seed(args, k: int, focal: float, threads: int | None = None, render: boo
     run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations,
                                                                         args.seed_dataset_passes),
                                 "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
-                                "--aug_viewpoint", args.seed_aug_viewpoint,
+                                "--aug_viewpoint", args.seed_aug_viewpoint, *prior_args(args, seed=True),
                                 *focal_args(focal), *extra,
                                 *(render_args(args) if render else [])], threads)
 
@@ -315,9 +353,13 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     folder = args.results_folder
     run_id = f"iteration{iteration}"
     refit = state.stop_scheduled and args.final_refit
+    location, bandwidth = resolved_prior(args, state)
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", folder / f"poses_{previous}.txt", "--pose_refinement", args.refinement,
-               "--refine_calibration", args.refine_calibration, *render_args(args)]
+               "--refine_calibration", args.refine_calibration, *prior_args(args, False, location, bandwidth),
+               *render_args(args)]
+    if args.depth_use_always:
+        command += ["--depth_files", args.depth_files]
     if args.render_visualization:
         command += ["--use_existing_vis_buffer", f"{previous}_register.pkl"]
     warm = args.warmstart and not refit and (iteration > 1 or args.seed_network is not None)
@@ -328,6 +370,43 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     run_script("train_ace.py", command)
     focal = registration_focal_of(folder, run_id, initial_focal)
     return run_id, focal
+
+
+def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
+    """Numbers for an 'auto' prior location/bandwidth from the seed's median depth (None: not auto)."""
+    if "auto" not in (args.prior_loss_location, args.prior_loss_bandwidth):
+        return None, None
+    if getattr(args, "resolved_prior", None) is None:  # once per run: a ZoeDepth seed would be estimated again
+        from ace_loss import auto_prior
+        median = seed_median_depth(args, state)
+        args.resolved_prior = auto_prior(median, args.prior_loss_location, args.prior_loss_bandwidth)
+        _log.info("prior from the seed's median depth %.3f: location %.3f, bandwidth %.3f", median,
+                  *args.resolved_prior)
+    return args.resolved_prior
+
+
+def seed_median_depth(args, state: RunState) -> float:
+    """Median depth of the chosen seed image: its depth file, else the seed depth's own normalisation (two-view
+    and constant seeds have a median of 2 units by construction), else a fresh ZoeDepth estimate."""
+    images = dataset_io.glob_files(args.rgb_files)
+    depth_files = dataset_io.glob_files(args.depth_files, "--depth_files") if args.depth_files else None
+    if state.seed_id is None or not state.seed_id.startswith("iteration0_seed") or args.seed_network is not None:
+        if depth_files is None:
+            raise UserError("--prior_loss_location/--prior_loss_bandwidth auto with --seed_network need "
+                            "--depth_files (the seed's depth is unknown); otherwise pass numbers")
+        maps = [dataset_io.load_depth_png(f) for f in depth_files[::max(1, len(depth_files) // 20)]]
+        return float(np.median(np.concatenate([m[m > 0] for m in maps])))
+    k = int(state.seed_id.removeprefix("iteration0_seed"))
+    index = min(int(seed_values(args)[k] * len(images)), len(images) - 1)
+    if depth_files is not None:
+        depth = dataset_io.load_depth_png(depth_files[index])
+        return float(np.median(depth[depth > 0]))
+    if args.seed_depth == "zoedepth":
+        import depth_estimation
+        depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(images[index]))
+        return float(np.median(depth[depth > 0]))
+    from ace_trainer import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
+    return CONSTANT_SEED_DEPTH
 
 
 def reconstruct(args, state: RunState, initial_focal: float) -> str:
@@ -405,6 +484,14 @@ def validate(args) -> float:
         load_head(args.seed_network, load_encoder(args.encoder_path))
     if args.try_seeds < 1 and args.seed_network is None:
         raise UserError("--try_seeds must be at least 1")
+    check_prior_flags(args, has_depth=args.depth_files is not None)
+    if args.loss_structure == "probabilistic" and args.prior_loss_type == "none":
+        raise UserError(PROBABILISTIC_NEEDS_PRIOR)  # train_ace.py would raise it at its first step
+    if args.depth_use_always and args.depth_files is None:
+        raise UserError("--depth_use_always True needs --depth_files")
+    if args.prior_loss_type == "rgbd_laplace_nll" and not args.depth_use_always:
+        raise UserError("--prior_loss_type rgbd_laplace_nll needs depth in every mapping round: pass --depth_files "
+                        "and --depth_use_always True")
     if args.seed_parallel_workers == -1:
         args.seed_parallel_workers = os.cpu_count() or 1
     set_seed_augmentation(args)

@@ -116,6 +116,72 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
                         help="observer camera distance behind the current view (m)")
 
 
+LOSS_STRUCTURES = ("dsac*", "probabilistic")
+PRIOR_TYPES = ("none", "rgbd_laplace_nll", "laplace_nll", "laplace_wd", "diffusion")
+
+
+def float_or_auto(value: str) -> float | str:
+    """A number, or 'auto' (resolved later from the seed's depth)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{value}'") from None
+
+
+def add_prior_args(parser) -> None:
+    """Loss structure and scene coordinate priors (Bian et al., ICCV 2025), shared by train_ace.py and
+    ace_zero.py; all off by default."""
+    parser.add_argument("--loss_structure", type=str, default="dsac*", choices=LOSS_STRUCTURES,
+                        help="dsac*: reprojection loss for valid predictions, a 3D pull for invalid ones (DSAC*, "
+                             "ACE0); probabilistic: reprojection loss for all plus --prior_loss_weight x prior")
+    parser.add_argument("--prior_loss_type", type=str, default="none", choices=PRIOR_TYPES,
+                        help="prior: laplace_nll / laplace_wd on predicted depth (probabilistic only), "
+                             "rgbd_laplace_nll on measured depth (needs --depth_files, probabilistic only), "
+                             "diffusion on the point cloud (needs --prior_diffusion_model_path)")
+    parser.add_argument("--prior_loss_weight", type=float, default=1, help="weight (lambda) of the prior")
+    parser.add_argument("--prior_loss_bandwidth", type=float_or_auto, default=0.1,
+                        help="Laplace scale b (m); auto: 0.6/1.73 x the location (ScanNet's fitted shape)")
+    parser.add_argument("--prior_loss_location", type=float_or_auto, default=1,
+                        help="Laplace location (m), not used by rgbd_laplace_nll; auto: the median depth of the "
+                             "seed (for non-metric reconstructions, e.g. the two-view seed's 2 units)")
+    parser.add_argument("--prior_diffusion_model_path", type=Path, default=None,
+                        help="point-cloud diffusion model (TorchScript: model(points 1x3xN, steps) -> noise); "
+                             "scr-priors' published diffusion_prior.pt is not available offline")
+    parser.add_argument("--prior_diffusion_start_step", type=int, default=0,
+                        help="diffusion prior off up to this iteration (ACE -> 5000, ACE0 -> 0)")
+    parser.add_argument("--prior_diffusion_warmup_steps", type=int, default=-1,
+                        help="linear ramp of the diffusion prior over this many iterations, -1 = off "
+                             "(ACE -> 1000, ACE0 -> -1)")
+    parser.add_argument("--prior_diffusion_subsample", type=float, default=1.0,
+                        help="fraction of the batch fed to the diffusion model (0.1 = 10%%)")
+
+
+DSAC_ONLY_DIFFUSION = "Only diffusion prior_loss_type is supported with the DSAC* style loss."
+PROBABILISTIC_NEEDS_PRIOR = ("Probabilistic loss needs a prior_loss_type. Using none will almost certainly "
+                             "degenerate.")
+RGBD_NEEDS_DEPTH = "--prior_loss_type rgbd_laplace_nll needs depth maps (--depth_files)"
+DIFFUSION_NEEDS_MODEL = ("--prior_loss_type diffusion needs --prior_diffusion_model_path: a point-cloud diffusion "
+                         "checkpoint (scr-priors' published diffusion_prior.pt cannot be downloaded here, and none "
+                         "ships with this project)")
+
+
+def check_prior_flags(args: argparse.Namespace, has_depth: bool) -> None:
+    """Invalid prior combinations that are known before any training (probabilistic + none fails at the first
+    step, as in the reference)."""
+    if args.loss_structure == "dsac*" and args.prior_loss_type not in ("none", "diffusion"):
+        raise UserError(DSAC_ONLY_DIFFUSION)
+    if args.prior_loss_type == "rgbd_laplace_nll" and not has_depth:
+        raise UserError(RGBD_NEEDS_DEPTH)
+    if args.prior_loss_type == "diffusion" and args.prior_diffusion_model_path is None:
+        raise UserError(DIFFUSION_NEEDS_MODEL)
+    if args.prior_diffusion_model_path is not None and not Path(args.prior_diffusion_model_path).is_file():
+        raise UserError(f"--prior_diffusion_model_path {args.prior_diffusion_model_path}: file not found")
+    if not 0 < args.prior_diffusion_subsample <= 1:
+        raise UserError("--prior_diffusion_subsample must be in (0, 1]")
+
+
 def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> None:
     """Positional pose file + output folder and the confidence filter of the exporters."""
     parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")

@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args, apply_cpu_profile,
+from cli_common import (UserError, add_device_arg, check_prior_flags, add_encoder_args, add_focal_arg, add_prior_args, add_render_args,
+                        apply_cpu_profile,
                         configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
@@ -104,6 +105,7 @@ def build_parser():
     loss.add_argument("--depth_min", type=float, default=0.1, help="predictions closer than this are invalid")
     loss.add_argument("--depth_target", type=float, default=10, help="proxy depth for invalid predictions")
     loss.add_argument("--depth_max", type=float, default=1000, help="predictions farther than this are invalid")
+    add_prior_args(parser.add_argument_group("loss structure and priors"))
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--use_aug", type=str2bool, default=True, help="scale, rotation and brightness augmentation")
     aug.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
@@ -119,6 +121,8 @@ def build_parser():
     vis.add_argument("--use_existing_vis_buffer", type=str, default=None,
                      help="visualisation buffer (.pkl, relative to --render_target_path) to continue from")
     vis.add_argument("--render_map_error_threshold", type=int, default=10, help="px, colour range of errors")
+    vis.add_argument("--render_depth_hist", type=str2bool, default=False,
+                     help="draw a histogram of the predicted depths in the mapping frames")
     vis.add_argument("--render_map_depth_filter", type=int, default=100, help="hide points farther than this")
     return parser
 
@@ -133,6 +137,11 @@ def validate(args) -> None:
                         "or --use_ace_pose_file")
     if args.batch_size < 1 or args.iterations < 1 or args.head_width < 1:
         raise UserError("--batch_size, --iterations and --head_width must be positive")
+    check_prior_flags(args, has_depth=args.depth_files is not None or args.use_pose_seed >= 0)
+    if "auto" in (args.prior_loss_location, args.prior_loss_bandwidth) and args.use_pose_seed < 0 and \
+            args.depth_files is None:
+        raise UserError("--prior_loss_location/--prior_loss_bandwidth auto need depth: a seed image "
+                        "(--use_pose_seed) or --depth_files; otherwise pass numbers")
     ensure_writable_folder(args.output_map_file.parent)
 
 
