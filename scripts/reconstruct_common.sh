@@ -29,13 +29,13 @@ benchmarking_split_folder="${SPLIT_FOLDER:-split_files}"
 
 # run CMD...: execute (or print with DRY_RUN=1)
 run() {
-  if [ "${DRY_RUN:-0}" = "1" ]; then echo "+ $*"; else "$@"; fi
+  if [ "${DRY_RUN:-0}" = "1" ]; then echo "+ $(printf '%q ' "$@")"; else "$@"; fi
 }
 
 # run_logged LOG CMD...: execute with the output shown and copied into LOG (as the original's tee)
 run_logged() {
   local log="$1"; shift
-  if [ "${DRY_RUN:-0}" = "1" ]; then echo "+ $* | tee $log"; return 0; fi
+  if [ "${DRY_RUN:-0}" = "1" ]; then echo "+ $(printf '%q ' "$@")| tee $log"; return 0; fi
   "$@" 2>&1 | tee "$log"
 }
 
