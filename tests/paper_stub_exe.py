@@ -20,10 +20,12 @@ def flag(args: list[str], name: str, default: str | None = None) -> str | None:
 
 
 def pose_of(image: str, index: int) -> np.ndarray:
-    """The 7-Scenes pose next to the image when there is one (so the evaluation can be checked), else a camera
-    on a line."""
+    """The true pose (so that the evaluation is quick and can be checked): the 7-Scenes pose next to the image,
+    else $STUB_GT_DIR/<image stem>.pose.txt; otherwise a camera on a line."""
     gt = Path(image.replace(".color.png", ".pose.txt"))
-    if image.endswith(".color.png") and gt.is_file():
+    if not (image.endswith(".color.png") and gt.is_file()):
+        gt = Path(os.environ.get("STUB_GT_DIR", "/nonexistent"), f"{Path(image).stem}.pose.txt")
+    if gt.is_file():
         return np.loadtxt(gt)
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_euler("y", 3 * index, degrees=True).as_matrix()

@@ -428,10 +428,16 @@ STUBS = ("ace_zero", "train_ace", "register_mapping", "export_point_cloud")
 
 
 @pytest.fixture()
-def stub_env(tmp_path) -> dict:
+def stub_env(tmp_path, rendered) -> dict:
+    gt_dir = tmp_path / "gt"  # true poses by image stem, for the mip360 and T&T names
+    gt_dir.mkdir()
+    for index, pose in enumerate(gt_poses(rendered)):
+        for stem in (f"DSC{index:05d}", f"{index + 1:06d}"):
+            np.savetxt(gt_dir / f"{stem}.pose.txt", pose)
     for name in STUBS:
         shutil.copyfile(REPO / "tests" / "paper_stub_exe.py", tmp_path / f"stub_{name}.py")
     return {**ENV, "PYTHON": sys.executable, "ACE0_DEVICE": "cpu", "STUB_LOG": str(tmp_path / "calls.log"),
+            "STUB_GT_DIR": str(gt_dir),
             "PATH": "/usr/bin:/bin", "RECONSTRUCTION_EXE": str(tmp_path / "stub_ace_zero.py"),
             "MAPPING_EXE": str(tmp_path / "stub_train_ace.py"), "REGISTER_EXE": str(tmp_path / "stub_register_mapping.py"),
             "EXPORT_PC_EXE": str(tmp_path / "stub_export_point_cloud.py"),
@@ -497,7 +503,7 @@ def test_reconstruct_mip360(mip360, stub_env):
     transforms = json.loads(Path(env["BENCHMARK_OUT_DIR"], "bonsai/nerf_data/transforms.json").read_text())
     assert [Path(p).name for p in transforms["test_filenames"]] == [Path(p).name for p in split["test_filenames"]]
     assert len(list(Path(env["BENCHMARK_OUT_DIR"], "bonsai", "colmap_poses").glob("*.pose.txt"))) == FRAMES
-    assert "| bonsai | 8/8 |" in result.stdout
+    assert "| bonsai | 8/8 | 100.0 |" in result.stdout
 
 
 def test_reconstruct_t2_training(tanks, stub_env):
@@ -507,7 +513,7 @@ def test_reconstruct_t2_training(tanks, stub_env):
     result = run_script("reconstruct_t2_training.sh", env)
     assert calls(env)[0][3:] == ["--render_visualization", "False", "--export_point_cloud", "False",
                                  "--dense_point_cloud", "False"]
-    assert "| Barn | 8/8 |" in result.stdout  # against the COLMAP poses of setup_t2.py --with-colmap
+    assert "| Barn | 8/8 | 87.5 |" in result.stdout  # one image missing from the COLMAP model; against the COLMAP poses of setup_t2.py --with-colmap
 
 
 def test_reconstruct_t2_training_videos(tanks, stub_env):
