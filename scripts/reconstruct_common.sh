@@ -12,6 +12,13 @@
 #   ACE0_EXTRA_ARGS, MAPPING_EXTRA_ARGS, REGISTER_EXTRA_ARGS (appended to ace_zero.py / train_ace.py /
 #   register_mapping.py, e.g. short iteration counts), DRY_RUN=1 (print the commands, run nothing).
 
+# --help: the calling script's header, then the settings above
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,/^source/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+  sed -n '3,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi

@@ -584,3 +584,10 @@ def test_7scenes_and_mip360_dry_runs():
     mip = [c for c in dry_run("reconstruct_mip360.sh", {"SCENES": "garden room"}) if c[1] == "ace_zero.py"]
     assert [c[3] for c in mip] == ["reconstructions/mip360/garden", "reconstructions/mip360/room"]
     assert mip[0][4:8] == ["--try_seeds", "5", "--render_visualization", "false"]
+
+
+def test_script_help():
+    result = subprocess.run(["bash", "scripts/reconstruct_t2_training_videos_warmstart.sh", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "Sparse COLMAP + ACE0" in result.stdout and "RENDER_VISUALIZATION" in result.stdout
