@@ -591,3 +591,21 @@ def test_script_help():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert "Sparse COLMAP + ACE0" in result.stdout and "RENDER_VISUALIZATION" in result.stdout
+
+
+def test_reconstruct_7scenes_warmstart_real(seven_scenes, tmp_path):
+    """The KF+ACE0 script with the real train_ace.py and register_mapping.py (a few iterations): the refined
+    focal length travels through poses_iteration0_preliminary.txt, and the table is printed."""
+    root = seven_scenes[0] / "7scenes"
+    env = {**ENV, "PYTHON": sys.executable, "ACE0_DEVICE": "cpu", "PATH": "/usr/bin:/bin",
+           "DATASETS_FOLDER": str(root), "SCENES": "chess", "OUT_DIR": str(tmp_path / "rec"),
+           "BENCHMARK_OUT_DIR": str(tmp_path / "bench"), "SPLIT_FOLDER": str(tmp_path / "splits"),
+           "MAPPING_EXTRA_ARGS": "--iterations 30 --image_resolution 120 --num_data_workers 0 --max_dataset_passes 1",
+           "REGISTER_EXTRA_ARGS": "--image_resolution 120"}
+    result = run_script("reconstruct_7scenes_warmstart.sh", env)
+    out = tmp_path / "rec" / "chess"
+    focal = (out / "poses_iteration0_preliminary.txt").read_text().split()[8]
+    assert f"Using focal length from mapping stage: {focal}" in result.stdout
+    assert (out / "poses_final.txt").read_text() == (out / "poses_iteration0.txt").read_text()
+    assert all(line.split()[8] == focal for line in (out / "poses_final.txt").read_text().splitlines())
+    assert "| chess | " in result.stdout and "chess: Results not found." in result.stdout
