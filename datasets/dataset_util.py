@@ -3,6 +3,7 @@ temporary folder that is renamed only when complete, and small pose/focal file w
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import tarfile
@@ -188,5 +189,4 @@ def write_focal(path: Path, focal: float) -> None:
 
 
 def relative_symlink(link: Path, target: Path) -> None:
-    import os
     link.symlink_to(os.path.relpath(target.resolve(), link.parent.resolve()))
