@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# "Sparse COLMAP + ACE0" on the Tanks and Temples advanced videos (needs datasets/setup_t2.py --with-colmap).
+# Run from the repository root: bash scripts/reconstruct_t2_advanced_videos_warmstart.sh
+# Toggles and roots: see scripts/reconstruct_common.sh and scripts/reconstruct_t2_common.sh.
+source "$(dirname "$0")/reconstruct_common.sh"
+source "$(dirname "$0")/reconstruct_t2_common.sh"
+
+group=advanced
+scenes=("Auditorium" "Ballroom" "Courtroom" "Palace" "Temple")  # Museum left out, as in the original
+t2_videos_warmstart

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# ACE0 on the Tanks and Temples intermediate image sets (paper Table 3 left).
+# Run from the repository root: bash scripts/reconstruct_t2_intermediate.sh
+# Toggles and roots: see scripts/reconstruct_common.sh and scripts/reconstruct_t2_common.sh.
+source "$(dirname "$0")/reconstruct_common.sh"
+source "$(dirname "$0")/reconstruct_t2_common.sh"
+
+group=intermediate
+scenes=("Family" "Francis" "Horse" "Lighthouse" "Playground" "Train")
+t2_image_sets
