@@ -152,7 +152,8 @@ def encoder_speed_ms(encoder, height: int = 480, width: int = 640, repeats: int 
 # ----------------------------------------------------------------------------------------------------------------
 # Identical-pose fit
 
-def _symlinked(folder: Path, paths: list[str]) -> str:
+def symlinked_glob(folder: Path, paths: list[str]) -> str:
+    """A folder of symlinks, so that a glob selects exactly `paths` (the scripts take globs)."""
     folder.mkdir(parents=True)
     for path in paths:
         (folder / Path(path).name).symlink_to(Path(path).resolve())
@@ -163,8 +164,8 @@ def mapping_inliers(data: PosedImages, pose_paths: list[str], encoder: str, iter
                     extra: list[str]) -> float:
     """Training inlier fraction (mean over the last fifth of the run) of train_ace.py with these fixed poses."""
     out = workdir / "map.pt"
-    command = [sys.executable, str(REPO / "train_ace.py"), _symlinked(workdir / "images", data.images), str(out),
-               "--pose_files", _symlinked(workdir / "poses", pose_paths), "--use_external_focal_length",
+    command = [sys.executable, str(REPO / "train_ace.py"), symlinked_glob(workdir / "images", data.images), str(out),
+               "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length",
                str(data.focal), "--encoder_path", encoder, "--iterations", str(iterations),
                "--iterations_output", str(max(1, iterations // 20)), "--device", "cpu", *extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
-from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene  # noqa: E402
+from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene, symlinked_glob  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
 
@@ -59,13 +59,6 @@ def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance:
     return paths
 
 
-def _symlinked(folder: Path, paths: list[str]) -> str:
-    folder.mkdir(parents=True)
-    for path in paths:
-        (folder / Path(path).name).symlink_to(Path(path).resolve())
-    return str(folder / "*")
-
-
 def accuracy(cam_to_world: np.ndarray, truth: np.ndarray, images: list[str]) -> dict:
     """Median errors after a least-squares similarity alignment of all cameras (none is left out)."""
     entries = [dataset_io.PoseEntry(image, np.linalg.inv(pose), 1.0, 2000.0) for image, pose in
@@ -81,7 +74,7 @@ def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int
         tmp = Path(tmp)
         noisy = write_noisy_poses(data, tmp / "noisy", degrees, distance, seed)
         out = tmp / "map.pt"
-        command = [sys.executable, str(REPO / "train_ace.py"), _symlinked(tmp / "images", data.images), str(out),
+        command = [sys.executable, str(REPO / "train_ace.py"), symlinked_glob(tmp / "images", data.images), str(out),
                    "--pose_files", str(tmp / "noisy" / "*"), "--use_external_focal_length", str(data.focal),
                    "--device", "cpu", *extra]
         start = time.time()
