@@ -6,9 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from cli_common import (UserError, add_device_arg, check_prior_flags, add_encoder_args, add_focal_arg, add_prior_args, add_render_args,
-                        apply_cpu_profile,
-                        configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, add_render_args,
+                        apply_cpu_profile, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
+                        make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("train_ace")

@@ -233,7 +233,8 @@ def measure(data: PosedImages, encoder_id: str, short_side: int, fit_iterations:
 
 
 def table(reports: list[EncoderReport]) -> str:
-    lines = ["| data | encoder | probe R2 (interior) | follows frame | inliers true / one pose | ratio | ms / 480x640 |",
+    lines = ["| data | encoder | probe R2 (interior) | follows frame | inliers true / one pose | ratio "
+             "| ms / 480x640 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in reports:
         fit = "—" if r.fit_true is None else f"{r.fit_true:.3f} / {r.fit_identical:.3f}"
