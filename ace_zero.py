@@ -259,8 +259,9 @@ def prior_args(args, seed: bool, location=None, bandwidth=None) -> list:
               "--prior_loss_location", location if location is not None else args.prior_loss_location,
               "--prior_diffusion_start_step", args.prior_diffusion_start_step,
               "--prior_diffusion_warmup_steps", args.prior_diffusion_warmup_steps,
-              "--prior_diffusion_subsample", args.prior_diffusion_subsample,
-              "--render_depth_hist", args.render_depth_hist]
+              "--prior_diffusion_subsample", args.prior_diffusion_subsample]
+    if args.render_depth_hist:  # a render flag: passed only when on, like the other visualisation flags
+        result += ["--render_depth_hist", True]
     if args.prior_diffusion_model_path is not None:
         result += ["--prior_diffusion_model_path", args.prior_diffusion_model_path]
     return result
