@@ -114,19 +114,16 @@ class XFeatVariant:
     conv_padding: str = "zeros"
     canvas: int = 0
     levels: str = "fused"  # fused: XFeat's descriptors; fine: the stride-8 level alone (receptive field ~53 px)
-    description: str = ""
 
 
 XFEAT_VARIANTS = {v.encoder_id: v for v in (
-    XFeatVariant(XFEAT_ENCODER_ID, "zeros", 0, "XFeat as published (zero padding: features encode position)"),
-    XFeatVariant("xfeat-canvas64", "zeros", 64, "XFeat on the image mirrored outwards by 64 px"),
-    XFeatVariant("xfeat-canvas128", "zeros", 128, "XFeat on the image mirrored outwards by 128 px"),
-    XFeatVariant("xfeat-reflect", "reflect", 0, "XFeat with mirror padding in every convolution"),
-    XFeatVariant("xfeat-reflect-canvas32", "reflect", 32, description="XFeat with mirror padding, on the image "
-                                                                      "mirrored outwards by 32 px"),
-    XFeatVariant("xfeat-fine", "zeros", 0, "fine", "XFeat's stride-8 level, before the pyramid fusion"),
-    XFeatVariant("xfeat-fine-reflect", "reflect", 0, "fine",
-                 "XFeat's stride-8 level, before the pyramid fusion, mirror padding"),
+    XFeatVariant(XFEAT_ENCODER_ID),  # as published: zero padding, the features encode position
+    XFeatVariant("xfeat-canvas64", canvas=64),
+    XFeatVariant("xfeat-canvas128", canvas=128),
+    XFeatVariant("xfeat-reflect", conv_padding="reflect"),
+    XFeatVariant("xfeat-reflect-canvas32", conv_padding="reflect", canvas=32),
+    XFeatVariant("xfeat-fine", levels="fine"),
+    XFeatVariant("xfeat-fine-reflect", conv_padding="reflect", levels="fine"),
 )}
 
 

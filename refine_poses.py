@@ -125,13 +125,17 @@ def rotate_and_move(world_to_cam: torch.Tensor, rotation_vectors: torch.Tensor, 
     skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -z, y, -x
     skew = skew - skew.transpose(1, 2)
     rotations = torch.linalg.matrix_exp(skew) @ world_to_cam[:, :, :3]
-    centres = camera_centres(world_to_cam) + centre_shifts
-    return torch.cat([rotations, -(rotations @ centres[:, :, None])], dim=2)
+    return pose_from(rotations, camera_centres(world_to_cam) + centre_shifts)
 
 
 def camera_centres(world_to_cam: torch.Tensor) -> torch.Tensor:
     """N x 3 camera centres -R^T t of N x 3 x 4 world-to-camera poses."""
     return -(world_to_cam[:, :, :3].transpose(1, 2) @ world_to_cam[:, :, 3:])[:, :, 0]
+
+
+def pose_from(rotations: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """N x 3 x 4 world-to-camera poses [R | -R c] of rotations R and camera centres c."""
+    return torch.cat([rotations, -(rotations @ centres[:, :, None])], dim=2)
 
 
 def hold_centre_gauge(poses: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
@@ -150,6 +154,4 @@ def hold_centre_gauge(poses: torch.Tensor, initial: torch.Tensor) -> torch.Tenso
     if float(initial_spread) < 1e-9:
         return poses
     scale = initial_spread / offsets.pow(2).sum(1).mean().sqrt().clamp(min=1e-12)
-    held = initial_centres.mean(0) + scale * offsets
-    rotations = poses[:, :, :3]
-    return torch.cat([rotations, -(rotations @ held[:, :, None])], dim=2)
+    return pose_from(poses[:, :, :3], initial_centres.mean(0) + scale * offsets)

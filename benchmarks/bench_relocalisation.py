@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
+from benchmarks.bench_encoder import symlinked_glob  # noqa: E402
 from cli_common import DEFAULT_ENCODER  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
@@ -29,15 +30,6 @@ def run(script: str, *args) -> float:
     if subprocess.run(command, cwd=REPO, stderr=subprocess.DEVNULL).returncode != 0:
         sys.exit(f"error: {script} failed; rerun it by hand to see why: {' '.join(command)}")
     return time.time() - start
-
-
-def list_file(folder: Path, name: str, paths: list[str]) -> str:
-    """A folder of symlinks so a glob selects exactly `paths` (the scripts take globs, as the original)."""
-    target = folder / name
-    target.mkdir()
-    for path in paths:
-        (target / Path(path).name).symlink_to(Path(path).resolve())
-    return str(target / "*")
 
 
 def main() -> None:
@@ -59,10 +51,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         head = tmp / "map.pt"
-        map_time = run("train_ace.py", list_file(tmp, "map_images", mapping), head,
-                       "--pose_files", list_file(tmp, "map_poses", mapping_poses),
+        map_time = run("train_ace.py", symlinked_glob(tmp / "map_images", mapping), head,
+                       "--pose_files", symlinked_glob(tmp / "map_poses", mapping_poses),
                        "--use_external_focal_length", calibration.fx, "--encoder_path", args.encoder_path, *extra)
-        reg_time = run("register_mapping.py", list_file(tmp, "query_images", query), head,
+        reg_time = run("register_mapping.py", symlinked_glob(tmp / "query_images", query), head,
                        "--use_external_focal_length", calibration.fx, "--session", "query",
                        "--encoder_path", args.encoder_path)
         entries = sorted(dataset_io.read_ace_pose_file(tmp / "poses_query.txt"), key=lambda e: Path(e.path).name)
