@@ -19,7 +19,7 @@ import dataset_io
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
                       reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
-from cli_common import UserError, atomic_write_text
+from cli_common import AUTO_PRIOR_FLAG, UserError, atomic_write_text
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 
@@ -134,26 +134,17 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
     return subset
 
 
-MEDIAN_DEPTH_MAX_FILES = 20  # depth files read to estimate a scene's median depth
-
-
 def median_depth_of(data: MappingData) -> float:
-    """Median depth of the mapping data's depth (seed estimate, constant prior or up to 20 depth files): what
+    """Median depth of the mapping data's depth (seed estimate, constant prior or depth files): what
     '--prior_loss_location auto' uses."""
     if data.constant_depth is not None:
         return float(data.constant_depth)
     if data.estimated_depth is not None:
-        known = data.estimated_depth[data.estimated_depth > 0]
-    elif data.depth_files is not None:
-        step = max(1, len(data.depth_files) // MEDIAN_DEPTH_MAX_FILES)
-        maps = [dataset_io.load_depth_png(f) for f in data.depth_files[::step]]
-        known = np.concatenate([m[m > 0] for m in maps])
-    else:
-        raise UserError("--prior_loss_location/--prior_loss_bandwidth auto need depth: a seed image "
-                        "(--use_pose_seed) or --depth_files; otherwise pass numbers")
-    if known.size == 0:
-        raise UserError("--prior_loss_location auto: the depth maps hold no valid depth")
-    return float(np.median(known))
+        return dataset_io.median_valid_depth([data.estimated_depth], AUTO_PRIOR_FLAG)
+    if data.depth_files is not None:
+        return dataset_io.median_depth_of_files(data.depth_files, AUTO_PRIOR_FLAG)
+    raise UserError(f"{AUTO_PRIOR_FLAG} need depth: a seed image "
+                    "(--use_pose_seed) or --depth_files; otherwise pass numbers")
 
 
 # ----------------------------------------------------------------------------------------------------------------

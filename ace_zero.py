@@ -17,9 +17,9 @@ import numpy as np
 
 import dataset_io
 from ace_network import XFEAT_VARIANTS
-from cli_common import (PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg, add_encoder_args,
-                        add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
-                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg,
+                        add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
+                        check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("ace_zero")
@@ -393,19 +393,17 @@ def seed_median_depth(args, state: RunState) -> float:
     depth_files = dataset_io.glob_files(args.depth_files, "--depth_files") if args.depth_files else None
     if state.seed_id is None or not state.seed_id.startswith("iteration0_seed") or args.seed_network is not None:
         if depth_files is None:
-            raise UserError("--prior_loss_location/--prior_loss_bandwidth auto with --seed_network need "
+            raise UserError(f"{AUTO_PRIOR_FLAG} with --seed_network need "
                             "--depth_files (the seed's depth is unknown); otherwise pass numbers")
-        maps = [dataset_io.load_depth_png(f) for f in depth_files[::max(1, len(depth_files) // 20)]]
-        return float(np.median(np.concatenate([m[m > 0] for m in maps])))
+        return dataset_io.median_depth_of_files(depth_files, AUTO_PRIOR_FLAG)
     k = int(state.seed_id.removeprefix("iteration0_seed"))
     index = min(int(seed_values(args)[k] * len(images)), len(images) - 1)
     if depth_files is not None:
-        depth = dataset_io.load_depth_png(depth_files[index])
-        return float(np.median(depth[depth > 0]))
+        return dataset_io.median_valid_depth([dataset_io.load_depth_png(depth_files[index])], AUTO_PRIOR_FLAG)
     if args.seed_depth == "zoedepth":
         import depth_estimation
-        depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(images[index]))
-        return float(np.median(depth[depth > 0]))
+        return dataset_io.median_valid_depth([depth_estimation.estimate_depth(
+            dataset_io.load_image_rgb(images[index]))], AUTO_PRIOR_FLAG)
     from ace_trainer import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
     return CONSTANT_SEED_DEPTH
 

@@ -122,6 +122,9 @@ LOSS_STRUCTURES = ("dsac*", "probabilistic")
 PRIOR_TYPES = ("none", "rgbd_laplace_nll", "laplace_nll", "laplace_wd", "diffusion")
 
 
+AUTO_PRIOR_FLAG = "--prior_loss_location/--prior_loss_bandwidth auto"  # named in errors about the seed's depth
+
+
 def float_or_auto(value: str) -> float | str:
     """A number, or 'auto' (resolved later from the seed's depth)."""
     if str(value).strip().lower() == "auto":

@@ -270,6 +270,23 @@ def load_depth_png(path: str) -> np.ndarray:
     return metres
 
 
+MEDIAN_DEPTH_MAX_FILES = 20  # depth files read to estimate a scene's median depth
+
+
+def median_valid_depth(depth_maps: list[np.ndarray], flag: str) -> float:
+    """Median of the valid (positive) depths of these maps; `flag` names what needs it in the error."""
+    known = np.concatenate([m[m > 0] for m in depth_maps])
+    if known.size == 0:
+        raise UserError(f"{flag}: the depth maps hold no valid depth")
+    return float(np.median(known))
+
+
+def median_depth_of_files(paths: list[str], flag: str) -> float:
+    """Median valid depth of up to MEDIAN_DEPTH_MAX_FILES depth PNGs spread over `paths`."""
+    step = max(1, len(paths) // MEDIAN_DEPTH_MAX_FILES)
+    return median_valid_depth([load_depth_png(f) for f in paths[::step]], flag)
+
+
 def save_depth_png(path: str, depth_m: np.ndarray) -> None:
     import cv2
     millimetres = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)

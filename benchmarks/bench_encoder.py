@@ -92,8 +92,9 @@ class PositionProbe:
     """Ridge regression (on standardised features) from a feature vector to its cell position."""
 
     def __init__(self, feature_maps_: list[np.ndarray]):
-        features = np.concatenate([_cells(m)[0] for m in feature_maps_])
-        positions = np.concatenate([_cells(m)[1] for m in feature_maps_])
+        cells = [_cells(m) for m in feature_maps_]
+        features = np.concatenate([c[0] for c in cells])
+        positions = np.concatenate([c[1] for c in cells])
         self.mean, self.std = features.mean(0), features.std(0) + 1e-6
         design = self._design(features)
         gram = design.T @ design + PROBE_RIDGE * np.eye(design.shape[1])
@@ -122,13 +123,16 @@ class PositionProbe:
         return float(1 - residual / total)
 
 
-def shift_following_fraction(encoder, probe: PositionProbe, greys: list[np.ndarray]) -> float:
+def shift_following_fraction(encoder, probe: PositionProbe, greys: list[np.ndarray],
+                             full_maps: list[np.ndarray]) -> float:
     """Fraction of cells whose probe readout moves with the frame (by > half the crop) when the image is cropped
-    by CROP_CELLS cells on the left (u) or the top (v); content-bound features keep the readout in place."""
-    crop = CROP_CELLS * 8
+    by CROP_CELLS cells on the left (u) or the top (v); content-bound features keep the readout in place.
+    `full_maps`: the feature maps of `greys` themselves."""
+    from ace_network import OUTPUT_SUBSAMPLE
+    crop = CROP_CELLS * OUTPUT_SUBSAMPLE
     following, total = 0, 0
-    for grey in greys:
-        full = probe.readout(feature_maps(encoder, [grey])[0])
+    for grey, full_map in zip(greys, full_maps, strict=True):
+        full = probe.readout(full_map)
         for axis, cropped in ((0, grey[:, crop:]), (1, grey[crop:, :])):
             moved = probe.readout(feature_maps(encoder, [cropped])[0])
             if axis == 0:  # cell k of the crop shows cell k + CROP_CELLS of the full image
@@ -225,7 +229,7 @@ def measure(data: PosedImages, encoder_id: str, short_side: int, fit_iterations:
     maps = feature_maps(encoder, greys)
     probe = PositionProbe(maps[0::2])
     report = EncoderReport(data.name, encoder_id, probe.r2(maps[1::2]), probe.r2(maps[1::2], interior_only=True),
-                           shift_following_fraction(encoder, probe, greys[1::2]),
+                           shift_following_fraction(encoder, probe, greys[1::2], maps[1::2]),
                            ms_per_image=encoder_speed_ms(encoder))
     if fit_iterations > 0:
         report.fit_true, report.fit_identical = identical_pose_fit(data, encoder_id, fit_iterations, extra)

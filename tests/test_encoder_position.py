@@ -22,7 +22,7 @@ def _position_measures(encoder_id: str, greys) -> tuple[float, float]:
     encoder = load_encoder(encoder_id)
     maps = feature_maps(encoder, greys)
     probe = PositionProbe(maps[0::2])
-    return probe.r2(maps[1::2]), shift_following_fraction(encoder, probe, greys[1::2])
+    return probe.r2(maps[1::2]), shift_following_fraction(encoder, probe, greys[1::2], maps[1::2])
 
 
 def test_published_xfeat_encodes_position(orbit_greys):
