@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 import dataset_io
+from calibration import Intrinsics
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
                       reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
@@ -36,23 +37,29 @@ CONSTANT_SEED_DEPTH = 2.0      # depth prior when a seed image has neither a dep
 class MappingData:
     images: list[str]
     cam_to_world: np.ndarray        # N x 4 x 4
-    focals: np.ndarray              # N, pixels of the original images
+    cameras: list[Intrinsics]       # of the original images
     depth_files: list[str] | None
-    image_size: tuple[int, int]     # (width, height) of the original images
     constant_depth: float | None = None  # seed without depth files: constant-depth prior
     estimated_depth: np.ndarray | None = None  # seed depth from a depth network (metres, original size)
 
     @property
-    def shared_focal(self) -> float:
-        return float(self.focals[0])
+    def focals(self) -> np.ndarray:
+        return np.array([c.fx for c in self.cameras])
 
 
-def _focal_for(args, width: int, height: int) -> float | None:
-    if args.use_external_focal_length is not None and args.use_external_focal_length > 0:
-        return float(args.use_external_focal_length)
-    if args.use_heuristic_focal_length:
-        return dataset_io.heuristic_focal(width, height)
-    return None
+def _cameras_for(args, images: list[str], file_focals: np.ndarray | None) -> list[Intrinsics]:
+    """Intrinsics from the flags. Precedence as the original: an external focal, then a pose file's focal
+    column (fx; the calibration file keeps the principal point and fy / fx), then the automatic focal."""
+    external = args.use_external_focal_length
+    if external is not None and external > 0:
+        return dataset_io.image_cameras(images, args.calibration_file, external)
+    if file_focals is not None and not args.use_heuristic_focal_length:
+        cameras = dataset_io.image_cameras(images, args.calibration_file, log=False)
+        return [c.with_focal(f) for c, f in zip(cameras, file_focals)]
+    if not args.use_heuristic_focal_length and args.calibration_file is None:
+        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F, "
+                        "--calibration_file or --use_ace_pose_file")
+    return dataset_io.image_cameras(images, args.calibration_file)
 
 
 def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
@@ -82,13 +89,7 @@ def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
             dataset_io.check_counts(images, depth_files, "--depth_files")
         images, poses, *rest = dataset_io.drop_invalid_poses(images, poses, [depth_files] if depth_files else None)
         depth_files = rest[0] if rest else None
-    width, height = dataset_io.common_image_size(images)
-    focal = _focal_for(args, width, height)
-    if focal is None and file_focals is None:
-        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F "
-                        "or --use_ace_pose_file")
-    focals = np.full(len(images), focal) if focal is not None else file_focals
-    data = MappingData(images, np.stack(poses), focals, depth_files, (width, height))
+    data = MappingData(images, np.stack(poses), _cameras_for(args, images, file_focals), depth_files)
     if args.use_pose_seed >= 0:
         data = _seed_subset(data, args, encoder, device)
     return data
@@ -112,8 +113,8 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
     """The single seed image int(seed * N) with identity pose and a depth estimate: a depth file, ZoeDepth,
     two-view geometry with a partner image, or (last resort) a constant depth."""
     index = min(int(args.use_pose_seed * len(data.images)), len(data.images) - 1)
-    subset = MappingData([data.images[index]], np.eye(4)[None], data.focals[index:index + 1],
-                         [data.depth_files[index]] if data.depth_files else None, data.image_size)
+    subset = MappingData([data.images[index]], np.eye(4)[None], data.cameras[index:index + 1],
+                         [data.depth_files[index]] if data.depth_files else None)
     if subset.depth_files is not None:
         return subset
     import depth_estimation
@@ -124,7 +125,7 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
         subset.estimated_depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(subset.images[0]))
     elif method == "twoview":
         from two_view_seed import two_view_depth
-        subset.estimated_depth = two_view_depth(data.images, index, float(data.focals[index]), encoder,
+        subset.estimated_depth = two_view_depth(data.images, index, data.cameras, encoder,
                                                 args.image_resolution, device, CONSTANT_SEED_DEPTH)
         if subset.estimated_depth is None:
             _log.warning("two-view seed depth failed (no partner image with enough parallax)")
@@ -156,9 +157,16 @@ class View:
     valid: np.ndarray       # H/8 x W/8 bool: cell centre shows a pixel of the mapping image
     rotation: np.ndarray    # 3 x 3 and 3: camera motion of the augmentation,
     translation: np.ndarray  # new_cam = rotation @ old_cam + translation
-    focal: float            # pixels of this view
-    principal: tuple[float, float]  # principal point (pixels) of this view: the centre, moved by the shift
+    camera: Intrinsics      # of this view: scaled, principal point moved by the rotation and shift
     scene_coords: np.ndarray | None  # 3 x H/8 x W/8 depth targets in the scene frame (0 = none)
+
+    @property
+    def focal(self) -> float:
+        return self.camera.fx
+
+    @property
+    def principal(self) -> tuple[float, float]:
+        return self.camera.cx, self.camera.cy
 
 
 def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Generator, augment: bool,
@@ -166,39 +174,52 @@ def make_view(data: MappingData, index: int, short_side: int, rng: np.random.Gen
     """Load one mapping image, rescale, jitter, (with depth) re-render it from a nearby viewpoint, then rotate
     and shift it; depth targets follow the same warps."""
     scale = rng.uniform(1.0 / aug_scale, aug_scale) if augment else 1.0
-    grey, _ = dataset_io.load_network_input(data.images[index], int(short_side * scale))
+    grey, _ = dataset_io.load_network_input(data.images[index], int(short_side * scale), data.cameras[index])
     height, width = grey.shape
+    camera = data.cameras[index].scaled(width, height)
     if augment:
         brightness = rng.uniform(-AUG_BRIGHTNESS_CONTRAST, AUG_BRIGHTNESS_CONTRAST)
         contrast = rng.uniform(1 - AUG_BRIGHTNESS_CONTRAST, 1 + AUG_BRIGHTNESS_CONTRAST)
         grey = np.clip((grey - grey.mean()) * contrast + grey.mean() + brightness, 0.0, 1.0)
-    focal = data.focals[index] * min(width, height) / min(data.image_size)
     depth = _depth_map(data, index, width, height)
     mask = np.ones((height, width), np.float32)
     rotation, translation = np.eye(3), np.zeros(3)
     if augment and aug_viewpoint > 0 and depth is not None and data.constant_depth is None:
-        grey, depth, mask, rotation, translation = novel_viewpoint(grey, depth, focal, rng, aug_viewpoint)
+        grey, depth, mask, rotation, translation = novel_viewpoint(grey, depth, camera, rng, aug_viewpoint)
     angle = rng.uniform(-aug_rotation, aug_rotation) if augment else 0.0
     shift = rng.uniform(-aug_shift, aug_shift, size=2) * (width, height) if augment else np.zeros(2)
-    warp = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
-    warp[:, 2] += shift  # the principal point moves with the content
+    warp, camera = in_plane_warp(camera, angle, shift)
     if angle != 0.0 or shift.any():
         grey = cv2.warpAffine(grey, warp, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         mask = cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
         if depth is not None:
             depth = cv2.warpAffine(depth, warp, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
     in_plane = np.eye(3)
-    in_plane[:2, :2] = warp[:, :2]  # pixel offsets from the principal point rotate like camera x/y
+    in_plane[:2, :2] = cv2.getRotationMatrix2D((0, 0), angle, 1.0)[:, :2]  # the camera turns about its axis
     rotation, translation = in_plane @ rotation, in_plane @ translation
-    principal = (width / 2 + float(shift[0]), height / 2 + float(shift[1]))
     grid_v = np.arange(OUTPUT_SUBSAMPLE // 2, height, OUTPUT_SUBSAMPLE)
     grid_u = np.arange(OUTPUT_SUBSAMPLE // 2, width, OUTPUT_SUBSAMPLE)
     valid = mask[np.ix_(grid_v, grid_u)] > 0
     targets = None
     if depth is not None:
-        targets = _scene_targets(data.cam_to_world[index], depth[np.ix_(grid_v, grid_u)], grid_u, grid_v, focal,
-                                 principal, rotation, translation)
-    return View(grey.astype(np.float32), valid, rotation, translation, float(focal), principal, targets)
+        targets = _scene_targets(data.cam_to_world[index], depth[np.ix_(grid_v, grid_u)], grid_u, grid_v, camera,
+                                 rotation, translation)
+    return View(grey.astype(np.float32), valid, rotation, translation, camera, targets)
+
+
+def in_plane_warp(camera: Intrinsics, angle: float, shift: np.ndarray) -> tuple[np.ndarray, Intrinsics]:
+    """Image warp (2 x 3) of a camera turning by `angle` degrees about its optical axis, the image rotated about
+    its centre (as the original) and shifted; and the camera of the warped image, whose principal point moves
+    with the content. Pixel offsets from the principal point map by F R F^-1 (F = diag(fx, fy)), which is the
+    plain rotation for square pixels."""
+    focals = np.array([camera.fx, camera.fy])
+    linear = focals[:, None] * cv2.getRotationMatrix2D((0, 0), angle, 1.0)[:, :2] / focals[None, :]
+    centre = np.array([camera.width / 2, camera.height / 2])
+    offset = centre - linear @ centre + shift
+    principal = linear @ np.array([camera.cx, camera.cy]) + offset
+    moved = Intrinsics(camera.fx, camera.fy, float(principal[0]), float(principal[1]), camera.width, camera.height,
+                       (), camera.source)
+    return np.column_stack([linear, offset]), moved
 
 
 def _depth_map(data: MappingData, index: int, width: int, height: int) -> np.ndarray | None:
@@ -211,10 +232,10 @@ def _depth_map(data: MappingData, index: int, width: int, height: int) -> np.nda
     return None
 
 
-def _scene_targets(cam_to_world, depth, grid_u, grid_v, focal, principal, rotation, translation) -> np.ndarray:
+def _scene_targets(cam_to_world, depth, grid_u, grid_v, camera: Intrinsics, rotation, translation) -> np.ndarray:
     """Scene points on the rays of the cell centres of an augmented view with this depth (0 = no target)."""
     u, v = np.meshgrid(grid_u, grid_v)
-    cam = np.stack([(u - principal[0]) / focal * depth, (v - principal[1]) / focal * depth, depth])
+    cam = np.stack([(u - camera.cx) / camera.fx * depth, (v - camera.cy) / camera.fy * depth, depth])
     # augmented camera -> original camera -> scene
     cam = rotation.T @ (cam.reshape(3, -1) - translation[:, None])
     scene = cam_to_world[:3, :3] @ cam + cam_to_world[:3, 3:4]
@@ -222,7 +243,7 @@ def _scene_targets(cam_to_world, depth, grid_u, grid_v, focal, principal, rotati
     return scene.reshape(3, *depth.shape).astype(np.float32)
 
 
-def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.random.Generator,
+def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, camera: Intrinsics, rng: np.random.Generator,
                     max_angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-render an image with depth from a camera orbiting the scene (pivot on the optical axis at the median
     depth) by up to `max_angle_deg` about a random axis perpendicular to the optical axis.
@@ -236,23 +257,24 @@ def novel_viewpoint(grey: np.ndarray, depth: np.ndarray, focal: float, rng: np.r
     angle = np.radians(rng.uniform(-max_angle_deg, max_angle_deg))
     rotation = dataset_io.rotation_about(np.array([np.cos(direction), np.sin(direction), 0.0]), angle)
     translation = pivot - rotation @ pivot
-    new_grey, new_depth = _splat(grey, depth, focal, rotation, translation)
+    new_grey, new_depth = _splat(grey, depth, camera, rotation, translation)
     new_grey, new_depth, mask = _fill_splat_holes(new_grey, new_depth)
     return new_grey, new_depth, mask, rotation, translation
 
 
-def _splat(grey: np.ndarray, depth: np.ndarray, focal: float, rotation: np.ndarray, translation: np.ndarray
+def _splat(grey: np.ndarray, depth: np.ndarray, camera: Intrinsics, rotation: np.ndarray, translation: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
     """Forward-project every pixel with depth into the moved camera; the nearest point wins each pixel (depth 0
     where none lands)."""
     height, width = grey.shape
     v, u = np.nonzero(depth > 0)
     d = depth[v, u]
-    cam = np.stack([(u + 0.5 - width / 2) / focal * d, (v + 0.5 - height / 2) / focal * d, d])
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    cam = np.stack([(u + 0.5 - cx) / fx * d, (v + 0.5 - cy) / fy * d, d])
     new = rotation @ cam + translation[:, None]
     ahead = new[2] > 1e-6
-    new_u = np.floor(new[0] / np.where(ahead, new[2], 1) * focal + width / 2).astype(np.int64)
-    new_v = np.floor(new[1] / np.where(ahead, new[2], 1) * focal + height / 2).astype(np.int64)
+    new_u = np.floor(new[0] / np.where(ahead, new[2], 1) * fx + cx).astype(np.int64)
+    new_v = np.floor(new[1] / np.where(ahead, new[2], 1) * fy + cy).astype(np.int64)
     inside = ahead & (new_u >= 0) & (new_u < width) & (new_v >= 0) & (new_v < height)
     target = (new_v * width + new_u)[inside]
     order = np.lexsort((new[2][inside], target))  # by pixel, nearest first
@@ -288,7 +310,7 @@ def _fill_splat_holes(grey: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, 
 class TrainingBuffer:
     features: torch.Tensor   # N x C
     pixels: torch.Tensor     # N x 2, relative to the principal point
-    focals: torch.Tensor     # N, pixels of the augmented view at the initial focal
+    focals: torch.Tensor     # N x 2 (fx, fy), pixels of the augmented view at the initial focal
     rotations: torch.Tensor  # N x 3 x 3 and N x 3: augmentation motion of the camera
     translations: torch.Tensor
     image_ids: torch.Tensor  # N
@@ -361,7 +383,8 @@ def _sample_view(view: View, index: int, count: int, encoder, device, sampler, d
                           rows * OUTPUT_SUBSAMPLE + OUTPUT_SUBSAMPLE / 2 - view.principal[1]], dim=1).float()
     chunks["features"].append(flat.to(dtype).to(storage_device))
     chunks["pixels"].append(pixels.to(storage_device))
-    chunks["focals"].append(torch.full((count,), view.focal).to(storage_device))
+    focals = torch.tensor([view.camera.fx, view.camera.fy], dtype=torch.float32)
+    chunks["focals"].append(focals.expand(count, 2).to(storage_device))
     chunks["rotations"].append(torch.from_numpy(view.rotation).float().expand(count, 3, 3).to(storage_device))
     chunks["translations"].append(torch.from_numpy(view.translation).float().expand(count, 3).to(storage_device))
     chunks["image_ids"].append(torch.full((count,), index, dtype=torch.long).to(storage_device))
@@ -460,17 +483,17 @@ class Trainer:
         self.encoder = load_encoder(args.encoder_path, device)
         self.data = load_mapping_data(args, self.encoder, device)
         self.seed_mode = args.use_pose_seed >= 0
-        _log.info("mapping %d image(s) of %dx%d, focal %.1f px%s", len(self.data.images), *self.data.image_size,
-                  self.data.shared_focal, " (seed image)" if self.seed_mode else "")
+        first = self.data.cameras[0]
+        _log.info("mapping %d image(s), the first %dx%d with focal %.1f px%s", len(self.data.images), first.width,
+                  first.height, first.fx, " (seed image)" if self.seed_mode else "")
         self.loss = self._create_loss()
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
                                         args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
                                         args.pose_refinement_weight, args.pose_refinement_gauge,
                                         args.pose_refinement_update).to(device)
-        if args.refine_calibration and len(set(np.round(self.data.focals, 6))) != 1:
-            raise UserError("--refine_calibration needs one focal length shared by all mapping images")
-        self.calibration = CalibrationRefiner(self.data.shared_focal, args.refine_calibration,
+        # one relative change of every image's focal (a shared focal when they share one camera)
+        self.calibration = CalibrationRefiner(float(self.data.focals[0]), args.refine_calibration,
                                               args.refine_calibration_lr).to(device)
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=args.learning_rate_min)
         self.schedule = LearningRateSchedule(args, self.optimizer)
@@ -574,11 +597,11 @@ class Trainer:
         cam = cam[:, :, 0] + batch["translations"]
         focals = batch["focals"] * self.calibration.scale()
         depth = cam[:, 2].clamp(min=a.depth_min)
-        projected = cam[:, :2] / depth[:, None] * focals[:, None]
+        projected = cam[:, :2] / depth[:, None] * focals
         errors = (projected - batch["pixels"]).abs().sum(dim=1)  # L1 reprojection error, as the original
         cam_fixed = (batch["rotations"] @ (world_to_cam[:, :, :3].detach() @ predicted[:, :, None]
                                            + world_to_cam[:, :, 3:].detach()))[:, :, 0] + batch["translations"]
-        rays = torch.cat([batch["pixels"] / focals.detach()[:, None], torch.ones_like(focals)[:, None]], dim=1)
+        rays = torch.cat([batch["pixels"] / focals.detach(), torch.ones_like(focals[:, :1])], dim=1)
         inliers, loss = self.loss.compute(LossInputs(
             predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),
             iteration, self.schedule.max_iterations))
@@ -622,12 +645,12 @@ class Trainer:
         atomic_write_text(stem.parent / f"{stem.name}.txt", "\n".join(self.log_lines) + "\n")
         with torch.no_grad():
             refined = self.pose_refiner().cpu().numpy()
-        focal = self.calibration.focal() if self.calibration.refining else None
+        factor = self.calibration.focal() / float(self.data.focals[0]) if self.calibration.refining else 1.0
         entries = []
         for index, path in enumerate(self.data.images):
             world_to_cam = np.eye(4)
             world_to_cam[:3] = refined[index]
-            entries.append(dataset_io.PoseEntry(path, world_to_cam, focal or float(self.data.focals[index]),
+            entries.append(dataset_io.PoseEntry(path, world_to_cam, float(self.data.focals[index]) * factor,
                                                 math.inf))
         dataset_io.write_ace_pose_file(stem.parent / f"poses_{stem.name}_preliminary.txt", entries)
         _log.info("wrote %s, %s.txt and poses_%s_preliminary.txt", out, stem.name, stem.name)

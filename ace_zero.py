@@ -17,14 +17,15 @@ import numpy as np
 
 import dataset_io
 from ace_network import XFEAT_VARIANTS
-from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg,
-                        add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
+from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_calibration_arg,
+                        add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
                         check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("ace_zero")
 
 STATE_FILE = "ace_zero_state.json"
+INITIAL_CALIBRATION_FILE = "cameras_initial.txt"  # written when one focal length cannot describe the cameras
 RENDER_FOLDER = "renderings"
 VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
@@ -127,6 +128,7 @@ def build_parser():
                          help="new: 'rotation' = rigid per-camera updates instead of the original's additive ones")
     mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
     add_focal_arg(mapping, default=-1)
+    add_calibration_arg(mapping)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
                          choices=("circle", "constant", "1cyclepoly"), help="schedule of normal rounds")
     mapping.add_argument("--learning_rate_max", type=float, default=0.003, help="highest LR of normal rounds")
@@ -212,7 +214,12 @@ def focal_args(focal: float) -> list:
 
 
 def common_args(args) -> list:
-    return ["--device", args.device, "--encoder_path", args.encoder_path, "--image_resolution", args.image_resolution]
+    return ["--device", args.device, "--encoder_path", args.encoder_path, "--image_resolution", args.image_resolution,
+            *calibration_args(args)]
+
+
+def calibration_args(args) -> list:
+    return ["--calibration_file", args.calibration_file] if args.calibration_file else []
 
 
 def mapping_args(args, refit: bool, iterations: int | None = None, passes: int | None = None) -> list:
@@ -343,10 +350,18 @@ def start_from_seed_network(args, state: RunState) -> None:
     state.seed_id = stem
 
 
-def registration_focal_of(folder: Path, run_id: str, fallback: float) -> float:
+def registration_focal_of(args, folder: Path, run_id: str, fallback: float) -> float:
+    """The refined focal to register with: fx of the first image (the stages scale every camera of a calibration
+    file alike, so one number carries the refinement)."""
     preliminary = folder / f"poses_{run_id}_preliminary.txt"
     entries = dataset_io.read_ace_pose_file(preliminary)
-    return dataset_io.single_focal(entries, str(preliminary)) if entries else fallback
+    if not entries:
+        return fallback
+    if not args.calibration_file:
+        return dataset_io.single_focal(entries, str(preliminary))
+    first, mapped = dataset_io.image_cameras([args.images[0], entries[0].path], args.calibration_file, fallback,
+                                             log=False)
+    return first.fx * entries[0].focal / mapped.fx
 
 
 def mapping_round(args, state: RunState, iteration: int, previous: str,
@@ -369,7 +384,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     _log.info("iteration %d: %s mapping from %s", iteration, "final refit" if refit else
               ("warm-started" if warm else "fresh"), f"poses_{previous}.txt")
     run_script("train_ace.py", command)
-    focal = registration_focal_of(folder, run_id, initial_focal)
+    focal = registration_focal_of(args, folder, run_id, initial_focal)
     return run_id, focal
 
 
@@ -474,8 +489,9 @@ def validate(args) -> float:
     images = dataset_io.glob_files(args.rgb_files)
     if len(images) < 2:
         raise UserError(f"rgb_files: '{args.rgb_files}' matches {len(images)} image; ACE0 needs at least 2")
-    dataset_io.common_image_size(images)
     ensure_writable_folder(args.results_folder)
+    args.images = images
+    initial_cameras(args, images)
     if args.seed_network is not None:
         from ace_network import load_encoder, load_head
         if not args.seed_network.is_file():
@@ -494,7 +510,23 @@ def validate(args) -> float:
     if args.seed_parallel_workers == -1:
         args.seed_parallel_workers = os.cpu_count() or 1
     set_seed_augmentation(args)
+    if args.calibration_file and args.use_external_focal_length <= 0:
+        return dataset_io.image_cameras(images[:1], args.calibration_file, log=False)[0].fx
     return args.use_external_focal_length
+
+
+def initial_cameras(args, images: list[str]) -> None:
+    """Resolve the cameras once. When one focal length cannot say them (EXIF focals, images of several sizes),
+    write them as a calibration file that every stage reads."""
+    cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
+    if args.calibration_file or len({(c.fx, c.width, c.height) for c in cameras}) == 1 and \
+            cameras[0].source.startswith(("heuristic", "external")):
+        return
+    import calibration
+    path = args.results_folder / INITIAL_CALIBRATION_FILE
+    atomic_write_text(path, calibration.format_per_image_file(images, cameras))
+    args.calibration_file = str(path)
+    _log.info("initial cameras (EXIF or several image sizes) written to %s", path)
 
 
 def set_seed_augmentation(args) -> None:
@@ -553,7 +585,7 @@ def adjust_final_poses(args, last: str) -> Path:
         _log.info("using the bundle adjustment in %s", adjusted)
         return adjusted
     try:
-        run_script("bundle_adjust.py", [registered, adjusted, "--device", args.device,
+        run_script("bundle_adjust.py", [registered, adjusted, "--device", args.device, *calibration_args(args),
                                         "--confidence_threshold", args.registration_confidence,
                                         "--refine_focal", args.refine_calibration])
     except UserError as error:

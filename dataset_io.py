@@ -3,7 +3,8 @@
 Conventions (as the original ACE0):
 - ACE pose file: one line per image, `path qw qx qy qz tx ty tz focal confidence`, the pose is
   WORLD-TO-CAMERA with OpenCV camera axes (x right, y down, z forward), the focal length is in pixels of
-  the ORIGINAL image, the principal point is the image centre.
+  the ORIGINAL image (fx); the principal point is the image centre unless a calibration file says otherwise
+  (calibration.py holds the rest of each camera).
 - 7-Scenes pose file: a 4x4 CAMERA-TO-WORLD matrix in plain text.
 - Depth: 16-bit PNG in millimetres, 0 = invalid.
 """
@@ -19,11 +20,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.spatial.transform import Rotation
 
+from calibration import Intrinsics, heuristic_focal, resized_shape, undistort  # noqa: F401 (one home)
 from cli_common import UserError, atomic_write_text
 
 _log = logging.getLogger(__name__)
 
-HEURISTIC_FOCAL_FACTOR = 0.7  # focal = 70 % of the image diagonal when nothing better is known
 MAX_VALID_DEPTH_M = 1000.0
 
 
@@ -96,15 +97,11 @@ def common_image_size(paths: list[str]) -> tuple[int, int]:
     return first
 
 
-def heuristic_focal(width: int, height: int) -> float:
-    return HEURISTIC_FOCAL_FACTOR * math.sqrt(width ** 2 + height ** 2)
-
-
-def resized_shape(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) after scaling the short side to `short_side`."""
-    if width < height:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
+def image_cameras(paths: list[str], calibration_file: str | Path | None = None,
+                  external_focal: float | None = None, log: bool = True) -> list[Intrinsics]:
+    """Intrinsics of each image (its own size; see calibration.image_cameras for the sources)."""
+    import calibration
+    return calibration.image_cameras(paths, [image_size(p) for p in paths], calibration_file, external_focal, log)
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -297,31 +294,23 @@ def save_depth_png(path: str, depth_m: np.ndarray) -> None:
     atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
 
 
-@dataclass
-class Calibration:
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
+def read_calibration(path: Path | str) -> Intrinsics:
+    """A calibration file of one camera for all images, with its size (`fx fy cx cy width height`, the
+    format of the project's data sets, or a one-camera COLMAP cameras.txt)."""
+    from calibration import read_calibration_file
+    parsed = read_calibration_file(path)
+    if parsed.shared is None or parsed.shared.width == 0:
+        raise UserError(f"calibration {path}: expected one camera with its size ('fx fy cx cy width height')")
+    return parsed.shared
 
 
-def read_calibration(path: Path | str) -> Calibration:
-    """`fx fy cx cy width height` (the format of the project's data sets)."""
-    try:
-        values = [float(v) for v in Path(path).read_text().split()]
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read calibration {path}: {error}") from None
-    if len(values) != 6:
-        raise UserError(f"calibration {path}: expected 'fx fy cx cy width height'")
-    return Calibration(*values[:4], int(values[4]), int(values[5]))
-
-
-
-def load_network_input(path: str, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Grey image in [0, 1] with its short side scaled to `short_side`, and the original (width, height)."""
+def load_network_input(path: str, short_side: int, camera: Intrinsics | None = None
+                       ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey image in [0, 1] with its short side scaled to `short_side`, and the original (width, height);
+    undistorted first when the camera has distortion."""
     rgb = load_image_rgb(path)
+    if camera is not None:
+        rgb = undistort(rgb, camera)
     width, height = resized_shape(rgb.shape[1], rgb.shape[0], short_side)
     return rgb_to_grey01(resize_image(rgb, width, height)), (rgb.shape[1], rgb.shape[0])
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
+from cli_common import (UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
+                        add_render_args,
                         configure_cpu_threads, make_parser, run_main, select_device)
 
 _log = logging.getLogger("register_mapping")
@@ -33,6 +34,7 @@ def build_parser():
                         help="inlier count above which an image counts as registered (for the summary)")
     parser.add_argument("--max_estimates", type=int, default=-1, help="stop after this many images (-1: all)")
     add_focal_arg(parser, default=-1)
+    add_calibration_arg(parser)
     vis = parser.add_argument_group("visualisation")
     add_render_args(vis)
     vis.add_argument("--render_pose_conf_threshold", type=int, default=5000, help="top of the confidence colours")
@@ -74,21 +76,18 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
     from ace_network import Regressor, load_encoder, load_head
 
     images = dataset_io.glob_files(args.rgb_files)
-    width, height = dataset_io.common_image_size(images)
-    focal = args.use_external_focal_length if args.use_external_focal_length > 0 \
-        else dataset_io.heuristic_focal(width, height)
+    cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
     encoder = load_encoder(args.encoder_path, device)
     regressor = Regressor(encoder, load_head(args.network, encoder, device)).eval()
     order = np.random.default_rng(args.base_seed).permutation(len(images))
     if args.max_estimates > 0:
         order = order[:args.max_estimates]
-    _log.info("registering %d image(s) against %s, focal %.1f px, %d hypotheses", len(order), args.network,
-              focal, args.hypotheses)
+    _log.info("registering %d image(s) against %s, %d hypotheses", len(order), args.network, args.hypotheses)
 
     visualizer = create_visualizer(args, device, len(order))
 
     def load(index):
-        return index, dataset_io.load_network_input(images[index], args.image_resolution)[0]
+        return index, dataset_io.load_network_input(images[index], args.image_resolution, cameras[index])[0]
 
     entries = []
     from tqdm import tqdm
@@ -96,13 +95,14 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
             torch.no_grad(), tqdm(total=len(order), desc="Registering", unit="img", leave=False) as progress:
         for count, (index, grey) in enumerate(pool.map(load, order)):
             coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
-            scaled_focal = focal * min(grey.shape) / min(width, height)
+            net = cameras[index].scaled(grey.shape[1], grey.shape[0])
             inliers, cam_to_world = dsacstar.forward_rgb(
                 np.ascontiguousarray(coords), hypotheses=args.hypotheses, threshold=args.threshold,
-                focal=scaled_focal, ppx=grey.shape[1] / 2, ppy=grey.shape[0] / 2,
+                focal=net.fx, focal_y=net.fy, ppx=net.cx, ppy=net.cy,
                 inlier_alpha=args.inlieralpha, max_reproj=args.maxpixelerror, subsampling=8,
                 random_seed=args.base_seed + count, max_hypotheses_tries=args.hypotheses_max_tries)
-            entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world), focal,
+            entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world),
+                                                cameras[index].focal,
                                                 int(inliers)))
             if visualizer is not None:
                 visualizer.add(images[index], entries[-1].world_to_cam, inliers)

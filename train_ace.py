@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, add_render_args,
+from cli_common import (UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
+                        add_prior_args, add_render_args,
                         apply_cpu_profile, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
                         make_parser, run_main, select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
@@ -53,8 +54,9 @@ def build_parser():
     poses.add_argument("--refine_calibration", type=str2bool, default=False, help="refine the shared focal length")
     poses.add_argument("--refine_calibration_lr", type=float, default=0.001, help="learning rate of the focal")
     poses.add_argument("--use_heuristic_focal_length", type=str2bool, default=False,
-                       help="focal length = 70%% of the image diagonal")
+                       help="focal length from the images' EXIF, else 70%% of the image diagonal")
     add_focal_arg(poses, default=None)
+    add_calibration_arg(poses)
     poses.add_argument("--pose_refinement", type=str, default="none", choices=POSE_REFINEMENT_CHOICES,
                        help="refine the mapping poses: none, naive (poses as parameters) or mlp")
     poses.add_argument("--pose_refinement_weight", type=float, default=0.1, help="scale of the MLP pose updates")
@@ -131,10 +133,11 @@ def validate(args) -> None:
     if args.use_pose_seed < 0 and args.use_ace_pose_file is None and args.pose_files is None:
         raise UserError("no poses: pass --pose_files, --use_ace_pose_file or --use_pose_seed")
     has_focal = args.use_heuristic_focal_length or args.use_ace_pose_file is not None or \
+        args.calibration_file is not None or \
         (args.use_external_focal_length is not None and args.use_external_focal_length > 0)
     if not has_focal:
-        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F "
-                        "or --use_ace_pose_file")
+        raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F, "
+                        "--calibration_file or --use_ace_pose_file")
     if args.batch_size < 1 or args.iterations < 1 or args.head_width < 1:
         raise UserError("--batch_size, --iterations and --head_width must be positive")
     check_prior_flags(args, has_depth=args.depth_files is not None or args.use_pose_seed >= 0)

@@ -16,6 +16,7 @@ import torch
 from scipy.interpolate import griddata
 
 import dataset_io
+from calibration import Intrinsics
 from ace_network import cell_centres
 
 _log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ def _triangulate(K: np.ndarray, R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2
     homogeneous = cv2.triangulatePoints(P1, P2, x1.T, x2.T)
     points = (homogeneous[:3] / homogeneous[3]).T
     in_second = points @ R.T + t.reshape(1, 3)
-    error1 = np.linalg.norm(points[:, :2] / points[:, 2:] * K[0, 0] + K[:2, 2] - x1, axis=1)
-    error2 = np.linalg.norm(in_second[:, :2] / in_second[:, 2:] * K[0, 0] + K[:2, 2] - x2, axis=1)
+    focals = np.diag(K)[:2]
+    error1 = np.linalg.norm(points[:, :2] / points[:, 2:] * focals + K[:2, 2] - x1, axis=1)
+    error2 = np.linalg.norm(in_second[:, :2] / in_second[:, 2:] * focals + K[:2, 2] - x2, axis=1)
     centre2 = -R.T @ t.reshape(3)
     ray1 = points / np.linalg.norm(points, axis=1, keepdims=True)
     ray2 = points - centre2
@@ -96,18 +98,24 @@ def relative_pose(x1: np.ndarray, x2: np.ndarray, K: np.ndarray, accuracy: float
     return (R, t.ravel(), inliers) if inliers.sum() >= MIN_POINTS else None
 
 
-def two_view_depth(images: list[str], seed_index: int, focal: float, encoder, short_side: int, device,
+def _network_matrix(camera: Intrinsics, grey: np.ndarray) -> np.ndarray:
+    return camera.scaled(grey.shape[1], grey.shape[0]).matrix()
+
+
+def two_view_depth(images: list[str], seed_index: int, cameras: list[Intrinsics], encoder, short_side: int, device,
                    median_depth: float) -> np.ndarray | None:
     """Dense depth (original image size) for images[seed_index], or None when no partner gives geometry."""
-    grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side)
-    scaled_focal = focal * min(grey.shape) / min(width, height)
-    K = np.array([[scaled_focal, 0, grey.shape[1] / 2], [0, scaled_focal, grey.shape[0] / 2], [0, 0, 1]])
+    grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side, cameras[seed_index])
+    K = _network_matrix(cameras[seed_index], grey)
     seed_features, pixels = keypoints(encoder, grey, device)
     accuracy = KEYPOINT_ACCURACY_PX if hasattr(encoder, "detect") else CELL_ACCURACY_PX
     best = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
-        partner_grey, _ = dataset_io.load_network_input(images[partner], short_side)
+        partner_grey, _ = dataset_io.load_network_input(images[partner], short_side, cameras[partner])
         partner_features, partner_pixels = keypoints(encoder, partner_grey, device)
+        # the partner's pixels as the seed's camera would see the same rays (both pinhole): one K for both
+        to_seed = K @ np.linalg.inv(_network_matrix(cameras[partner], partner_grey))
+        partner_pixels = partner_pixels @ to_seed[:2, :2].T + to_seed[:2, 2]
         ia, ib = mutual_matches(seed_features, partner_features)
         if len(ia) < MIN_POINTS:
             continue

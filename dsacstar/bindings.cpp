@@ -46,10 +46,13 @@ void require(bool ok, const std::string& message) {
     if (!ok) throw py::value_error(message);
 }
 
-Camera make_camera(double focal, double ppx, double ppy) {
+// focal_y unset: square pixels (the original's single focal length).
+Camera make_camera(double focal, double ppx, double ppy, std::optional<double> focal_y) {
+    const double fy = focal_y ? *focal_y : focal;
     require(std::isfinite(focal) && focal > 0.0, "focal must be a finite positive number");
+    require(std::isfinite(fy) && fy > 0.0, "focal_y must be a finite positive number");
     require(std::isfinite(ppx) && std::isfinite(ppy), "ppx and ppy must be finite");
-    return Camera{focal, ppx, ppy};
+    return Camera{focal, fy, ppx, ppy};
 }
 
 RansacParams make_params(int hypotheses, double threshold, double inlier_alpha, double max_reproj,
@@ -121,9 +124,10 @@ Correspondences gather_grid(const DoubleArray& coords, int subsampling) {
 
 py::tuple forward_rgb(const py::object& scene_coords, int hypotheses, double threshold, std::optional<double> focal,
                       std::optional<double> ppx, std::optional<double> ppy, double inlier_alpha, double max_reproj,
-                      int subsampling, long long random_seed, long long max_tries, int num_threads) {
+                      int subsampling, long long random_seed, long long max_tries, int num_threads,
+                      std::optional<double> focal_y) {
     require(focal && ppx && ppy, "focal, ppx and ppy are required");
-    const Camera cam = make_camera(*focal, *ppx, *ppy);
+    const Camera cam = make_camera(*focal, *ppx, *ppy, focal_y);
     const RansacParams params =
         make_params(hypotheses, threshold, inlier_alpha, max_reproj, random_seed, max_tries, num_threads);
     require(subsampling >= 1, "subsampling must be >= 1");
@@ -136,8 +140,9 @@ py::tuple forward_rgb(const py::object& scene_coords, int hypotheses, double thr
 
 py::tuple estimate_pose(const py::object& points3d, const py::object& pixels, double focal, double ppx, double ppy,
                         int hypotheses, double threshold, double inlier_alpha, double max_reproj,
-                        long long random_seed, long long max_tries, int num_threads) {
-    const Camera cam = make_camera(focal, ppx, ppy);
+                        long long random_seed, long long max_tries, int num_threads,
+                        std::optional<double> focal_y) {
+    const Camera cam = make_camera(focal, ppx, ppy, focal_y);
     const RansacParams params =
         make_params(hypotheses, threshold, inlier_alpha, max_reproj, random_seed, max_tries, num_threads);
     const DoubleArray pts = as_float64(points3d, "points3d");
@@ -159,8 +164,8 @@ py::tuple estimate_pose(const py::object& points3d, const py::object& pixels, do
 }
 
 std::vector<py::array_t<double>> solve_p3p(const py::object& points3d, const py::object& pixels, double focal,
-                                           double ppx, double ppy) {
-    const Camera cam = make_camera(focal, ppx, ppy);
+                                           double ppx, double ppy, std::optional<double> focal_y) {
+    const Camera cam = make_camera(focal, ppx, ppy, focal_y);
     const DoubleArray pts = as_float64(points3d, "points3d");
     const DoubleArray pix = as_float64(pixels, "pixels");
     require(pts.ndim() == 2 && pts.shape(0) == 3 && pts.shape(1) == 3,
@@ -204,13 +209,14 @@ give (0, identity). The GIL is released while computing.
           py::arg("threshold") = 10.0, py::arg("focal") = py::none(), py::arg("ppx") = py::none(),
           py::arg("ppy") = py::none(), py::arg("inlier_alpha") = 100.0, py::arg("max_reproj") = 100.0,
           py::arg("subsampling") = 8, py::arg("random_seed") = 1305, py::arg("max_hypotheses_tries") = 1000000,
-          py::arg("num_threads") = 0,
+          py::arg("num_threads") = 0, py::arg("focal_y") = py::none(),
           R"doc(
 Estimate a camera pose from a dense scene-coordinate map.
 
 scene_coords: float32/float64 array (3, H, W) or (1, 3, H, W) of world points; cell (x, y)
     observes pixel (subsampling*x + subsampling/2, subsampling*y + subsampling/2).
-focal, ppx, ppy (required): intrinsics in pixels of the image the map was predicted from.
+focal, ppx, ppy (required): intrinsics in pixels of the image the map was predicted from;
+    focal is fx, and focal_y (optional, default focal) is fy.
 hypotheses: number of RANSAC hypotheses.
 threshold: inlier threshold in pixels.
 inlier_alpha, max_reproj: soft-inlier score scale and reprojection error clamp (pixels).
@@ -226,7 +232,7 @@ Raises ValueError on bad shapes, dtypes or parameters.
     m.def("estimate_pose", &estimate_pose, py::arg("points3d"), py::arg("pixels"), py::arg("focal"),
           py::arg("ppx"), py::arg("ppy"), py::arg("hypotheses") = 64, py::arg("threshold") = 10.0,
           py::arg("inlier_alpha") = 100.0, py::arg("max_reproj") = 100.0, py::arg("random_seed") = 1305,
-          py::arg("max_hypotheses_tries") = 1000000, py::arg("num_threads") = 0,
+          py::arg("max_hypotheses_tries") = 1000000, py::arg("num_threads") = 0, py::arg("focal_y") = py::none(),
           R"doc(
 Estimate a camera pose from explicit correspondences; same algorithm as forward_rgb.
 
@@ -236,7 +242,7 @@ Returns (inlier_count, cam_to_world float64 4x4).
 )doc");
 
     m.def("solve_p3p", &solve_p3p, py::arg("points3d"), py::arg("pixels"), py::arg("focal"), py::arg("ppx"),
-          py::arg("ppy"),
+          py::arg("ppy"), py::arg("focal_y") = py::none(),
           R"doc(
 Minimal solver exposed for testing: all poses (up to 4) consistent with three 2D-3D
 correspondences, as a list of float64 4x4 cam_to_world matrices. points3d (3, 3), pixels (3, 2).

@@ -14,8 +14,10 @@ using Eigen::Matrix3d;
 using Eigen::Vector2d;
 using Eigen::Vector3d;
 
+// Pinhole intrinsics; fx and fy differ for non-square pixels or an anisotropic resize.
 struct Camera {
-    double focal;
+    double fx;
+    double fy;
     double ppx;
     double ppy;
 };
@@ -36,7 +38,7 @@ struct Correspondences {
 
 // Unit viewing ray through a pixel.
 inline Vector3d bearing(const Camera& cam, const Vector2d& px) {
-    return Vector3d((px.x() - cam.ppx) / cam.focal, (px.y() - cam.ppy) / cam.focal, 1.0).normalized();
+    return Vector3d((px.x() - cam.ppx) / cam.fx, (px.y() - cam.ppy) / cam.fy, 1.0).normalized();
 }
 
 // Euclidean reprojection error in pixels, clamped to max_error. Points on or behind the
@@ -45,8 +47,8 @@ inline double reprojection_error(const Pose& pose, const Camera& cam, const Vect
                                  const Vector2d& px, double max_error) {
     const Vector3d c = pose.R * world + pose.t;
     if (!(c.z() > 0.0)) return max_error;
-    const double du = cam.focal * c.x() / c.z() + cam.ppx - px.x();
-    const double dv = cam.focal * c.y() / c.z() + cam.ppy - px.y();
+    const double du = cam.fx * c.x() / c.z() + cam.ppx - px.x();
+    const double dv = cam.fy * c.y() / c.z() + cam.ppy - px.y();
     const double e = std::sqrt(du * du + dv * dv);
     return e < max_error ? e : max_error;  // also maps NaN to max_error
 }

@@ -99,8 +99,8 @@ double soft_inlier_score(const Correspondences& corr, const Camera& cam, const P
         const Vector3d c = pose.R * corr.world[i] + pose.t;
         double e_sq = std::numeric_limits<double>::infinity();
         if (c.z() > 0.0) {
-            const double du = cam.focal * c.x() / c.z() + cam.ppx - corr.pixel[i].x();
-            const double dv = cam.focal * c.y() / c.z() + cam.ppy - corr.pixel[i].y();
+            const double du = cam.fx * c.x() / c.z() + cam.ppx - corr.pixel[i].x();
+            const double dv = cam.fy * c.y() / c.z() + cam.ppy - corr.pixel[i].y();
             e_sq = du * du + dv * dv;
         }
         if (e_sq < cutoff_sq) {  // false for NaN too

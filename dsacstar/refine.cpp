@@ -19,8 +19,8 @@ double cost(const Correspondences& corr, const std::vector<int>& indices, const 
     for (int i : indices) {
         const Vector3d c = pose.R * corr.world[i] + pose.t;
         if (!(c.z() > 0.0)) return std::numeric_limits<double>::infinity();
-        const double du = cam.focal * c.x() / c.z() + cam.ppx - corr.pixel[i].x();
-        const double dv = cam.focal * c.y() / c.z() + cam.ppy - corr.pixel[i].y();
+        const double du = cam.fx * c.x() / c.z() + cam.ppx - corr.pixel[i].x();
+        const double dv = cam.fy * c.y() / c.z() + cam.ppy - corr.pixel[i].y();
         sum += du * du + dv * dv;
     }
     return std::isfinite(sum) ? sum : std::numeric_limits<double>::infinity();
@@ -37,11 +37,11 @@ void normal_equations(const Correspondences& corr, const std::vector<int>& indic
         const Vector3d c = pose.R * corr.world[i] + pose.t;
         const double iz = 1.0 / c.z();
         const double x = c.x() * iz, y = c.y() * iz;
-        const Eigen::Vector2d r(cam.focal * x + cam.ppx - corr.pixel[i].x(),
-                                cam.focal * y + cam.ppy - corr.pixel[i].y());
+        const Eigen::Vector2d r(cam.fx * x + cam.ppx - corr.pixel[i].x(),
+                                cam.fy * y + cam.ppy - corr.pixel[i].y());
         // d(projection)/d(x_cam), rows u and v.
         Eigen::Matrix<double, 2, 3> dp;
-        dp << cam.focal * iz, 0.0, -cam.focal * x * iz, 0.0, cam.focal * iz, -cam.focal * y * iz;
+        dp << cam.fx * iz, 0.0, -cam.fx * x * iz, 0.0, cam.fy * iz, -cam.fy * y * iz;
         J.leftCols<3>() = -dp * skew(c);
         J.rightCols<3>() = dp;
         jtj.noalias() += J.transpose() * J;

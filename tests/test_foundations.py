@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 
 import ace_trainer
 import dataset_io
+from calibration import Intrinsics
 from ace_network import ACEEncoder, Head, load_encoder, load_head, save_head
 from cli_common import UserError
 from refine_poses import gram_schmidt, procrustes
@@ -158,7 +159,7 @@ def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
     poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
     depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
-    data = ace_trainer.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
+    data = ace_trainer.MappingData(images, poses, [Intrinsics.centred(525.0, 640, 480, "test")] * len(images), depths)
     view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
     assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
     height, width = view.grey.shape

@@ -12,6 +12,7 @@ import torch
 from scipy.stats import laplace
 
 import ace_loss
+from calibration import Intrinsics
 from ace_loss import (AceLoss, LossConfig, LossInputs, PriorConfig, PriorLoss, auto_prior, laplace_nll,
                       laplace_quantiles, laplace_wasserstein, load_diffusion_regulariser, rgbd_laplace_nll)
 from cli_common import UserError
@@ -146,7 +147,7 @@ def test_measured_depth_of_augmented_views(small_scene):
     images = sorted(str(p) for p in small_scene.glob("images/*.png"))[:1]
     depth_file = sorted(str(p) for p in small_scene.glob("depth/*.png"))[:1]
     pose = dataset_io.load_cam_to_world(sorted(str(p) for p in small_scene.glob("poses/*.txt"))[0])
-    data = MappingData(images, pose[None], np.array([262.5]), depth_file, (320, 240))
+    data = MappingData(images, pose[None], [Intrinsics.centred(262.5, 320, 240, "test")], depth_file)
     view = make_view(data, 0, 240, np.random.default_rng(0), True, 1.0, 15.0, aug_shift=0.2, aug_viewpoint=8.0)
     targets = torch.from_numpy(view.scene_coords.reshape(3, -1).T.copy())
     count = len(targets)

@@ -9,6 +9,7 @@ from scipy.spatial.transform import Rotation
 import ace_trainer
 import dataset_io
 import two_view_seed
+from calibration import Intrinsics
 from ace_network import load_encoder
 from conftest import ORBIT_FOCAL
 
@@ -60,7 +61,8 @@ def test_relative_pose_matches_opencv_ground_truth(seed):
 def test_two_view_depth_agrees_with_rendered_depth(orbit_scene, encoder):
     """Up to scale, the seed depth of a rendered view matches the renderer's depth."""
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
-    depth = two_view_seed.two_view_depth(images, 4, ORBIT_FOCAL, encoder, 480, "cpu", median_depth=2.0)
+    cameras = [Intrinsics.centred(ORBIT_FOCAL, 640, 480, "test")] * len(images)
+    depth = two_view_seed.two_view_depth(images, 4, cameras, encoder, 480, "cpu", median_depth=2.0)
     truth = dataset_io.load_depth_png(sorted(str(p) for p in orbit_scene.glob("depth/*.png"))[4])
     assert depth is not None and depth.shape == truth.shape
     valid = truth > 0
@@ -73,7 +75,7 @@ def test_two_view_depth_agrees_with_rendered_depth(orbit_scene, encoder):
 def test_seed_buffer_holds_several_augmented_views(orbit_scene, encoder):
     """One seed image still yields max_dataset_passes differently augmented views, as any mapping set."""
     image = sorted(str(p) for p in orbit_scene.glob("images/*.png"))[0]
-    data = ace_trainer.MappingData([image], np.eye(4)[None], np.array([ORBIT_FOCAL]), None, (640, 480),
+    data = ace_trainer.MappingData([image], np.eye(4)[None], [Intrinsics.centred(ORBIT_FOCAL, 640, 480, "test")], None,
                                    constant_depth=2.0)
     args = SimpleNamespace(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
                            base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240, use_aug=True,
