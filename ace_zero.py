@@ -569,11 +569,25 @@ def main(argv: list[str] | None = None) -> None:
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, last)
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
+        write_final_cameras(args, final_source)
         if args.export_point_cloud:
             export_point_cloud(args, last)
     if args.render_visualization:
         render_video(args)
     summary(args, state.completed[-1], time.time() - start, state)
+
+
+def write_final_cameras(args, final_source: Path) -> None:
+    """cameras_final.txt beside poses_final.txt when the cameras are more than one focal: the adjustment's own
+    (it may have moved the principal point), else the calibration with the final focal lengths."""
+    final = args.results_folder / "cameras_final.txt"
+    adjusted = dataset_io.cameras_file_beside(final_source)
+    if adjusted.exists() and adjusted.stat().st_mtime >= final_source.stat().st_mtime:
+        atomic_write_text(final, adjusted.read_text())
+        return
+    entries = dataset_io.read_ace_pose_file(args.results_folder / "poses_final.txt")
+    dataset_io.write_cameras_beside(args.results_folder / "poses_final.txt", [e.path for e in entries],
+                                    dataset_io.entry_cameras(entries, args.calibration_file))
 
 
 def adjust_final_poses(args, last: str) -> Path:

@@ -25,7 +25,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from cli_common import UserError, add_device_arg, make_parser, run_main, select_device, str2bool
+from calibration import Intrinsics
+from cli_common import UserError, add_calibration_arg, add_device_arg, make_parser, run_main, select_device, str2bool
 
 _log = logging.getLogger("bundle_adjust")
 
@@ -57,7 +58,11 @@ def build_parser():
     add_device_arg(parser)
     parser.add_argument("--confidence_threshold", type=float, default=1000,
                         help="images with a lower confidence are copied unchanged and not used")
-    parser.add_argument("--refine_focal", type=str2bool, default=True, help="optimise the shared focal length")
+    parser.add_argument("--refine_focal", type=str2bool, default=True,
+                        help="optimise the focal length (one relative change of every camera's)")
+    parser.add_argument("--refine_principal_point", type=str2bool, default=False,
+                        help="new: optimise the principal point too (one shift shared by the cameras)")
+    add_calibration_arg(parser)
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     parser.add_argument("--neighbours", type=int, default=8, help="images matched to each image")
     parser.add_argument("--max_view_angle", type=float, default=60,
@@ -70,17 +75,26 @@ def build_parser():
 # ----------------------------------------------------------------------------------------------------------------
 # Tracks
 
-def extract_features(paths: list[str], short_side: int, device) -> list[ImageFeatures]:
-    """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points)."""
+def extract_features(paths: list[str], short_side: int, device, cameras: list[Intrinsics]) -> list[ImageFeatures]:
+    """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points), in
+    pixels of the reference camera (see to_reference)."""
     from ace_network import load_encoder
     from two_view_seed import keypoints
     encoder = load_encoder("xfeat", device)
     features = []
-    for path in paths:
-        grey, (width, height) = dataset_io.load_network_input(path, short_side)
+    for path, camera in zip(paths, cameras):
+        grey, _ = dataset_io.load_network_input(path, short_side, camera)
         descriptors, pixels = keypoints(encoder, grey, device, subpixel=True)
-        features.append(ImageFeatures(pixels * (width / grey.shape[1]), descriptors))
+        net = camera.scaled(grey.shape[1], grey.shape[0])
+        features.append(ImageFeatures(to_reference(pixels, net, cameras[0]), descriptors))
     return features
+
+
+def to_reference(pixels: np.ndarray, camera: Intrinsics, reference: Intrinsics) -> np.ndarray:
+    """Pixels of `camera` as a square-pixel camera with the reference's fx and principal point would see the same
+    rays: every image then shares one focal and one centre, which the adjustment below assumes."""
+    normalised = (pixels - [camera.cx, camera.cy]) / [camera.fx, camera.fy]
+    return normalised * reference.fx + [reference.cx, reference.cy]
 
 
 def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: float) -> list[tuple[int, int]]:
@@ -190,8 +204,9 @@ class Problem:
     """Parameter vector [free cameras (rotation vector, translation) | points | focal?] and its residuals."""
 
     def __init__(self, tracks: Tracks, world_to_cam: np.ndarray, fixed_camera: int, centre: np.ndarray,
-                 refine_focal: bool, focal: float):
+                 refine_focal: bool, focal: float, refine_centre: bool = False):
         self.tracks, self.centre, self.refine_focal, self.focal = tracks, centre, refine_focal, focal
+        self.refine_centre = refine_centre
         self.rotvecs = Rotation.from_matrix(world_to_cam[:, :3, :3]).as_rotvec()
         self.translations = world_to_cam[:, :3, 3].copy()
         cameras = len(world_to_cam)
@@ -205,7 +220,12 @@ class Problem:
     def pack(self, points: np.ndarray) -> np.ndarray:
         free = self.camera_column >= 0
         cameras = np.hstack([self.rotvecs[free], self.translations[free]]).ravel()
-        return np.concatenate([cameras, points.ravel(), [self.focal] if self.refine_focal else []])
+        return np.concatenate([cameras, points.ravel(), [self.focal] if self.refine_focal else [],
+                               self.centre if self.refine_centre else []])
+
+    @property
+    def centre_column(self) -> int:
+        return self.focal_column + int(self.refine_focal)
 
     def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         rotvecs, translations = self.rotvecs.copy(), self.translations.copy()
@@ -216,24 +236,28 @@ class Problem:
         focal = x[self.focal_column] if self.refine_focal else self.focal
         return rotvecs, translations, points, focal
 
+    def centre_of(self, x: np.ndarray) -> np.ndarray:
+        return x[self.centre_column:self.centre_column + 2] if self.refine_centre else self.centre
+
     def residuals(self, x: np.ndarray) -> np.ndarray:
         rotvecs, translations, points, focal = self.unpack(x)
         t = self.tracks
-        pixels, _ = project(rotvecs[t.camera], translations[t.camera], points[t.point], focal, self.centre)
+        pixels, _ = project(rotvecs[t.camera], translations[t.camera], points[t.point], focal, self.centre_of(x))
         return (pixels - t.pixels).ravel()
 
     def jacobian(self, x: np.ndarray) -> scipy.sparse.csr_matrix:
         rotvecs, translations, points, focal = self.unpack(x)
+        centre = self.centre_of(x)
         t = self.tracks
         rv, tr, pts = rotvecs[t.camera], translations[t.camera], points[t.point]
-        _, in_camera = project(rv, tr, pts, focal, self.centre)
+        _, in_camera = project(rv, tr, pts, focal, centre)
         inverse_z = 1 / in_camera[:, 2]
         # d pixel / d camera-space point: focal * [[1/z, 0, -x/z^2], [0, 1/z, -y/z^2]]
         d_camera = np.zeros((len(rv), 2, 3))
         d_camera[:, 0, 0] = d_camera[:, 1, 1] = focal * inverse_z
         d_camera[:, :, 2] = -focal * in_camera[:, :2] * inverse_z[:, None] ** 2
         d_point = d_camera @ Rotation.from_rotvec(rv).as_matrix()
-        d_rotation = np.stack([self._rotation_derivative(rv, tr, pts, focal, k) for k in range(3)], axis=2)
+        d_rotation = np.stack([self._rotation_derivative(rv, tr, pts, focal, centre, k) for k in range(3)], axis=2)
         free = self.camera_column[t.camera] >= 0
         rows = np.arange(len(rv))
         cam_blocks = np.concatenate([d_rotation, d_camera], axis=2)[free]
@@ -242,21 +266,23 @@ class Problem:
         if self.refine_focal:
             d_focal = (in_camera[:, :2] * inverse_z[:, None])[:, :, None]
             entries.append((rows, d_focal, np.full(len(rv), self.focal_column), 1))
+        if self.refine_centre:  # d pixel / d principal point = identity
+            entries.append((rows, np.tile(np.eye(2), (len(rv), 1, 1)), np.full(len(rv), self.centre_column), 2))
         data, row_ids, col_ids = [], [], []
         for obs, block, first, width in entries:
             data.append(block.ravel())
             row_ids.append(np.repeat(2 * obs[:, None] + np.arange(2), width, axis=1).ravel())
             col_ids.append(np.tile(first[:, None] + np.arange(width), (1, 2)).ravel())
-        shape = (2 * len(rv), self.focal_column + int(self.refine_focal))
+        shape = (2 * len(rv), self.centre_column + 2 * int(self.refine_centre))
         return scipy.sparse.csr_matrix((np.concatenate(data), (np.concatenate(row_ids), np.concatenate(col_ids))),
                                        shape=shape)
 
-    def _rotation_derivative(self, rv, tr, pts, focal, k, step=1e-6) -> np.ndarray:
+    def _rotation_derivative(self, rv, tr, pts, focal, centre, k, step=1e-6) -> np.ndarray:
         """Central difference in one rotation-vector component (closed forms of the SO(3) Jacobian are longer)."""
         delta = np.zeros(3)
         delta[k] = step
-        plus, _ = project(rv + delta, tr, pts, focal, self.centre)
-        minus, _ = project(rv - delta, tr, pts, focal, self.centre)
+        plus, _ = project(rv + delta, tr, pts, focal, centre)
+        minus, _ = project(rv - delta, tr, pts, focal, centre)
         return (plus - minus) / (2 * step)
 
     def poses(self, x: np.ndarray) -> np.ndarray:
@@ -371,7 +397,8 @@ class NormalEquations:
 
 
 def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_tracks: Tracks, refine_focal: bool,
-           accuracy_px: float, max_iterations: int) -> tuple[np.ndarray, float, dict]:
+           accuracy_px: float, max_iterations: int, refine_centre: bool = False
+           ) -> tuple[np.ndarray, float, dict]:
     """Robust bundle adjustment in rounds of shrinking error scale. Errors start far above the keypoint accuracy
     (poses a few degrees off), so the loss scale follows the median error down: most observations keep pulling,
     and those far beyond the scale are left out of the next round. Between rounds, badly registered cameras
@@ -392,14 +419,14 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
         seen = np.bincount(all_tracks.camera[keep], minlength=len(poses))
         tracks, ids = keep_observations(all_tracks, keep & (seen[all_tracks.camera] >= MIN_CAMERA_OBSERVATIONS))
         final = f_scale <= accuracy_px
-        problem = Problem(tracks, poses, fixed, centre, refine_focal, focal)
+        problem = Problem(tracks, poses, fixed, centre, refine_focal, focal, refine_centre)
         # Intermediate rounds only need to bring the errors down to the next scale.
         x, steps = levenberg_marquardt(problem, problem.pack(points[ids]), f_scale, max_iterations,
                                        1e-6 if final else 1e-4)
         round_errors = reprojection_errors(problem, x)
         _log.info("error scale %.1f px: median reprojection error %.2f px, %d steps", f_scale,
                   np.median(round_errors), steps)
-        poses, focal = problem.poses(x), float(problem.unpack(x)[3])
+        poses, focal, centre = problem.poses(x), float(problem.unpack(x)[3]), problem.centre_of(x).copy()
         if final:
             break
         f_scale = max(accuracy_px, min(f_scale / 2, float(np.median(round_errors))))
@@ -408,6 +435,7 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
         poses = reseat_cameras(all_tracks, poses, solved, focal, centre, 3 * f_scale, fixed)
     stats["median_error_after"] = float(np.median(round_errors))
     stats["inlier_observations"] = len(tracks.camera)
+    stats["centre"] = centre
     return keep_input_scale(world_to_cam, poses, fixed), focal, stats
 
 
@@ -478,11 +506,13 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
     for path in paths:
         if not Path(path).is_file():
             raise UserError(f"{args.input_poses}: image {path} not found (paths are read from the pose file)")
-    width, height = dataset_io.common_image_size(paths)
-    focal = dataset_io.single_focal(entries, str(args.input_poses))
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file)
+    used_cameras = [cameras[k] for k in used]
+    reference = used_cameras[0]
+    focal, centre = reference.fx, np.array([reference.cx, reference.cy])
     world_to_cam = np.stack([entries[k].world_to_cam for k in used])
-    features = extract_features(paths, args.image_resolution, device)
-    accuracy = KEYPOINT_ACCURACY_PX * min(width, height) / args.image_resolution
+    features = extract_features(paths, args.image_resolution, device, used_cameras)
+    accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / args.image_resolution
     pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), args.neighbours,
                             args.max_view_angle)
     matches = match_images(features, pairs, accuracy)
@@ -491,14 +521,24 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
     if tracks is None or tracks.count < MIN_PAIR_MATCHES:
         _log.warning("too few feature tracks to adjust; poses are copied unchanged")
         return entries, {"adjusted": False}
-    centre = np.array([width / 2, height / 2])
     adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, args.refine_focal, accuracy,
-                                        args.max_iterations)
-    result = [dataset_io.PoseEntry(e.path, e.world_to_cam, new_focal, e.confidence) for e in entries]
+                                        args.max_iterations, args.refine_principal_point)
+    shift = (stats.pop("centre") - centre) / new_focal  # in normalised coordinates, the same for every camera
+    new_cameras = [moved_camera(c, new_focal / focal, shift) for c in cameras]
+    result = [dataset_io.PoseEntry(e.path, e.world_to_cam, c.fx, e.confidence) for e, c in zip(entries, new_cameras)]
     for k, pose in zip(used, adjusted):
         result[k].world_to_cam = pose
+    stats["cameras"] = new_cameras
     return result, {"adjusted": True, "pairs": len(matches), "focal_before": focal, "focal_after": new_focal,
                     **stats}
+
+
+def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:
+    """A camera after the adjustment: focal scaled; principal point shifted by `shift` (normalised units of the
+    reference camera, which equal this camera's own up to its focal)."""
+    from dataclasses import replace
+    fx, fy = camera.fx * focal_scale, camera.fy * focal_scale
+    return replace(camera, fx=fx, fy=fy, cx=camera.cx + shift[0] * fx, cy=camera.cy + shift[1] * fy)
 
 
 def validate(args) -> None:
@@ -518,6 +558,8 @@ def main(argv: list[str] | None = None) -> None:
     entries = dataset_io.read_ace_pose_file(args.input_poses)
     adjusted, stats = bundle_adjust(entries, args, device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
+    if stats["adjusted"]:
+        dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
     if stats["adjusted"]:
         _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
                   "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],

@@ -324,6 +324,8 @@ def format_per_image_file(images: list[str], cameras: list[Intrinsics]) -> str:
 def colmap_camera_params(cam: Intrinsics) -> tuple[str, list[float]]:
     """The smallest COLMAP model holding this camera exactly."""
     if not cam.has_distortion:
+        if cam.fx == cam.fy:
+            return "SIMPLE_PINHOLE", [cam.fx, cam.cx, cam.cy]
         return "PINHOLE", [cam.fx, cam.fy, cam.cx, cam.cy]
     k = cam.opencv_distortion()
     if k[4] == 0:

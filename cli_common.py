@@ -106,12 +106,16 @@ def add_focal_arg(parser: argparse.ArgumentParser, default: float | None) -> Non
                         help="focal length in pixels of the original images; -1 or unset: 70%% of the diagonal")
 
 
-def add_calibration_arg(parser: argparse.ArgumentParser) -> None:
+CALIBRATION_UNSET_HELP = "Unset: EXIF focal, else 70%% of the diagonal, principal point at the centre"
+POSE_FILE_CAMERAS_HELP = "Unset: the cameras_X.txt beside poses_X.txt if there is one, else the principal " \
+    "point at the centre; the focal always comes from the pose file"
+
+
+def add_calibration_arg(parser: argparse.ArgumentParser, unset: str = CALIBRATION_UNSET_HELP) -> None:
     parser.add_argument("--calibration_file", type=str, default=None,
                         help="camera intrinsics (calibration.py): one line 'fx fy cx cy [width height]' for all "
                              "images, lines 'image_name fx fy cx cy [k1 k2 p1 p2 [k3]]', or a COLMAP cameras.txt "
-                             "(+ images.txt beside it); distortion is undone on load. Unset: EXIF focal, else "
-                             "70%% of the diagonal, principal point at the centre")
+                             f"(+ images.txt beside it); distortion is undone on load. {unset}")
 
 
 def add_render_args(parser: argparse.ArgumentParser) -> None:

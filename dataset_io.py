@@ -208,6 +208,36 @@ def read_ace_pose_file(path: Path | str, min_confidence: float | None = None) ->
     return entries
 
 
+def entry_cameras(entries: list[PoseEntry], calibration_file: str | Path | None = None,
+                  pose_file: Path | str | None = None) -> list[Intrinsics]:
+    """The camera of each pose-file entry: fx from its focal column, the rest from the calibration file, else
+    from the cameras file beside the pose file, else a centred principal point."""
+    if calibration_file is None and pose_file is not None and cameras_file_beside(pose_file).exists():
+        calibration_file = cameras_file_beside(pose_file)
+    cameras = image_cameras([e.path for e in entries], calibration_file, log=False)
+    return [c.with_focal(e.focal) for c, e in zip(cameras, entries)]
+
+
+def cameras_file_beside(pose_file: Path | str) -> Path:
+    """Where the full cameras of a pose file go: poses_X.txt -> cameras_X.txt."""
+    pose_file = Path(pose_file)
+    return pose_file.with_name("cameras_" + pose_file.name.removeprefix("poses_"))
+
+
+def write_cameras_beside(pose_file: Path | str, images: list[str], cameras: list[Intrinsics]) -> Path | None:
+    """When the cameras are more than one focal (the pose file's focal column) can say: one camera as a COLMAP
+    cameras.txt, several as the per-image calibration format; either is a valid --calibration_file."""
+    import calibration
+    if all(c.is_simple for c in cameras):
+        return None
+    distinct, _ = calibration.unique_cameras(cameras)
+    text = calibration.format_colmap_cameras(distinct) if len(distinct) == 1 else \
+        calibration.format_per_image_file(images, cameras)
+    path = cameras_file_beside(pose_file)
+    atomic_write_text(path, text)
+    return path
+
+
 def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
     """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
     if not entries:

@@ -396,6 +396,15 @@ def print_report(summary: dict[str, Any], verbose: bool) -> None:
     print(f"Median translation error: {_format_err(summary['median_trans_err_cm'], '.1f')} cm")
 
 
+def focal_error_percent(estimates: Sequence[PoseEntry], calibration_file: str) -> float:
+    """Median |estimated fx / true fx - 1| in percent over the estimates."""
+    from dataset_io import image_cameras
+    truth = image_cameras([e.path for e in estimates], calibration_file, log=False)
+    errors = [abs(e.focal / t.fx - 1) * 100 for e, t in zip(estimates, truth)]
+    _log.info("median focal error %.2f %% (against %s)", float(np.median(errors)), calibration_file)
+    return float(np.median(errors))
+
+
 def parse_args(argv: list[str] | None = None):
     parser = make_parser("Compare an ACE pose file with ground-truth camera-to-world pose files.")
     parser.add_argument("ace_pose_file", type=Path, help="ACE pose file (world-to-camera, one image a line)")
@@ -415,6 +424,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the alignment RANSAC")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary as JSON here")
     parser.add_argument("--verbose", action="store_true", help="print the errors of every frame")
+    parser.add_argument("--calibration_file", type=str, default=None,
+                        help="new: the true cameras (formats of calibration.py): also report the error of the "
+                             "estimated focal lengths (fx, the pose file's focal column) against them")
     args = parser.parse_args(argv)
     if args.pose_error_thresh_t <= 0 or args.pose_error_thresh_r <= 0:
         raise UserError("--pose_error_thresh_t and --pose_error_thresh_r must be positive")
@@ -434,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        conf_threshold=args.estimate_alignment_conf_threshold,
                        thresh_t=args.pose_error_thresh_t, thresh_r=args.pose_error_thresh_r,
                        seed=args.seed, gt_names=gt_files)
+    if args.calibration_file is not None:
+        summary["median_focal_err_percent"] = focal_error_percent(estimates, args.calibration_file)
     if args.json is not None:  # before printing: a closed stdout pipe must not lose the file
         atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
     print_report(summary, args.verbose or _log.isEnabledFor(logging.DEBUG))

@@ -10,25 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import dataset_io
+from calibration import Intrinsics, format_colmap_cameras, unique_cameras
 from cli_common import (UserError, add_pose_export_args, atomic_write_text, ensure_writable_folder, make_parser,
                         run_main)
 from export_point_cloud import PointCloud, add_network_args, point_cloud_from_args
 
 _log = logging.getLogger("export_colmap")
-
-
-@dataclass(frozen=True)
-class Camera:
-    camera_id: int
-    width: int
-    height: int
-    focal: float
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,27 +39,10 @@ def image_name(path: str, image_root: Path) -> str:
         raise UserError(f"image {path} is not inside --image_root {image_root}") from None
 
 
-def assign_cameras(entries: list[dataset_io.PoseEntry]) -> tuple[list[Camera], list[int]]:
-    """One COLMAP camera per distinct (size, focal); ACE0 output normally needs exactly one."""
-    cameras: dict[tuple[int, int, float], Camera] = {}
-    ids = []
-    for entry in entries:
-        width, height = dataset_io.image_size(entry.path)
-        key = (width, height, round(entry.focal, 6))
-        if key not in cameras:
-            cameras[key] = Camera(len(cameras) + 1, width, height, entry.focal)
-        ids.append(cameras[key].camera_id)
-    return list(cameras.values()), ids
-
-
-def format_cameras(cameras: list[Camera]) -> str:
-    lines = ["# Camera list with one line of data per camera:",
-             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
-             f"# Number of cameras: {len(cameras)}"]
-    # Principal point at the image centre, as ACE assumes.
-    lines += [f"{c.camera_id} SIMPLE_PINHOLE {c.width} {c.height} {float(c.focal)!r} "
-              f"{c.width / 2!r} {c.height / 2!r}" for c in cameras]
-    return "\n".join(lines) + "\n"
+def assign_cameras(cameras: list[Intrinsics]) -> tuple[list[Intrinsics], list[int]]:
+    """One COLMAP camera per distinct camera (ids from 1); ACE0 output normally needs exactly one."""
+    distinct, index = unique_cameras(cameras)
+    return distinct, [i + 1 for i in index]
 
 
 def observations_per_image(cloud: PointCloud | None, num_images: int) -> list[np.ndarray]:
@@ -115,13 +90,14 @@ def format_points(cloud: PointCloud | None, observed: list[np.ndarray]) -> str:
 
 
 def write_colmap_model(folder: Path, entries: list[dataset_io.PoseEntry], image_root: Path,
-                       cloud: PointCloud | None = None) -> None:
-    """Write the text model; `cloud.image_index` must refer to `entries`."""
+                       cloud: PointCloud | None = None, cameras: list[Intrinsics] | None = None) -> None:
+    """Write the text model; `cloud.image_index` must refer to `entries`; `cameras`: one per entry (default:
+    centred, the entry's focal). Distortion is kept in the model (OPENCV): the images are the originals."""
     names = [image_name(e.path, image_root) for e in entries]
-    cameras, camera_ids = assign_cameras(entries)
+    cameras, camera_ids = assign_cameras(cameras or dataset_io.entry_cameras(entries))
     observed = observations_per_image(cloud, len(entries))
     ensure_writable_folder(folder)
-    atomic_write_text(folder / "cameras.txt", format_cameras(cameras))
+    atomic_write_text(folder / "cameras.txt", format_colmap_cameras(cameras))
     atomic_write_text(folder / "images.txt", format_images(entries, names, camera_ids, cloud, observed))
     atomic_write_text(folder / "points3D.txt", format_points(cloud, observed))
     _log.info("wrote COLMAP model with %d camera(s), %d images, %d points to %s", len(cameras), len(entries),
@@ -146,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     entries = dataset_io.confident_entries(args.pose_file, args.confidence_threshold)
     image_root = args.image_root or default_image_root([e.path for e in entries])
     cloud = point_cloud_from_args(args, entries) if args.network is not None else None
-    write_colmap_model(args.output_folder, entries, image_root, cloud)
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.pose_file)
+    write_colmap_model(args.output_folder, entries, image_root, cloud, cameras)
 
 
 if __name__ == "__main__":

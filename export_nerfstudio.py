@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from calibration import Intrinsics
 from cli_common import (UserError, add_pose_export_args, atomic_write_text, ensure_writable_folder, make_parser,
                         run_main, str2bool)
 from export_point_cloud import add_network_args, point_cloud_from_args, write_point_cloud_ply
@@ -33,24 +34,26 @@ def nerfstudio_cam_to_world(world_to_cam: np.ndarray) -> np.ndarray:
     return dataset_io.invert_pose(world_to_cam) @ dataset_io.FLIP_YZ
 
 
-def intrinsics(entry: dataset_io.PoseEntry) -> dict:
-    """Pinhole intrinsics of the original image: one focal, principal point at the centre, no distortion."""
-    width, height = dataset_io.image_size(entry.path)
-    return {"fl_x": float(entry.focal), "fl_y": float(entry.focal), "cx": width / 2, "cy": height / 2,
-            "w": width, "h": height, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0}
+def intrinsics(camera: Intrinsics) -> dict:
+    """The camera of the original image (OPENCV model: the images are not undistorted)."""
+    k1, k2, p1, p2, k3 = (float(k) for k in camera.opencv_distortion())
+    result = {"fl_x": float(camera.fx), "fl_y": float(camera.fy), "cx": float(camera.cx), "cy": float(camera.cy),
+              "w": camera.width, "h": camera.height, "k1": k1, "k2": k2, "p1": p1, "p2": p2}
+    return {**result, "k3": k3} if k3 else result
 
 
-def frame(entry: dataset_io.PoseEntry) -> dict:
+def frame(entry: dataset_io.PoseEntry, camera: Intrinsics) -> dict:
     result = {"file_path": str(Path(entry.path).resolve()),
               "transform_matrix": nerfstudio_cam_to_world(entry.world_to_cam).tolist(),
-              **intrinsics(entry)}
+              **intrinsics(camera)}
     if math.isfinite(entry.confidence):  # JSON has no infinity (mapping outputs carry 'inf')
         result["confidence_score"] = float(entry.confidence)
     return result
 
 
-def transforms(entries: list[dataset_io.PoseEntry], ply_name: str | None = None) -> dict:
-    frames = [frame(e) for e in entries]
+def transforms(entries: list[dataset_io.PoseEntry], ply_name: str | None = None,
+               cameras: list[Intrinsics] | None = None) -> dict:
+    frames = [frame(e, c) for e, c in zip(entries, cameras or dataset_io.entry_cameras(entries))]
     # Nerfstudio reads intrinsics per frame when present, else from the top level; give both.
     shared = {key: frames[0][key] for key in ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "p1", "p2")}
     result = {"camera_model": "OPENCV", **shared, "frames": frames}
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     entries = dataset_io.confident_entries(args.pose_file, args.confidence_threshold)
     folder = ensure_writable_folder(args.output_folder)
-    document = transforms(entries)  # reads every image size first: fail before the slow point cloud
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.pose_file)
+    document = transforms(entries, cameras=cameras)  # reads every image size first: fail before the slow point cloud
     ply_name = write_point_cloud(args, entries, folder)
     if ply_name is not None:
         document["ply_file_path"] = ply_name

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from cli_common import (UserError, add_device_arg, add_encoder_args, atomic_write, make_parser, run_main,
+from calibration import Intrinsics
+from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, add_encoder_args, atomic_write, make_parser, run_main,
                         str2bool)
 
 _log = logging.getLogger("export_point_cloud")
@@ -72,31 +73,30 @@ def neighbour_distance(coords: np.ndarray) -> np.ndarray:
     return np.maximum(dx, dy)
 
 
-def camera_coords_and_error(coords: np.ndarray, world_to_cam: np.ndarray, focal: float,
-                            image_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def camera_coords_and_error(coords: np.ndarray, world_to_cam: np.ndarray, camera: Intrinsics
+                            ) -> tuple[np.ndarray, np.ndarray]:
     """Camera-space depth of every cell's point and its L1 reprojection error (inf behind the camera)."""
     cam = coords.astype(np.float64) @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
     z = cam[..., 2]
     u, v = cell_centres_px(*coords.shape[:2])
     in_front = z > 0
     safe_z = np.where(in_front, z, 1.0)
-    error = np.abs(focal * cam[..., 0] / safe_z + image_wh[0] / 2 - u) + \
-        np.abs(focal * cam[..., 1] / safe_z + image_wh[1] / 2 - v)
+    error = np.abs(camera.fx * cam[..., 0] / safe_z + camera.cx - u) + \
+        np.abs(camera.fy * cam[..., 1] / safe_z + camera.cy - v)
     return z, np.where(in_front, error, np.inf)
 
 
-def select_cells(coords: np.ndarray, world_to_cam: np.ndarray, focal: float, image_wh: tuple[int, int],
-                 min_points: int, max_points: int, dense: bool = False,
+def select_cells(coords: np.ndarray, world_to_cam: np.ndarray, camera: Intrinsics, min_points: int, max_points: int, dense: bool = False,
                  filter_depth: float = EXPORT_DEPTH_FILTER_M,
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of the cells worth exporting and their reprojection errors (network-input pixels).
 
-    coords: H x W x 3 scene coordinates of one image; focal and image_wh refer to the network input.
+    coords: H x W x 3 scene coordinates of one image; `camera` is that of the network input.
     Sparse mode keeps smooth, well reprojecting points, loosening each criterion until at least
     `min_points` survive; dense mode keeps everything in front of the camera closer than `filter_depth`.
     Either way at most `max_points` (random subset)."""
     rng = rng or np.random.default_rng(0)
-    z, error = camera_coords_and_error(coords, world_to_cam, focal, image_wh)
+    z, error = camera_coords_and_error(coords, world_to_cam, camera)
     flat_error = error.ravel()
     smooth = np.ones(z.size, bool)
     if not dense:
@@ -130,10 +130,10 @@ def load_regressor(network: Path | str, encoder_path: str, device):
     return Regressor(encoder, head).to(device).eval()
 
 
-def _image_points(regressor, entry: dataset_io.PoseEntry, image_resolution: int, device, budget: tuple[int, int],
-                  dense: bool, filter_depth: float, rng: np.random.Generator) -> PointCloud:
+def _image_points(regressor, entry: dataset_io.PoseEntry, camera: Intrinsics, image_resolution: int, device,
+                  budget: tuple[int, int], dense: bool, filter_depth: float, rng: np.random.Generator) -> PointCloud:
     import torch
-    rgb = dataset_io.load_image_rgb(entry.path)
+    rgb = dataset_io.undistort(dataset_io.load_image_rgb(entry.path), camera)
     orig_h, orig_w = rgb.shape[:2]
     width, height = dataset_io.resized_shape(orig_w, orig_h, image_resolution)
     resized = dataset_io.resize_image(rgb, width, height)
@@ -141,7 +141,7 @@ def _image_points(regressor, entry: dataset_io.PoseEntry, image_resolution: int,
     with torch.no_grad():
         coords = regressor(grey)[0].permute(1, 2, 0).float().cpu().numpy()
     scale = min(width, height) / min(orig_w, orig_h)
-    indices, error = select_cells(coords, entry.world_to_cam, entry.focal * scale, (width, height), *budget,
+    indices, error = select_cells(coords, entry.world_to_cam, camera.scaled(width, height), *budget,
                                   dense=dense, filter_depth=filter_depth, rng=rng)
     rows, cols = np.divmod(indices, coords.shape[1])
     u, v = cols * CELL + CELL // 2, rows * CELL + CELL // 2
@@ -155,16 +155,19 @@ def _image_points(regressor, entry: dataset_io.PoseEntry, image_resolution: int,
 def point_cloud_from_network(regressor, entries: list[dataset_io.PoseEntry], image_resolution: int = 480,
                              device="cpu", dense: bool = False, filter_depth: float = EXPORT_DEPTH_FILTER_M,
                              min_points_total: int = MIN_POINTS_TOTAL, max_points_total: int = MAX_POINTS_TOTAL,
-                             seed: int = 0) -> PointCloud:
+                             seed: int = 0, cameras: list[Intrinsics] | None = None) -> PointCloud:
     """Scene points predicted for the images of `entries`, filtered per image (see select_cells).
 
     `regressor`: an ace_network.Regressor (see load_regressor). The point budget is split evenly over the
-    images. Coordinates are in the pose file's world, OpenCV convention; image_index refers to `entries`."""
+    images. Coordinates are in the pose file's world, OpenCV convention; image_index refers to `entries`.
+    `cameras`: one per entry (default: centred, the entry's focal)."""
     rng = np.random.default_rng(seed)
     budget = (max(1, min_points_total // len(entries)), max(1, max_points_total // len(entries)))
     parts = []
+    cameras = cameras or dataset_io.entry_cameras(entries)
     for index, entry in enumerate(entries):
-        part = _image_points(regressor, entry, image_resolution, device, budget, dense, filter_depth, rng)
+        part = _image_points(regressor, entry, cameras[index], image_resolution, device, budget, dense,
+                             filter_depth, rng)
         part.image_index[:] = index
         parts.append(part)
         if (index + 1) % 50 == 0:
@@ -252,6 +255,7 @@ def add_network_args(parser, network_help: str) -> None:
     parser.add_argument("--dense_point_cloud", type=str2bool, default=False,
                         help="keep all predictions (depth filter only) instead of the smooth, accurate ones")
     add_device_arg(parser)
+    add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
 
 
 def point_cloud_from_args(args, entries: list[dataset_io.PoseEntry]) -> PointCloud:
@@ -260,7 +264,9 @@ def point_cloud_from_args(args, entries: list[dataset_io.PoseEntry]) -> PointClo
     device = select_device(args.device)
     configure_cpu_threads()
     regressor = load_regressor(args.network, args.encoder_path, device)
-    return point_cloud_from_network(regressor, entries, args.image_resolution, device, dense=args.dense_point_cloud)
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.pose_file)
+    return point_cloud_from_network(regressor, entries, args.image_resolution, device, dense=args.dense_point_cloud,
+                                    cameras=cameras)
 
 
 def validate(args) -> None:

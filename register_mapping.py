@@ -77,6 +77,7 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
 
     images = dataset_io.glob_files(args.rgb_files)
     cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
+    args.cameras = dict(zip(images, cameras))
     encoder = load_encoder(args.encoder_path, device)
     regressor = Regressor(encoder, load_head(args.network, encoder, device)).eval()
     order = np.random.default_rng(args.base_seed).permutation(len(images))
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = register_images(args, device)
     out = args.network.parent / f"poses_{args.session}.txt"
     dataset_io.write_ace_pose_file(out, entries)
+    dataset_io.write_cameras_beside(out, [e.path for e in entries], [args.cameras[e.path] for e in entries])
     registered = sum(e.confidence > args.confidence_threshold for e in entries)
     elapsed = time.time() - start
     _log.info("%d/%d images registered with confidence > %g (%.1f images/s); wrote %s", registered, len(entries),

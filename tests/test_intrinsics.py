@@ -1,0 +1,80 @@
+"""Full intrinsics downstream: registration and mapping with off-centre principal points and images of
+several sizes, on the rendered orbit scene (crops of a centred render have a known off-centre principal point)."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import dataset_io
+from conftest import ORBIT_FOCAL, ORBIT_SIZE, run_cli
+from eval_poses import evaluate
+
+CROP_WIDTH = 560  # keep columns [0, 560): the principal point (320, 240) is 40 px right of the crop's centre
+
+
+def _crop(scene: Path, out: Path, pattern: str) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path in sorted(glob.glob(f"{scene}/images/{pattern}.png")):
+        target = out / Path(path).name
+        Image.open(path).crop((0, 0, CROP_WIDTH, ORBIT_SIZE[1])).save(target)
+        paths.append(str(target))
+    return paths
+
+
+def _gt(scene: Path, images: list[str]) -> list[np.ndarray]:
+    return [dataset_io.load_cam_to_world(str(scene / "poses" / (Path(i).stem + ".pose.txt"))) for i in images]
+
+
+def _median_errors(pose_file: Path, scene: Path) -> tuple[float, float]:
+    entries = sorted(dataset_io.read_ace_pose_file(pose_file), key=lambda e: Path(e.path).name)
+    result = evaluate(entries, _gt(scene, [e.path for e in entries]), estimate_alignment=False, thresh_t=0.1,
+                      thresh_r=5.0)
+    return result["median_rot_err_deg"], result["median_trans_err"]
+
+
+def test_registration_with_off_centre_principal_point(orbit_head, orbit_scene, tmp_path):
+    """Crops registered with their true principal point are accurate; assuming the centre turns them."""
+    _crop(orbit_scene, tmp_path / "crops", "*[13579]")
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(f"{ORBIT_FOCAL} {ORBIT_FOCAL} 320 240 {CROP_WIDTH} {ORBIT_SIZE[1]}\n")
+    common = [f"{tmp_path}/crops/*.png", orbit_head, "--image_resolution", ORBIT_SIZE[1], "--device", "cpu"]
+    run_cli("register_mapping.py", *common, "--calibration_file", calibration, "--session", "calibrated")
+    run_cli("register_mapping.py", *common, "--use_external_focal_length", ORBIT_FOCAL, "--session", "centred")
+    calibrated = _median_errors(orbit_head.parent / "poses_calibrated.txt", orbit_scene)
+    centred = _median_errors(orbit_head.parent / "poses_centred.txt", orbit_scene)
+    assert calibrated[0] < 2.0 and calibrated[1] < 0.1
+    assert centred[0] > calibrated[0] + 1.0  # 40 px at focal 525: about 4 deg
+    # The cameras file beside the poses holds the full camera, readable as a calibration file.
+    cameras = dataset_io.read_calibration(orbit_head.parent / "cameras_calibrated.txt")
+    assert (cameras.cx, cameras.cy, cameras.width) == (320, 240, CROP_WIDTH)
+
+
+def test_mixed_sizes_map_and_register(orbit_scene, tmp_path):
+    """Even views cropped (off-centre principal point), odd views full: one collection of two sizes, each image
+    with its own camera from a per-image calibration file, mapped with ground-truth poses and registered."""
+    crops = _crop(orbit_scene, tmp_path / "images", "*[02468]")
+    full = sorted(glob.glob(f"{orbit_scene}/images/*[13579].png"))
+    for path in full:
+        (tmp_path / "images" / Path(path).name).symlink_to(path)
+    images = sorted(crops + [str(tmp_path / "images" / Path(p).name) for p in full])
+    (tmp_path / "poses").mkdir()
+    for image in images:
+        (tmp_path / "poses" / (Path(image).stem + ".pose.txt")).symlink_to(
+            orbit_scene / "poses" / (Path(image).stem + ".pose.txt"))
+    lines = [f"{Path(i).name} {ORBIT_FOCAL} {ORBIT_FOCAL} 320 240" for i in images]
+    (tmp_path / "cameras.txt").write_text("# name fx fy cx cy\n" + "\n".join(lines) + "\n")
+    head = tmp_path / "out" / "map.pt"
+    run_cli("train_ace.py", f"{tmp_path}/images/*.png", head, "--pose_files", f"{tmp_path}/poses/*.txt",
+            "--calibration_file", tmp_path / "cameras.txt", "--image_resolution", ORBIT_SIZE[1],
+            "--iterations", 1500, "--device", "cpu")
+    run_cli("register_mapping.py", f"{tmp_path}/images/*.png", head, "--calibration_file", tmp_path / "cameras.txt",
+            "--image_resolution", ORBIT_SIZE[1], "--session", "all", "--device", "cpu")
+    entries = sorted(dataset_io.read_ace_pose_file(head.parent / "poses_all.txt"), key=lambda e: Path(e.path).name)
+    result = evaluate(entries, _gt(orbit_scene, [e.path for e in entries]), estimate_alignment=False,
+                      thresh_t=0.05, thresh_r=2.0)
+    assert result["num_registered"] == len(images)
+    assert result["median_rot_err_deg"] < 1.5 and result["accuracy_percent"] >= 75.0
