@@ -86,17 +86,6 @@ def image_size(path: str) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def common_image_size(paths: list[str]) -> tuple[int, int]:
-    """All images must share one size (one focal length, one principal point)."""
-    sizes = [image_size(p) for p in paths]
-    first = sizes[0]
-    for path, size in zip(paths, sizes):
-        if size != first:
-            raise UserError(f"images differ in size: {paths[0]} is {first[0]}x{first[1]}, "
-                            f"{path} is {size[0]}x{size[1]} (all images must have the same size)")
-    return first
-
-
 def image_cameras(paths: list[str], calibration_file: str | Path | None = None,
                   external_focal: float | None = None, log: bool = True) -> list[Intrinsics]:
     """Intrinsics of each image (its own size; see calibration.image_cameras for the sources)."""

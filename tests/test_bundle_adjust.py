@@ -12,7 +12,7 @@ from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
 
-def _random_problem(refine_focal: bool) -> tuple[Problem, np.ndarray]:
+def _random_problem(refine_focal: bool, refine_centre: bool = False) -> tuple[Problem, np.ndarray]:
     rng = np.random.default_rng(0)
     cameras, points = 4, 30
     world_to_cam = np.tile(np.eye(4), (cameras, 1, 1))
@@ -21,21 +21,21 @@ def _random_problem(refine_focal: bool) -> tuple[Problem, np.ndarray]:
     xyz = rng.normal(size=(points, 3)) * 0.5 + [0, 0, 4]
     tracks = Tracks(np.repeat(np.arange(cameras), points), np.tile(np.arange(points), cameras),
                     np.zeros((cameras * points, 2)), points)
-    problem = Problem(tracks, world_to_cam, 1, np.array([320.0, 240.0]), refine_focal, 500.0)
+    problem = Problem(tracks, world_to_cam, 1, np.array([320.0, 240.0]), refine_focal, 500.0, refine_centre)
     x = problem.pack(xyz)
     return problem, x + rng.normal(size=x.shape) * 1e-3
 
 
-@pytest.mark.parametrize("refine_focal", [False, True])
-def test_jacobian_matches_finite_differences(refine_focal):
-    problem, x = _random_problem(refine_focal)
+@pytest.mark.parametrize("refine_focal, refine_centre", [(False, False), (True, False), (True, True)])
+def test_jacobian_matches_finite_differences(refine_focal, refine_centre):
+    problem, x = _random_problem(refine_focal, refine_centre)
     analytic = problem.jacobian(x).toarray()
     numeric = np.zeros_like(analytic)
     for k in range(len(x)):
         step = np.zeros_like(x)
         step[k] = 1e-6
         numeric[:, k] = (problem.residuals(x + step) - problem.residuals(x - step)) / 2e-6
-    assert analytic.shape == (2 * 4 * 30, 6 * 3 + 3 * 30 + int(refine_focal))
+    assert analytic.shape == (2 * 4 * 30, 6 * 3 + 3 * 30 + int(refine_focal) + 2 * int(refine_centre))
     np.testing.assert_allclose(analytic, numeric, atol=1e-5 * np.abs(analytic).max())
 
 
@@ -126,3 +126,22 @@ def test_bad_flag_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "--neighbours must be at least 1" in result.stderr
     missing = run_cli("bundle_adjust.py", tmp_path / "in.txt", tmp_path / "out.txt", check=False)
     assert missing.returncode == 2 and "in.txt" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_principal_point_refinement(orbit_scene, tmp_path):
+    """Crops of the centred render keep the principal point at (320, 240) while their centre is (280, 240); told
+    the crop centre, the adjustment with --refine_principal_point finds the true one."""
+    from PIL import Image
+    (tmp_path / "images").mkdir()
+    entries = []
+    for image, pose_file in zip(sorted(orbit_scene.glob("images/*.png")), sorted(orbit_scene.glob("poses/*.txt"))):
+        target = tmp_path / "images" / image.name
+        Image.open(image).crop((0, 0, 560, 480)).save(target)
+        pose = dataset_io.invert_pose(dataset_io.load_cam_to_world(str(pose_file)))
+        entries.append(dataset_io.PoseEntry(str(target), pose, ORBIT_FOCAL, 2000))
+    dataset_io.write_ace_pose_file(tmp_path / "poses_in.txt", entries)
+    (tmp_path / "wrong.txt").write_text(f"{ORBIT_FOCAL} {ORBIT_FOCAL} 280 240 560 480\n")
+    run_cli("bundle_adjust.py", tmp_path / "poses_in.txt", tmp_path / "poses_out.txt", "--device", "cpu",
+            "--calibration_file", tmp_path / "wrong.txt", "--refine_principal_point", "True")
+    camera = dataset_io.read_calibration(tmp_path / "cameras_out.txt")
+    assert abs(camera.cx - 320) < 4 and abs(camera.cy - 240) < 4

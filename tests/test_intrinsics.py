@@ -78,3 +78,23 @@ def test_mixed_sizes_map_and_register(orbit_scene, tmp_path):
                       thresh_t=0.05, thresh_r=2.0)
     assert result["num_registered"] == len(images)
     assert result["median_rot_err_deg"] < 1.5 and result["accuracy_percent"] >= 75.0
+
+
+def test_augmentation_warp_is_a_camera_rotation():
+    """The in-plane augmentation of a camera with fx != fy and an off-centre principal point: warped pixels are
+    exactly where the rotated camera, with the moved principal point, projects the same points."""
+    import cv2
+
+    import ace_trainer
+    from calibration import Intrinsics
+    camera = Intrinsics(520.0, 530.0, 300.0, 260.0, 640, 480)
+    points = np.random.default_rng(0).normal(size=(3, 50)) + [[0], [0], [4]]
+    for angle, shift in [(12.0, (0.0, 0.0)), (-9.0, (15.0, -7.0))]:
+        warp, moved = ace_trainer.in_plane_warp(camera, angle, np.array(shift))
+        rotation = np.eye(3)
+        rotation[:2, :2] = cv2.getRotationMatrix2D((0, 0), angle, 1.0)[:, :2]
+        before = camera.matrix() @ points
+        after = moved.matrix() @ (rotation @ points)
+        warped = warp[:, :2] @ (before[:2] / before[2]) + warp[:, 2:]
+        np.testing.assert_allclose(warped, after[:2] / after[2], atol=1e-9)
+        assert abs(moved.cx - camera.cx) > 1  # the principal point moved with the content

@@ -87,11 +87,13 @@ def test_register_errors(orbit_head, orbit_scene, tmp_path):
     save_head(tmp_path / "ace_head.pt", Head(512, 64), "ace")
     msg = _one_line_error(run_cli("register_mapping.py", images, tmp_path / "ace_head.pt", check=False))
     assert "encoder" in msg
-    # Images of different sizes are named.
+    # Images of different sizes are fine, but not against a calibration for one size: the image is named.
     odd = tmp_path / "odd"
     odd.mkdir()
     import cv2
     cv2.imwrite(str(odd / "a.png"), np.zeros((240, 320, 3), np.uint8))
     cv2.imwrite(str(odd / "b.png"), np.zeros((200, 320, 3), np.uint8))
-    msg = _one_line_error(run_cli("register_mapping.py", f"{odd}/*.png", orbit_head, check=False))
-    assert "b.png" in msg and "differ in size" in msg
+    (tmp_path / "calibration.txt").write_text("300 300 160 120 320 240\n")
+    msg = _one_line_error(run_cli("register_mapping.py", f"{odd}/*.png", orbit_head, "--calibration_file",
+                                  tmp_path / "calibration.txt", check=False))
+    assert "b.png" in msg and "calibration is for 320x240" in msg
