@@ -143,3 +143,23 @@ def test_undistortion_matches_opencv_projection():
         rows, cols = np.mgrid[int(y) - 8:int(y) + 9, int(x) - 8:int(x) + 9]
         centroid = np.array([(cols * window).sum(), (rows * window).sum()]) / window.sum()
         assert np.linalg.norm(centroid - [x, y]) < 0.3
+
+
+def test_ace_zero_writes_initial_cameras_for_mixed_sizes(tmp_path):
+    """Images of two sizes cannot share one focal: ace_zero writes each image's camera into a calibration file
+    that every stage then reads; one size without EXIF keeps the original's single heuristic focal."""
+    from types import SimpleNamespace
+
+    import ace_zero
+    same = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in same:
+        Image.new("RGB", (640, 480)).save(path)
+    args = SimpleNamespace(calibration_file=None, use_external_focal_length=-1, results_folder=tmp_path)
+    ace_zero.initial_cameras(args, [str(p) for p in same])
+    assert args.calibration_file is None
+    Image.new("RGB", (480, 640)).save(tmp_path / "c.png")
+    images = [str(p) for p in same] + [str(tmp_path / "c.png")]
+    ace_zero.initial_cameras(args, images)
+    cameras = image_cameras(images, [(640, 480), (640, 480), (480, 640)], args.calibration_file, log=False)
+    assert [(c.cx, c.cy) for c in cameras] == [(320, 240), (320, 240), (240, 320)]
+    assert all(c.fx == pytest.approx(560.0) for c in cameras)
