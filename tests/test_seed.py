@@ -95,7 +95,8 @@ def test_novel_viewpoint_matches_a_rendering(orbit_scene):
     depth = dataset_io.load_depth_png(str(orbit_scene / "depth" / f"{stem}.depth.png"))
     cam_to_world = dataset_io.load_cam_to_world(str(orbit_scene / "poses" / f"{stem}.pose.txt"))
     new_grey, new_depth, mask, rotation, translation = ace_trainer.novel_viewpoint(
-        grey.astype(np.float32), depth, ORBIT_FOCAL, np.random.default_rng(3), 10.0)
+        grey.astype(np.float32), depth, Intrinsics.centred(ORBIT_FOCAL, grey.shape[1], grey.shape[0], "test"),
+        np.random.default_rng(3), 10.0)
     angle = np.degrees(np.linalg.norm(cv2.Rodrigues(rotation)[0]))
     assert 2.0 < angle <= 10.0 and mask.mean() > 0.5
     new_to_old = np.eye(4)
