@@ -17,9 +17,10 @@ import numpy as np
 
 import dataset_io
 from ace_network import XFEAT_VARIANTS
-from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg,
-                        add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
-                        check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError,
+                        add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile,
+                        atomic_write_text, check_prior_flags, ensure_writable_folder, make_parser, run_main,
+                        select_device, str2bool)
 from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("ace_zero")
@@ -29,6 +30,7 @@ RENDER_FOLDER = "renderings"
 VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
+VERIFICATION_REPORT = "poses_final_verification.json"
 
 # The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
 # Seed augmentation with the XFeat encoder, which (unlike the ACE encoder) was never trained for scene coordinate
@@ -88,6 +90,12 @@ def build_parser():
                       help="new: polish the final registration by bundle adjustment on XFeat feature tracks "
                            "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
                            "default on CPU, where rounds are too short for the pose refiner")
+    loop.add_argument("--verify_poses", type=str2bool, default=True,
+                      help="new: check the final poses against independent feature matches (verify_poses.py); "
+                           "registered images that disagree drop below --registration_confidence in "
+                           "poses_final.txt, and so out of the exports (False: the original's output)")
+    loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
+                      help="new: exit with an error when most images fail that check")
     seeds = parser.add_argument_group("seeds")
     seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
     seeds.add_argument("--seed_parallel_workers", type=int, default=3,
@@ -536,12 +544,51 @@ def main(argv: list[str] | None = None) -> None:
         final_source = args.results_folder / f"poses_{last}.txt"
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, last)
+        if args.verify_poses:
+            final_source = verify_final_poses(args, final_source)
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
         if args.export_point_cloud:
             export_point_cloud(args, last)
     if args.render_visualization:
         render_video(args)
     summary(args, state.completed[-1], time.time() - start, state)
+    report_verification(args)
+
+
+def verify_final_poses(args, source: Path) -> Path:
+    """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered."""
+    verified = source.with_name(source.stem + "_verified.txt")
+    if verified.exists() and verified.stat().st_mtime >= source.stat().st_mtime:
+        _log.info("using the verification in %s", verified)
+        return verified
+    try:
+        run_script("verify_poses.py", [source, verified, "--report", args.results_folder / VERIFICATION_REPORT,
+                                       "--device", args.device, "--confidence_threshold",
+                                       args.registration_confidence])
+    except UserError as error:
+        # Keep the reconstruction; say plainly that its confidences are unchecked.
+        _log.warning("%s; poses_final.txt holds unverified confidences", error)
+        return source
+    return verified
+
+
+def report_verification(args) -> None:
+    """Warn about unreliable images; a failed reconstruction is an error only with --fail_on_unreliable."""
+    report_file = args.results_folder / VERIFICATION_REPORT
+    if not args.verify_poses or not report_file.exists():
+        return
+    summary = json.loads(report_file.read_text())["summary"]
+    if summary["unreliable"]:
+        _log.warning("%d of %d registered images are unreliable: their poses disagree with independent feature "
+                     "matches (confidence lowered below %d in poses_final.txt; exports leave them out; details: "
+                     "%s)", summary["unreliable"], summary["checked"], args.registration_confidence, report_file)
+    if summary["failed"]:
+        message = (f"the reconstruction failed: {summary['unreliable']} of {summary['checked']} registered images "
+                   f"disagree with feature matches between them; try a known focal length "
+                   f"(--use_external_focal_length) or more seeds (--try_seeds)")
+        if args.fail_on_unreliable:
+            raise UserError(message)
+        _log.warning(message)
 
 
 def adjust_final_poses(args, last: str) -> Path:

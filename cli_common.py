@@ -13,6 +13,8 @@ from typing import Any, Callable
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent
+# The original's contract: a pose with fewer RANSAC inliers than this is unreliable (exports, verification).
+RELIABLE_CONFIDENCE = 1000
 
 
 class UserError(Exception):
@@ -191,7 +193,7 @@ def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> N
     """Positional pose file + output folder and the confidence filter of the exporters."""
     parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")
     parser.add_argument("output_folder", type=Path, help=output_help)
-    parser.add_argument("--confidence_threshold", type=float, default=1000,
+    parser.add_argument("--confidence_threshold", type=float, default=RELIABLE_CONFIDENCE,
                         help="export images with confidence >= this")
 
 
