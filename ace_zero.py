@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, last)
         if args.verify_poses:
-            final_source = verify_final_poses(args, final_source)
+            final_source = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
         if args.export_point_cloud:
             export_point_cloud(args, last)
@@ -555,8 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     report_verification(args)
 
 
-def verify_final_poses(args, source: Path) -> Path:
-    """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered."""
+def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
+    """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered
+    (which checks a bundle-adjusted copy unless the poses are adjusted already)."""
     verified = source.with_name(source.stem + "_verified.txt")
     if verified.exists() and verified.stat().st_mtime >= source.stat().st_mtime:
         _log.info("using the verification in %s", verified)
@@ -564,7 +565,7 @@ def verify_final_poses(args, source: Path) -> Path:
     try:
         run_script("verify_poses.py", [source, verified, "--report", args.results_folder / VERIFICATION_REPORT,
                                        "--device", args.device, "--confidence_threshold",
-                                       args.registration_confidence])
+                                       args.registration_confidence, "--adjust", not adjusted])
     except UserError as error:
         # Keep the reconstruction; say plainly that its confidences are unchecked.
         _log.warning("%s; poses_final.txt holds unverified confidences", error)

@@ -22,15 +22,18 @@ import numpy as np
 
 import dataset_io
 from cli_common import (RELIABLE_CONFIDENCE, UserError, add_device_arg, atomic_write_text, make_parser, run_main,
-                        select_device)
+                        select_device, str2bool)
 
 _log = logging.getLogger("verify_poses")
 
 MIN_VERIFIED_MATCHES = 20      # fundamental-matrix inliers for a pair to be a witness
 CANDIDATE_DESCRIPTORS = 512    # per image, for ranking which images overlap
-EPIPOLAR_TOLERANCE = 0.01      # of the image diagonal: allows ~1 deg pose error and an off-centre principal point
-HOMOGRAPHY_TOLERANCE = 0.02    # of the diagonal, for pairs with too short a baseline for epipolar geometry
 MIN_BASELINE_ANGLE_DEG = 1.0   # below this parallax (at the median point) the pair is checked by rotation only
+POSE_NEIGHBOURS = 4            # nearest cameras of each camera in the reconstruction that must share matches
+MAX_NEIGHBOUR_ANGLE_DEG = 60   # ... among those looking in a similar direction
+MAX_ADJUSTMENT_DEG = 5.0       # an image the adjustment moves further was not where the evidence puts it
+MAX_FOCAL_CHANGE = 1.25        # ... and all of them when it changes the focal length by more than this factor
+STRONG_PAIR_FRACTION = 0.5     # of the matches of an image's best pair, for a pair to hold images together
 
 
 @dataclass
@@ -65,6 +68,13 @@ def build_parser():
                         help="median fraction of an image's verified matches its pose must explain")
     parser.add_argument("--pairs_per_image", type=int, default=6,
                         help="most overlapping images (by raw feature matches) checked for each image")
+    parser.add_argument("--tolerance", type=float, default=0.005,
+                        help="distance from the epipolar line, as a fraction of the image diagonal, within which a "
+                             "match agrees with the (bundle-adjusted) poses")
+    parser.add_argument("--adjust", type=str2bool, default=True,
+                        help="check a bundle-adjusted copy of the poses (bundle_adjust.py; the output keeps the "
+                             "input poses) and flag images the adjustment moves by more than "
+                             f"{MAX_ADJUSTMENT_DEG:g} deg; False for poses that are adjusted already")
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     return parser
 
@@ -134,19 +144,19 @@ def depths_in_both(R: np.ndarray, t: np.ndarray, K: np.ndarray, x1: np.ndarray, 
 
 
 def pair_agreement(first: np.ndarray, second: np.ndarray, K: np.ndarray, x1: np.ndarray, x2: np.ndarray,
-                   diagonal: float) -> float:
+                   tolerance_px: float) -> float:
     """Fraction of verified matches the reconstruction explains: on their epipolar lines with the points in front
     of both cameras, or, for a baseline too short for that, transferred by the relative rotation."""
     R, t = relative_pose(first, second)
     H = K @ R @ np.linalg.inv(K)
     projected = np.c_[x1, np.ones(len(x1))] @ H.T
     transferred = projected[:, :2] / np.where(np.abs(projected[:, 2:]) < 1e-12, 1e-12, projected[:, 2:])
-    by_rotation = (np.linalg.norm(transferred - x2, axis=1) < HOMOGRAPHY_TOLERANCE * diagonal) & (projected[:, 2] > 0)
+    by_rotation = (np.linalg.norm(transferred - x2, axis=1) < 2 * tolerance_px) & (projected[:, 2] > 0)
     if np.linalg.norm(t) < 1e-12:
         return float(by_rotation.mean())
     Kinv = np.linalg.inv(K)
     F = Kinv.T @ skew(t) @ R @ Kinv
-    on_lines = sampson_distance(F, x1, x2) < EPIPOLAR_TOLERANCE * diagonal
+    on_lines = sampson_distance(F, x1, x2) < tolerance_px
     s, u = depths_in_both(R, t, K, x1, x2)
     in_front = (s > 0) & (u > 0)
     # Parallax at the median point decides whether the epipolar test means anything.
@@ -160,27 +170,68 @@ def pair_agreement(first: np.ndarray, second: np.ndarray, K: np.ndarray, x1: np.
 # ----------------------------------------------------------------------------------------------------------------
 
 def verify(entries: list[dataset_io.PoseEntry], features: list, size: tuple[int, int], threshold: float,
-           min_agreement: float, per_image: int) -> tuple[list[ImageVerdict], list[PairCheck]]:
-    from bundle_adjust import verified_matches
+           min_agreement: float, per_image: int, tolerance: float) -> tuple[list[ImageVerdict], list[PairCheck], dict]:
+    from bundle_adjust import candidate_pairs, verified_matches
     width, height = size
     diagonal = float(np.hypot(width, height))
-    checked = [e.confidence >= threshold for e in entries]
-    pairs = [p for p in candidate_partners(features, per_image) if checked[p[0]] and checked[p[1]]]
+    checked = np.array([e.confidence >= threshold for e in entries])
+    index = np.flatnonzero(checked)
+    # Two sources of pairs: images that look alike (independent of the poses), and images the reconstruction puts
+    # side by side (a reconstruction folded onto itself puts images together that share nothing).
+    by_pose = {(int(index[i]), int(index[j])) for i, j in candidate_pairs(
+        np.stack([entries[k].cam_to_world for k in index]), POSE_NEIGHBOURS, MAX_NEIGHBOUR_ANGLE_DEG)} \
+        if len(index) > 1 else set()
+    by_look = {p for p in candidate_partners(features, per_image) if checked[p[0]] and checked[p[1]]}
     checks = []
-    for i, j in pairs:
+    for i, j in sorted(by_look | by_pose):
         ia, ib = verified_matches(features[i], features[j], max(1.0, diagonal / 800))
-        if len(ia) < MIN_VERIFIED_MATCHES:
-            continue
-        # The focal length is shared; use the reconstruction's.
-        K = intrinsic_matrix(entries[i].focal, width, height)
-        agreement = pair_agreement(entries[i].world_to_cam, entries[j].world_to_cam, K,
-                                   features[i].pixels[ia], features[j].pixels[ib], diagonal)
+        agreement = 0.0
+        if len(ia) >= MIN_VERIFIED_MATCHES:
+            K = intrinsic_matrix(entries[i].focal, width, height)  # the focal length is shared
+            agreement = pair_agreement(entries[i].world_to_cam, entries[j].world_to_cam, K,
+                                       features[i].pixels[ia], features[j].pixels[ib], tolerance * diagonal)
         checks.append(PairCheck(i, j, len(ia), agreement))
-    return [verdict(k, e, checked[k], checks, threshold, min_agreement) for k, e in enumerate(entries)], checks
+    strong = strong_pairs(len(entries), checks)
+    component = largest_consistent_part(len(entries), checks, strong, min_agreement)
+    witnessed = [c for c in checks if c.matches >= MIN_VERIFIED_MATCHES]
+    contradicted = {i for c, s in zip(checks, strong) if s and c.agreement < min_agreement for i in (c.first, c.second)}
+    verdicts = [verdict(k, e, bool(checked[k]), witnessed, threshold, min_agreement, component, contradicted)
+                for k, e in enumerate(entries)]
+    pose_pairs = [c for c in checks if (c.first, c.second) in by_pose]
+    overlap = float(np.mean([c.matches >= MIN_VERIFIED_MATCHES for c in pose_pairs])) if pose_pairs else float("nan")
+    return verdicts, checks, {"neighbour_overlap": overlap, "consistent_part": int(component.sum())}
+
+
+def strong_pairs(count: int, checks: list[PairCheck]) -> list[bool]:
+    """Pairs with enough verified matches and at least STRONG_PAIR_FRACTION of those of either image's best pair:
+    true neighbours. Look-alike views (the sides of a ring that look alike, which a reconstruction may fold onto
+    each other) share fewer matches than true neighbours."""
+    best = np.zeros(count)
+    for c in checks:
+        best[c.first], best[c.second] = max(best[c.first], c.matches), max(best[c.second], c.matches)
+    return [c.matches >= max(MIN_VERIFIED_MATCHES, STRONG_PAIR_FRACTION * min(best[c.first], best[c.second]))
+            for c in checks]
+
+
+def largest_consistent_part(count: int, checks: list[PairCheck], strong: list[bool],
+                            min_agreement: float) -> np.ndarray:
+    """Mask of the largest set of images linked by strong pairs whose matches the reconstruction explains. Where a
+    reconstruction folds onto itself the strong pair across the fold disagrees, so the chain breaks there."""
+    import scipy.sparse
+    from scipy.sparse.csgraph import connected_components
+    linked = [(c.first, c.second) for c, s in zip(checks, strong) if s and c.agreement >= min_agreement]
+    part = np.zeros(count, bool)
+    if not linked:
+        return part
+    rows, cols = np.array(linked).T
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    part[rows] = part[cols] = True
+    return part & (labels == np.argmax(np.bincount(labels[part])))
 
 
 def verdict(k: int, entry: dataset_io.PoseEntry, checked: bool, checks: list[PairCheck], threshold: float,
-            min_agreement: float) -> ImageVerdict:
+            min_agreement: float, component: np.ndarray, contradicted: set[int]) -> ImageVerdict:
     if not checked:
         return ImageVerdict(entry.path, entry.confidence, entry.confidence, 0, float("nan"), False,
                             "below the confidence threshold already")
@@ -189,22 +240,28 @@ def verdict(k: int, entry: dataset_io.PoseEntry, checked: bool, checks: list[Pai
         return ImageVerdict(entry.path, entry.confidence, entry.confidence, 0, float("nan"), True,
                             "no verified matches with another registered image: not checkable")
     agreement = float(np.median(mine))
-    if agreement >= min_agreement:
+    if agreement < min_agreement:
+        reason = (f"its pose explains {100 * agreement:.0f}% of the verified matches with {len(mine)} "
+                  f"overlapping image(s)")
+    elif k in contradicted:
+        reason = "the reconstruction does not explain the matches with a true neighbour (strong pair)"
+    elif not component[k]:
+        reason = (f"placed inconsistently with the largest consistent part of the reconstruction "
+                  f"({int(component.sum())} images)")
+    else:
         return ImageVerdict(entry.path, entry.confidence, entry.confidence, len(mine), agreement, True, "agrees")
     # Below the threshold, scaled by how much of the evidence agreed: the mapping rule (>= 500 by default) drops
     # it too unless it agreed nearly as much as required.
-    lowered = float(np.floor(min(entry.confidence, threshold - 1) * agreement))
-    return ImageVerdict(entry.path, entry.confidence, lowered, len(mine), agreement, False,
-                        f"its pose explains {100 * agreement:.0f}% of the verified matches with {len(mine)} "
-                        f"overlapping image(s)")
+    lowered = float(np.floor(min(entry.confidence, threshold - 1) * min(agreement, 1.0)))
+    return ImageVerdict(entry.path, entry.confidence, lowered, len(mine), agreement, False, reason)
 
 
-def summarise(verdicts: list[ImageVerdict], threshold: float) -> dict:
+def summarise(verdicts: list[ImageVerdict], threshold: float, statistics: dict) -> dict:
     checked = [v for v in verdicts if v.confidence_before >= threshold]
     unreliable = [v for v in checked if not v.reliable]
     uncheckable = [v for v in checked if v.reliable and v.witnesses == 0]
     return {"checked": len(checked), "unreliable": len(unreliable), "uncheckable": len(uncheckable),
-            "failed": len(checked) > 0 and len(unreliable) > len(checked) / 2}
+            "failed": len(checked) > 0 and len(unreliable) > len(checked) / 2, **statistics}
 
 
 def write_report(path: Path, verdicts: list[ImageVerdict], checks: list[PairCheck], summary: dict) -> None:
@@ -215,10 +272,45 @@ def write_report(path: Path, verdicts: list[ImageVerdict], checks: list[PairChec
                                         "pairs": [asdict(c) for c in checks]}, indent=1))
 
 
+def adjusted_copy(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], np.ndarray]:
+    """A bundle-adjusted copy of the confident poses (self-consistent to about a pixel, so that the check can be
+    tight) and how far each rotation moved (deg)."""
+    import bundle_adjust
+    options = bundle_adjust.build_parser().parse_args([str(args.input_poses), str(args.output_poses)])
+    options.confidence_threshold = args.confidence_threshold
+    options.image_resolution = args.image_resolution
+    try:
+        adjusted, _ = bundle_adjust.bundle_adjust(entries, options, device)
+    except UserError as error:
+        _log.warning("%s: checking the poses as they are", error)
+        return entries, np.zeros(len(entries))
+    from eval_poses import rotation_angle_deg
+    moved = rotation_angle_deg(np.stack([a.world_to_cam[:3, :3] @ e.world_to_cam[:3, :3].T
+                                         for a, e in zip(adjusted, entries)]))
+    before, after = entries[0].focal, adjusted[0].focal
+    if abs(np.log(after / before)) > np.log(MAX_FOCAL_CHANGE):
+        # Poses registered with a focal length that far off are wrong as a whole, not image by image.
+        _log.warning("the bundle adjustment changes the focal length from %.1f to %.1f px: every pose counts as "
+                     "moved", before, after)
+        moved = np.full(len(entries), np.inf)
+    return adjusted, moved
+
+
+def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVerdict:
+    if not verdict.reliable or angle <= MAX_ADJUSTMENT_DEG:
+        return verdict
+    reason = ("the bundle adjustment changes the focal length too much" if np.isinf(angle) else
+              f"the bundle adjustment moves it by {angle:.1f} deg")
+    return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
+                        verdict.witnesses, verdict.agreement, False, reason)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 <= args.min_agreement <= 1:
         raise UserError(f"--min_agreement must be within [0, 1], got {args.min_agreement}")
+    if not 0 < args.tolerance < 1:
+        raise UserError(f"--tolerance must be within (0, 1), got {args.tolerance}")
     if args.pairs_per_image < 1:
         raise UserError(f"--pairs_per_image must be at least 1, got {args.pairs_per_image}")
     entries = dataset_io.read_ace_pose_file(args.input_poses)
@@ -228,17 +320,20 @@ def main(argv: list[str] | None = None) -> None:
     size = dataset_io.common_image_size(paths)
     device = select_device(args.device)
     from bundle_adjust import extract_features
+    checked, moved = adjusted_copy(entries, args, device) if args.adjust else (entries, np.zeros(len(entries)))
     _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
     features = extract_features(paths, args.image_resolution, device)
-    verdicts, checks = verify(entries, features, size, args.confidence_threshold, args.min_agreement,
-                              args.pairs_per_image)
-    summary = summarise(verdicts, args.confidence_threshold)
+    verdicts, checks, statistics = verify(checked, features, size, args.confidence_threshold, args.min_agreement,
+                                          args.pairs_per_image, args.tolerance)
+    verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
+    summary = summarise(verdicts, args.confidence_threshold, statistics)
     for entry, v in zip(entries, verdicts):
         entry.confidence = v.confidence
     dataset_io.write_ace_pose_file(args.output_poses, entries)
     report = args.report or args.output_poses.with_suffix(".verification.json")
     write_report(report, verdicts, checks, summary)
-    _log.info("%d pairs checked; %d of %d images unreliable, %d not checkable; report: %s", len(checks),
+    _log.info("%d pairs checked; neighbours in the reconstruction share matches for %.0f%% of them; %d of %d "
+              "images unreliable, %d not checkable; report: %s", len(checks), 100 * summary["neighbour_overlap"],
               summary["unreliable"], summary["checked"], summary["uncheckable"], report)
 
 
