@@ -584,9 +584,10 @@ def report_verification(args) -> None:
                      "matches (confidence lowered below %d in poses_final.txt; exports leave them out; details: "
                      "%s)", summary["unreliable"], summary["checked"], args.registration_confidence, report_file)
     if summary["failed"]:
+        hint = "more seeds (--try_seeds)" if args.use_external_focal_length > 0 else \
+            "a known focal length (--use_external_focal_length) or more seeds (--try_seeds)"
         message = (f"the reconstruction failed: {summary['unreliable']} of {summary['checked']} registered images "
-                   f"disagree with feature matches between them; try a known focal length "
-                   f"(--use_external_focal_length) or more seeds (--try_seeds)")
+                   f"disagree with feature matches between them; try {hint}")
         if args.fail_on_unreliable:
             raise UserError(message)
         _log.warning(message)
