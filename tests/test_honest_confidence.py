@@ -3,7 +3,7 @@ textured object on a full camera ring with a narrow field of view (datasets/obje
 
 HEAVY, and opt-in (ACE_HEAVY_TESTS=1): one ace_zero.py run at the CPU defaults, 22-36 min on 2 cores. Measured on
 this project's machine (README, "Honest confidence"): without the verification 46 of 48 images came out with
-confidence >= 1000 at a median of 95 deg off (the ring folded onto itself); with it 8 remain, at most 2.5 deg
+confidence >= 1000 at a median of 95 deg off (the ring folded onto itself); with it 7 remain, at most 2.5 deg
 off."""
 from __future__ import annotations
 
