@@ -177,6 +177,11 @@ def format_pose_line(entry: PoseEntry) -> str:
     return " ".join([entry.path, *(str(float(v)) for v in numbers), _format_confidence(entry.confidence)])
 
 
+def with_confidence(line: str, confidence: float) -> str:
+    """A pose-file line with only its confidence replaced (the pose keeps its exact digits)."""
+    return " ".join([*line.split()[:-1], _format_confidence(confidence)])
+
+
 def write_ace_pose_file(path: Path | str, entries: list[PoseEntry]) -> None:
     """Write atomically: an interrupted run never leaves half a pose file."""
     atomic_write_text(path, "".join(format_pose_line(e) + "\n" for e in entries))

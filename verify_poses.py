@@ -327,9 +327,10 @@ def main(argv: list[str] | None = None) -> None:
                                           args.pairs_per_image, args.tolerance)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
-    for entry, v in zip(entries, verdicts):
-        entry.confidence = v.confidence
-    dataset_io.write_ace_pose_file(args.output_poses, entries)
+    # Same lines as the input but for the confidences (read_ace_pose_file skips blank lines too).
+    lines = [line for line in args.input_poses.read_text().splitlines() if line.strip()]
+    atomic_write_text(args.output_poses, "".join(dataset_io.with_confidence(line, v.confidence) + "\n"
+                                                 for line, v in zip(lines, verdicts)))
     report = args.report or args.output_poses.with_suffix(".verification.json")
     write_report(report, verdicts, checks, summary)
     _log.info("%d pairs checked; neighbours in the reconstruction share matches for %.0f%% of them; %d of %d "

@@ -48,9 +48,14 @@ def test_reconstruction_files(reconstruction):
         assert (out / name).is_file(), name
     assert (out / "poses_iteration0_seed0.txt").is_file()
     state = json.loads((out / "ace_zero_state.json").read_text())
-    # On CPU the final registration is bundle-adjusted (bundle_adjust.py) into poses_final.txt.
-    assert state["finished"] and (out / f"poses_{state['completed'][-1]}_adjusted.txt").read_text() == \
+    # On CPU the final registration is bundle-adjusted (bundle_adjust.py), then verified (verify_poses.py, which
+    # changes confidences only) into poses_final.txt.
+    adjusted = out / f"poses_{state['completed'][-1]}_adjusted.txt"
+    assert state["finished"] and adjusted.with_name(adjusted.stem + "_verified.txt").read_text() == \
         (out / "poses_final.txt").read_text()
+    poses = [line.split()[:-1] for line in adjusted.read_text().splitlines()]
+    assert poses == [line.split()[:-1] for line in (out / "poses_final.txt").read_text().splitlines()]
+    assert (out / "poses_final_verification.json").is_file()
     assert "registered: " in result.stderr and "@500" in result.stderr
 
 
