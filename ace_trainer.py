@@ -13,13 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import dataset_io
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
                       reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
-from ace_util import AUTO_PRIOR_FLAG, UserError, atomic_write_text
+from ace_util import AUTO_PRIOR_FLAG, UserError, atomic_write_text, progress_bar
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 
@@ -330,7 +329,7 @@ def fill_training_buffer(data: MappingData, encoder, args, device, storage_devic
 
     workers = max(1, args.num_data_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=capacity, desc="Filling training buffer", unit="sample", leave=False) as progress:
+            progress_bar(total=capacity, desc="Filling training buffer", unit="sample", leave=False) as progress:
         for index, view in pool.map(load, zip(order, view_seeds)):
             if filled >= capacity:
                 break
@@ -536,7 +535,7 @@ class Trainer:
         batch_size = min(a.batch_size, len(buffer))
         generator = torch.Generator().manual_seed(a.base_seed + 8191)
         iteration = 0
-        progress = tqdm(total=a.iterations, desc="Mapping", unit="it", leave=False)
+        progress = progress_bar(total=a.iterations, desc="Mapping", unit="it", leave=False)
         while iteration < self.schedule.max_iterations:
             permutation = torch.randperm(len(buffer), generator=generator)
             for begin in range(0, len(buffer) - batch_size + 1, batch_size):

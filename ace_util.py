@@ -5,7 +5,9 @@ and of the loss, and the messages of invalid prior combinations."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +50,83 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
     import torch
     atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progress bars
+
+LOG_PROGRESS_FRACTION = 0.1   # without a terminal, a progress line per 10 % of the total ...
+LOG_PROGRESS_SECONDS = 30.0   # ... or per 30 s, whichever comes first
+
+
+def progress_bar(iterable=None, **kwargs):
+    """tqdm's live bar on a terminal; written to a file or a pipe (a log), a plain line at most every 10 % of the
+    total or every 30 s instead of one per update. Takes tqdm's arguments (total, desc, unit, unit_scale, initial,
+    leave, disable, file) and offers update(), set_postfix(), close() and iteration, as tqdm."""
+    stream = kwargs.get("file") or sys.stderr
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real stream
+        terminal = False
+    if terminal:
+        from tqdm import tqdm
+        return tqdm(iterable, **kwargs)
+    return LogProgress(iterable, **kwargs)
+
+
+class LogProgress:
+    """The progress_bar of a log: one complete line (tqdm's format, ASCII bar) per LOG_PROGRESS_FRACTION of the
+    total or per LOG_PROGRESS_SECONDS, and a last one at close() for what came after the last line."""
+
+    def __init__(self, iterable=None, total: float | None = None, desc: str | None = None, unit: str = "it",
+                 unit_scale: bool = False, initial: float = 0, disable: bool = False, file=None, **_tqdm_only):
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.unit, self.unit_scale = iterable, total, desc, unit, unit_scale
+        self.disable, self.file = disable, file
+        self.n = self.printed_n = initial
+        self.start = self.printed_t = time.monotonic()
+        self.postfix = ""
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        values = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        step = self.total * LOG_PROGRESS_FRACTION if self.total else None
+        if (step is not None and self.n - self.printed_n >= step) or now - self.printed_t >= LOG_PROGRESS_SECONDS:
+            self._print(now)
+
+    def close(self) -> None:
+        if not self.closed and self.n != self.printed_n:
+            self._print(time.monotonic())
+        self.closed = True
+
+    def _print(self, now: float) -> None:
+        self.printed_n, self.printed_t = self.n, now
+        if self.disable:
+            return
+        from tqdm import tqdm
+        line = tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc or "", ascii=True,
+                                 unit=self.unit, unit_scale=self.unit_scale, postfix=self.postfix or None)
+        print(line, file=self.file or sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
+from ace_util import progress_bar
 from cli_common import UserError, add_device_arg, make_parser, run_main, select_device, str2bool
 
 _log = logging.getLogger("bundle_adjust")
@@ -459,9 +460,8 @@ def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.nd
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
                  ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
     matches = {}
-    for i, j in tqdm(pairs, desc="matching image pairs", leave=False):
+    for i, j in progress_bar(pairs, desc="matching image pairs", leave=False):
         ia, ib = verified_matches(features[i], features[j], accuracy_px)
         if len(ia):
             matches[(i, j)] = (ia, ib)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from ace_util import progress_bar
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
                         configure_cpu_threads, make_parser, run_main, select_device)
 
@@ -92,9 +93,8 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
         return index, dataset_io.load_network_input(images[index], args.image_resolution)[0]
 
     entries = []
-    from tqdm import tqdm
     with ThreadPoolExecutor(max_workers=max(1, min(args.num_data_workers, 4))) as pool, \
-            torch.no_grad(), tqdm(total=len(order), desc="Registering", unit="img", leave=False) as progress:
+            torch.no_grad(), progress_bar(total=len(order), desc="Registering", unit="img", leave=False) as progress:
         for count, (index, grey) in enumerate(pool.map(load, order)):
             coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
             scaled_focal = focal * min(grey.shape) / min(width, height)

@@ -455,8 +455,8 @@ def _remove_frames(folder: Path, suffix: str) -> None:
 
 def _frames(renderer: SceneRenderer, poses: Sequence[np.ndarray],
             progress: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
-    for i, pose in enumerate(tqdm(poses, desc="rendering", unit="img", disable=not progress)):
+    from ace_util import progress_bar  # the repo root is on sys.path: imported from there, or see __main__
+    for i, pose in enumerate(progress_bar(poses, desc="rendering", unit="img", disable=not progress)):
         rgb, depth = renderer.render(pose)
         yield i, rgb, depth
 
@@ -534,4 +534,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: ace_util is at the root
     sys.exit(main())

@@ -181,3 +181,37 @@ def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
     v0 = np.clip((cam0[1] / cam0[2] * 525.0 + 240).astype(int), 0, 479)
     agree = np.abs(depth[v0, u0] - cam0[2]) < 0.05 * cam0[2]
     assert agree.mean() > 0.9
+
+
+def test_progress_bar_in_a_log_prints_few_lines(monkeypatch):
+    """Without a terminal a bar writes a line per 10 % (or 30 s), not one per update; a terminal gets tqdm."""
+    import io
+
+    import ace_util
+    log = io.StringIO()
+    with ace_util.progress_bar(total=5000, desc="Mapping", unit="it", leave=False, file=log) as progress:
+        for i in range(5000):
+            progress.set_postfix(loss=f"{i:.1f}")
+            progress.update(1)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in log.getvalue()
+    assert lines[0].startswith("Mapping:  10%") and "500/5000" in lines[0] and lines[-1].startswith("Mapping: 100%")
+    assert "loss=4999.0" in lines[-1]
+    log = io.StringIO()
+    assert sum(1 for _ in ace_util.progress_bar(range(3), desc="r", file=log)) == 3
+    assert log.getvalue().splitlines()[-1].startswith("r: 100%")
+    clock = [0.0]
+    monkeypatch.setattr(ace_util.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    slow = ace_util.progress_bar(total=1000, file=log)
+    for _ in range(5):
+        clock[0] += 31.0
+        slow.update(1)  # 0.1 % of the total each, but 31 s apart: a line each
+    assert len(log.getvalue().splitlines()) == 5
+    slow.close()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    from tqdm import tqdm
+    assert isinstance(ace_util.progress_bar(total=3, file=Terminal()), tqdm)
