@@ -534,9 +534,9 @@ class RegistrationVisualizer(Phase):
         if confident or self.target is None:
             self.target = pose
         if (len(self.poses) - 1) % self.every == 0 or len(self.poses) == self.total:
-            self._render(image_path, pose, confidence)
+            self._render(image_path, pose)
 
-    def _render(self, image_path: str, pose: np.ndarray, confidence: float) -> None:
+    def _render(self, image_path: str, pose: np.ndarray) -> None:
         confidences = np.array(self.confidences)
         colours = confidence_colours_capped(confidences, self.success_threshold, self.top_confidence)
         size = self.settings.marker_size

@@ -287,16 +287,6 @@ def median_depth_of_files(paths: list[str], flag: str) -> float:
     return median_valid_depth([load_depth_png(f) for f in paths[::step]], flag)
 
 
-def save_depth_png(path: str, depth_m: np.ndarray) -> None:
-    import cv2
-    millimetres = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    ok, data = cv2.imencode(".png", millimetres)
-    if not ok:
-        raise UserError(f"cannot encode depth map {path}")
-    from ace_util import atomic_write
-    atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
-
-
 @dataclass
 class Calibration:
     fx: float
