@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID, XFEAT_VARIANTS,  # noqa: F401
-                      EncoderSpec, UserError, atomic_torch_save, encoder_spec)
+from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID,  # noqa: F401 (re-exported)
+                      XFEAT_VARIANTS, EncoderSpec, UserError, atomic_torch_save, encoder_spec)
 
 ENCODER_ID_KEY = "encoder_id"
 
@@ -31,12 +31,17 @@ ENCODER_ID_KEY = "encoder_id"
 # Encoders
 
 class FeatureEncoder(nn.Module):
-    """Grey image in [0, 1] (B x 1 x H x W) -> dense features at stride 8."""
+    """Grey image in [0, 1] (B x 1 x H x W) -> dense features at stride 8; `spec` is its row of the encoder table
+    (ace_util.EncoderSpec: normalisation, detector, seed policy)."""
+    spec: EncoderSpec
     encoder_id: str
     feature_dim: int
 
     def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
-        return grey01
+        if self.spec.normalisation is None:
+            return grey01
+        mean, std = self.spec.normalisation
+        return (grey01 - mean) / std
 
     @staticmethod
     def output_size(height: int, width: int) -> tuple[int, int]:
@@ -45,7 +50,8 @@ class FeatureEncoder(nn.Module):
 
 class ACEEncoder(FeatureEncoder):
     """The official ACE encoder architecture (5.57 M parameters, receptive field 81 px)."""
-    encoder_id = ACE_ENCODER_ID
+    spec = ACE_ENCODER
+    encoder_id = ACE_ENCODER.encoder_id
 
     def __init__(self, out_channels: int = 512):
         super().__init__()
@@ -61,9 +67,6 @@ class ACEEncoder(FeatureEncoder):
         self.res2_conv2 = nn.Conv2d(out_channels, out_channels, 1, 1, 0)
         self.res2_conv3 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.res2_skip = nn.Conv2d(256, out_channels, 1, 1, 0)
-
-    def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
-        return (grey01 - 0.4) / 0.25
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -109,7 +112,7 @@ class XFeatEncoder(FeatureEncoder):
 
     def __init__(self, variant: EncoderSpec = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
         super().__init__()
-        self.variant = variant
+        self.spec = variant
         self.encoder_id = variant.encoder_id
         self.model = _published_xfeat()
         # keypoints (detect) always come from the network as published: its detector was trained that way
@@ -132,7 +135,7 @@ class XFeatEncoder(FeatureEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        margin = self.variant.canvas
+        margin = self.spec.canvas
         if margin:
             # a multiple of 8 keeps the output cells on the image's own 8-pixel grid
             x = F.pad(x, (margin, margin, margin, margin), mode="reflect")
@@ -146,7 +149,7 @@ class XFeatEncoder(FeatureEncoder):
         m = self.model
         x = m.norm(x.mean(dim=1, keepdim=True))
         fine = m.block3(m.block2(m.block1(x) + m.skip1(x)))
-        if self.variant.levels == "fine":
+        if self.spec.levels == "fine":
             return fine
         middle = m.block4(fine)
         coarse = m.block5(middle)
@@ -206,9 +209,9 @@ class XFeatEncoder(FeatureEncoder):
 
 def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
     """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""
-    variant = XFEAT_VARIANTS.get(str(encoder_path).lower())
-    if variant is not None:
-        encoder = XFeatEncoder(variant)
+    spec = encoder_spec(encoder_path)
+    if spec.family == "xfeat":
+        encoder = XFeatEncoder(spec)
     else:
         encoder = _load_ace_encoder(Path(encoder_path))
     for parameter in encoder.parameters():

@@ -135,6 +135,12 @@ class LogProgress:
 OUTPUT_SUBSAMPLE = 8  # output stride of every encoder: one scene coordinate per 8x8 image cell
 
 
+def project_pinhole(in_camera, focal: float, centre):
+    """Pinhole projection of camera-space points (... x 3, OpenCV axes: z forward) to pixels (... x 2), with the
+    principal point `centre` (ACE0 assumes the image centre); points must lie in front (z > 0)."""
+    return focal * in_camera[..., :2] / in_camera[..., 2:] + centre
+
+
 def is_registered(confidence, threshold: float):
     """An image counts as registered when its RANSAC inlier count exceeds the threshold (strictly, as the
     original's registration summary). Works on numbers and numpy arrays."""
@@ -215,6 +221,8 @@ ORTHO_CHOICES = ("gram-schmidt", "procrustes")
 GAUGE_CHOICES = ("none", "centres")
 UPDATE_CHOICES = ("additive", "rotation")
 
+LOSS_TYPES = ("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh")  # robust reprojection losses (ace_loss)
+LR_SCHEDULES = ("circle", "constant", "1cyclepoly")
 LOSS_STRUCTURES = ("dsac*", "probabilistic")
 PRIOR_TYPES = ("none", "rgbd_laplace_nll", "laplace_nll", "laplace_wd", "diffusion")
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 import dataset_io
-from ace_util import UserError, atomic_write
+from ace_util import UserError, atomic_write, is_registered
 from export_cameras import (CONFIDENCE_CAP, confidence_colour_table, cameras_mesh, cool_reversed, frustum_mesh,
                             pyramid_marker_mesh)
 
@@ -530,7 +530,7 @@ class RegistrationVisualizer(Phase):
         pose = opengl_cam_to_world(world_to_cam_cv[None])[0]
         self.poses.append(pose)
         self.confidences.append(float(confidence))
-        confident = confidence > self.success_threshold
+        confident = is_registered(confidence, self.success_threshold)
         if confident or self.target is None:
             self.target = pose
         if (len(self.poses) - 1) % self.every == 0 or len(self.poses) == self.total:
@@ -541,13 +541,13 @@ class RegistrationVisualizer(Phase):
         colours = confidence_colours_capped(confidences, self.success_threshold, self.top_confidence)
         size = self.settings.marker_size
         meshes = Meshes()
-        earlier = np.flatnonzero(confidences[:-1] > self.success_threshold)
+        earlier = np.flatnonzero(is_registered(confidences[:-1], self.success_threshold))
         meshes.add_cameras(np.stack(self.poses)[earlier], colours[earlier], marker_template(size))
         frustum_scale = size * FRUSTUM_FACTOR
         image = dataset_io.load_image_rgb(image_path)
         meshes.add_cameras(pose[None], colours[-1:], frustum_mesh(frustum_scale, image.shape[1] / image.shape[0]))
         meshes.items.append(image_in_frustum(image, pose, frustum_scale))
-        registered = int((confidences > self.success_threshold).sum())
+        registered = int(is_registered(confidences, self.success_threshold).sum())
         top = self.top_confidence
         bins = confidence_colours_capped((np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS * top,
                                          self.success_threshold, top)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 # Facts shared with the library live in ace_util (torch-free); the scripts take them from here too.
 from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
-                      LOSS_STRUCTURES, PRIOR_TYPES, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, RGBD_NEEDS_DEPTH, UserError,
+                      GAUGE_CHOICES, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
+                      PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError,
                       atomic_torch_save, atomic_write, atomic_write_text)
 
 _log = logging.getLogger(__name__)
@@ -98,16 +99,39 @@ def add_focal_arg(parser: argparse.ArgumentParser, default: float | None) -> Non
                         help="focal length in pixels of the original images; -1 or unset: 70%% of the diagonal")
 
 
-def add_render_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--render_visualization", type=str2bool, default=False,
-                        help="render frames of the process into --render_target_path")
-    parser.add_argument("--render_target_path", type=Path, default=Path("renderings"),
-                        help="folder for rendered frames and visualisation buffers")
+def add_render_args(parser, what: str = "render frames of the process into --render_target_path",
+                    target_path: bool = True, depth_hist: bool = False) -> None:
+    """The visualisation flags of the stages (train_ace.py, register_mapping.py) and of ace_zero.py, which chooses
+    the folder itself (no --render_target_path) and passes them on; `depth_hist` for the mapping frames."""
+    parser.add_argument("--render_visualization", type=str2bool, default=False, help=what)
+    if target_path:
+        parser.add_argument("--render_target_path", type=Path, default=Path("renderings"),
+                            help="folder for rendered frames and visualisation buffers")
     parser.add_argument("--render_flipped_portrait", type=str2bool, default=False,
                         help="images are rotated portrait images (e.g. Wayspots)")
     parser.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
     parser.add_argument("--render_camera_z_offset", type=float, default=4,
-                        help="observer camera distance behind the current view (m)")
+                        help="observer camera distance behind the cameras it follows (scene units)")
+    if depth_hist:
+        parser.add_argument("--render_depth_hist", type=str2bool, default=False,
+                            help="draw a histogram of the predicted depths in the mapping frames")
+
+
+def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_help: str) -> None:
+    """Flags of the pose refiner shared by train_ace.py and ace_zero.py (which names the method --refinement,
+    as the original, and passes the rest on to train_ace.py)."""
+    parser.add_argument(method_flag, type=str, default=method_default, choices=POSE_REFINEMENT_CHOICES,
+                        help="refine the mapping poses: none, naive (poses as parameters) or mlp")
+    parser.add_argument("--pose_refinement_wait", type=int, default=0, help=wait_help)
+    parser.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    parser.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
+                        help="new: 'centres' holds the refined cameras' centroid and spread at the input's, so the "
+                             "refiner cannot drift along the scale it cannot see; none = the original")
+    parser.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
+                        help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
+                             "the original (refiner output added to the pose matrix, re-orthonormalised)")
+    parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
+                        help="how refined rotations are re-orthonormalised")
 
 
 def float_or_auto(value: str) -> float | str:
@@ -182,6 +206,39 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = Non
         for action in parser._actions:
             action.default = saved[action.dest]
     return set(vars(namespace))
+
+
+# CPU cost profiles: the same algorithm at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the
+# flags; README, "CPU and GPU"). Each script applies its own row to the flags the user did not type; ace_zero.py
+# passes its mapping flags on to train_ace.py, which fills the rest from its row.
+CPU_PROFILES: dict[str, dict[str, Any]] = {
+    "train_ace.py": {
+        "head_width": 128,
+        "batch_size": 2048,
+        "iterations": 6000,
+        "samples_per_image": 1024,
+        "max_dataset_passes": 10,
+        "learning_rate_cooldown_iterations": 1000,
+        "learning_rate_warmup_iterations": 300,
+        "num_data_workers": 2,
+    },
+    "ace_zero.py": {
+        "try_seeds": 3,
+        "seed_parallel_workers": 1,
+        "seed_iterations": 3000,
+        "mapping_iterations": 3000,
+        "refit_iterations": 4000,
+        "final_refit_posewait": 800,
+        "cooldown_iterations": 1000,
+        "num_data_workers": 2,
+        # Measured (README): within these short rounds the pose refiners made poses worse, not better, so on CPU
+        # poses are re-estimated by registration only.
+        "refinement": "none",
+        # What the pose refiner does in the original's long rounds, done after the loop instead (README, "Bundle
+        # adjustment"): fox 2.65 -> 0.6 deg.
+        "bundle_adjustment": True,
+    },
+}
 
 
 def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser, profile: dict[str, Any],

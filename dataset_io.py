@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.spatial.transform import Rotation
 
-from ace_util import UserError, atomic_write_text
+from ace_util import UserError, atomic_write_text, in_mapping_set, is_registered
 
 _log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def read_ace_pose_file(path: Path | str, min_confidence: float | None = None) ->
         raise UserError(f"cannot read pose file {path}: {error.strerror}") from None
     entries = [parse_pose_line(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
     if min_confidence is not None:
-        entries = [e for e in entries if e.confidence >= min_confidence]
+        entries = [e for e in entries if in_mapping_set(e.confidence, min_confidence)]
     return entries
 
 
@@ -215,7 +215,7 @@ def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
     """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
     if not entries:
         return 0.0
-    return sum(e.confidence > threshold for e in entries) / len(entries)
+    return sum(is_registered(e.confidence, threshold) for e in entries) / len(entries)
 
 
 def single_focal(entries: list[PoseEntry], where: str) -> float:
@@ -326,7 +326,7 @@ FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
 def confident_entries(pose_file: Path | str, threshold: float) -> list[PoseEntry]:
     """Pose-file entries with confidence >= threshold (the rule the mapping loader uses); none is an error."""
     entries = read_ace_pose_file(pose_file)
-    kept = [e for e in entries if e.confidence >= threshold]
+    kept = [e for e in entries if in_mapping_set(e.confidence, threshold)]
     if not kept:
         raise UserError(f"{pose_file}: none of its {len(entries)} entries has confidence >= {threshold:g} "
                         f"(lower --confidence_threshold)")

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from ace_util import OUTPUT_SUBSAMPLE, project_pinhole
 from cli_common import (UserError, add_device_arg, add_encoder_args, atomic_write, make_parser, run_main,
                         str2bool)
 
 _log = logging.getLogger("export_point_cloud")
 
-CELL = 8                                          # output stride of the network: one prediction per 8x8 cell
+CELL = OUTPUT_SUBSAMPLE                            # one prediction per 8x8 cell (ace_util)
 GRADIENT_THRESHOLDS_M = (0.1, 0.5, 1.0, np.inf)   # tried from tight to loose, see select_cells
 MAX_ERROR_PX = 1.0                                # reprojection error (network-input pixels) of a good point
 EXPORT_DEPTH_FILTER_M = 100.0
@@ -79,9 +80,9 @@ def camera_coords_and_error(coords: np.ndarray, world_to_cam: np.ndarray, focal:
     z = cam[..., 2]
     u, v = cell_centres_px(*coords.shape[:2])
     in_front = z > 0
-    safe_z = np.where(in_front, z, 1.0)
-    error = np.abs(focal * cam[..., 0] / safe_z + image_wh[0] / 2 - u) + \
-        np.abs(focal * cam[..., 1] / safe_z + image_wh[1] / 2 - v)
+    safe = np.concatenate([cam[..., :2], np.where(in_front, z, 1.0)[..., None]], axis=-1)
+    offset = project_pinhole(safe, focal, np.array(image_wh) / 2) - np.stack([u, v], axis=-1)
+    error = np.abs(offset[..., 0]) + np.abs(offset[..., 1])
     return z, np.where(in_front, error, np.inf)
 
 

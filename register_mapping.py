@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_util import progress_bar
+from ace_util import is_registered, progress_bar
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
                         configure_cpu_threads, make_parser, run_main, select_device)
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = register_images(args, device)
     out = args.network.parent / f"poses_{args.session}.txt"
     dataset_io.write_ace_pose_file(out, entries)
-    registered = sum(e.confidence > args.confidence_threshold for e in entries)
+    registered = sum(is_registered(e.confidence, args.confidence_threshold) for e in entries)
     elapsed = time.time() - start
     _log.info("%d/%d images registered with confidence > %g (%.1f images/s); wrote %s", registered, len(entries),
               args.confidence_threshold, len(entries) / max(elapsed, 1e-9), out)

@@ -34,7 +34,7 @@ def keypoints(encoder, grey: np.ndarray, device, subpixel: bool = False) -> tupl
     output cell at its centre (accurate to CELL_ACCURACY_PX only)."""
     image = encoder.normalise(torch.from_numpy(grey)[None, None].to(device))
     with torch.no_grad():
-        if hasattr(encoder, "detect"):
+        if encoder.spec.has_detector:
             positions, descriptors = encoder.detect(image, subpixel=subpixel)
         else:
             features = encoder(image)[0]
@@ -103,7 +103,7 @@ def two_view_depth(images: list[str], seed_index: int, focal: float, encoder, sh
     scaled_focal = focal * min(grey.shape) / min(width, height)
     K = np.array([[scaled_focal, 0, grey.shape[1] / 2], [0, scaled_focal, grey.shape[0] / 2], [0, 0, 1]])
     seed_features, pixels = keypoints(encoder, grey, device)
-    accuracy = KEYPOINT_ACCURACY_PX if hasattr(encoder, "detect") else CELL_ACCURACY_PX
+    accuracy = KEYPOINT_ACCURACY_PX if encoder.spec.has_detector else CELL_ACCURACY_PX
     best = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
         partner_grey, _ = dataset_io.load_network_input(images[partner], short_side)
