@@ -74,7 +74,7 @@ def build_parser():
 def extract_features(paths: list[str], short_side: int, device) -> list[ImageFeatures]:
     """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points)."""
     from ace_network import load_encoder
-    from two_view_seed import keypoints
+    from feature_matching import keypoints
     encoder = load_encoder(XFEAT_ENCODER_ID, device)
     features = []
     for path in paths:
@@ -98,7 +98,7 @@ def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: fl
 
 def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed)."""
-    from two_view_seed import mutual_matches
+    from feature_matching import mutual_matches
     ia, ib = mutual_matches(a.descriptors, b.descriptors)
     if len(ia) < MIN_PAIR_MATCHES:
         return ia[:0], ib[:0]

@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 import ace_trainer
 import dataset_io
+import feature_matching
 import two_view_seed
 from ace_network import load_encoder
 from conftest import ORBIT_FOCAL
@@ -27,9 +28,9 @@ def test_keypoints_locate_matches_to_a_pixel(orbit_scene, encoder):
     with this shift they are off by (3, 1) px for every match."""
     grey = _grey(sorted(orbit_scene.glob("images/*.png"))[0])
     shift = np.array([13.0, 7.0])  # (u, v) removed from the left and top
-    descriptors_a, pixels_a = two_view_seed.keypoints(encoder, grey, "cpu")
-    descriptors_b, pixels_b = two_view_seed.keypoints(encoder, np.ascontiguousarray(grey[7:, 13:]), "cpu")
-    ia, ib = two_view_seed.mutual_matches(descriptors_a, descriptors_b)
+    descriptors_a, pixels_a = feature_matching.keypoints(encoder, grey, "cpu")
+    descriptors_b, pixels_b = feature_matching.keypoints(encoder, np.ascontiguousarray(grey[7:, 13:]), "cpu")
+    ia, ib = feature_matching.mutual_matches(descriptors_a, descriptors_b)
     assert len(ia) > 200
     errors = np.linalg.norm(pixels_b[ib] + shift - pixels_a[ia], axis=1)
     assert np.median(errors) <= 1.5 and np.mean(errors < 2.5) > 0.8
