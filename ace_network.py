@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -222,10 +223,7 @@ def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -
 def _load_ace_encoder(path: Path) -> ACEEncoder:
     if not path.is_file():
         raise UserError(f"--encoder_path {path}: file not found (use 'xfeat' for the built-in encoder)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise UserError(f"--encoder_path {path}: not a readable torch file ({error})") from None
+    state = _load_state(path, f"--encoder_path {path}: not a readable ACE encoder file")
     if not isinstance(state, dict) or "res2_conv3.weight" not in state:
         raise UserError(f"--encoder_path {path}: not an ACE encoder state dict (no 'res2_conv3.weight')")
     encoder = ACEEncoder(out_channels=state["res2_conv3.weight"].shape[0])
@@ -308,6 +306,21 @@ def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
 
 
+def _load_state(path: Path, message: str):
+    """torch.load of a state dict (tensors only); a file that is not one is a one-line UserError that says why
+    (torch's own message names pickle opcodes)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        if not zipfile.is_zipfile(path):
+            reason = "not written by torch.save"
+        elif "weights only" in str(error).lower():
+            reason = "it holds Python objects besides tensors, which are not loaded for safety"
+        else:
+            reason = str(error).splitlines()[0]
+        raise UserError(f"{message} ({reason})") from None
+
+
 def save_head(path: str | Path, head: Head, encoder_id: str) -> None:
     """Official format: every tensor fp16; `encoder_id` only for encoders other than the official one."""
     state = {key: value.detach().half().cpu() for key, value in head.state_dict().items()}
@@ -322,10 +335,7 @@ def load_head(path: str | Path, encoder: FeatureEncoder | None = None,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"network file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path}: not a readable head file ({error})") from None
+    state = _load_state(path, f"{path}: not a readable head file")
     if not isinstance(state, dict) or "res3_conv1.weight" not in state or "fc3.weight" not in state:
         raise UserError(f"{path}: not an ACE head file (missing res3_conv1/fc3 weights)")
     state = dict(state)

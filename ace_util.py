@@ -19,6 +19,12 @@ class UserError(Exception):
     """Bad input from the user: reported as one line, without a traceback."""
 
 
+def script_command(script: str | Path, arguments=()) -> list[str]:
+    """The command line that runs one of the project's scripts (path relative to the repository root) with this
+    Python: for ace_zero.py's stages, the tests, the demo and the benchmarks."""
+    return [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec
-from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError,
+from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
+from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
                         add_render_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
                         ensure_writable_folder, make_parser, run_main, select_device, str2bool)
@@ -159,7 +159,7 @@ class RunState:
 
 def run_script(script: str, arguments: list, threads: int | None = None) -> None:
     """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
-    command = [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+    command = script_command(script, arguments)
     _log.info("running %s", " ".join(command[1:]))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(command, env=env)

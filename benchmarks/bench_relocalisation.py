@@ -20,13 +20,13 @@ sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
 from benchmarks.bench_encoder import symlinked_glob  # noqa: E402
-from ace_util import DEFAULT_ENCODER, is_registered  # noqa: E402
+from ace_util import DEFAULT_ENCODER, is_registered, script_command  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
 
 def run(script: str, *args) -> float:
     start = time.time()
-    command = [sys.executable, str(REPO / script), *[str(a) for a in args]]
+    command = script_command(script, args)
     if subprocess.run(command, cwd=REPO, stderr=subprocess.DEVNULL).returncode != 0:
         sys.exit(f"error: {script} failed; rerun it by hand to see why: {' '.join(command)}")
     return time.time() - start

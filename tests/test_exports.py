@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import export_nerfstudio
 import export_point_cloud
 import point_cloud
 from cli_common import DEFAULT_ENCODER, UserError
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FLIP = np.diag([1.0, -1.0, -1.0])
@@ -32,8 +32,7 @@ CONFIDENCES = [2000, 500, 3000, 1500]  # one image below the exporters' default 
 # Helpers and fixtures
 
 def run_script(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+    return run_cli(script, *args, check=False)
 
 
 def gt_cam_to_world(scene: Path) -> list[np.ndarray]:

@@ -77,6 +77,10 @@ def test_ace_encoder_file_round_trip(tmp_path):
         load_encoder(tmp_path / "bad.pt")
     with pytest.raises(UserError, match="missing.pt"):
         load_encoder(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a network")
+    for load in (load_encoder, load_head):
+        with pytest.raises(UserError, match=r"text.pt: not a readable .* \(not written by torch.save\)$"):
+            load(tmp_path / "text.pt")
 
 
 def test_xfeat_encoder_geometry():

@@ -20,16 +20,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ace_util import script_command
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "datasets"))
 
 FOCAL, SIZE, FRAMES = 131.25, (160, 120), 8
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def script(path: str, *args, cwd: Path, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / path), *map(str, args)], cwd=cwd, input=stdin,
+    return subprocess.run(script_command(path, args), cwd=cwd, input=stdin,
                           capture_output=True, text=True, env=env or ENV, timeout=120)
 
 
