@@ -94,8 +94,19 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                         help="short side of the network input image in pixels")
 
 
+def focal_length_flag(value: str) -> float:
+    """A focal length in pixels, or the documented -1 (heuristic); other negative values are errors."""
+    try:
+        focal = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a focal length in pixels or -1, got '{value}'") from None
+    if focal < 0 and focal != -1:
+        raise argparse.ArgumentTypeError(f"expected a focal length in pixels or -1 (heuristic), got '{value}'")
+    return focal
+
+
 def add_focal_arg(parser: argparse.ArgumentParser, default: float | None) -> None:
-    parser.add_argument("--use_external_focal_length", type=float, default=default,
+    parser.add_argument("--use_external_focal_length", type=focal_length_flag, default=default,
                         help="focal length in pixels of the original images; -1 or unset: 70%% of the diagonal")
 
 

@@ -219,3 +219,16 @@ def test_progress_bar_in_a_log_prints_few_lines(monkeypatch):
             return True
     from tqdm import tqdm
     assert isinstance(ace_util.progress_bar(total=3, file=Terminal()), tqdm)
+
+
+def test_negative_focal_other_than_minus_one_is_an_error(capsys):
+    import ace_zero
+    import register_mapping
+    import train_ace
+    for module in (train_ace, register_mapping, ace_zero):
+        parser = module.build_parser()
+        assert parser.parse_args(["a", "b", "--use_external_focal_length", "-1"]).use_external_focal_length == -1
+        assert parser.parse_args(["a", "b", "--use_external_focal_length", "525"]).use_external_focal_length == 525
+        with pytest.raises(SystemExit):
+            parser.parse_args(["a", "b", "--use_external_focal_length", "-5"])
+        assert "focal length in pixels or -1" in capsys.readouterr().err
