@@ -366,7 +366,7 @@ def seed_median_depth(args, state: RunState) -> float:
         import depth_estimation
         return dataset_io.median_valid_depth([depth_estimation.estimate_depth(
             dataset_io.load_image_rgb(images[index]))], AUTO_PRIOR_FLAG)
-    from ace_trainer import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
+    from dataset import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
     return CONSTANT_SEED_DEPTH
 
 

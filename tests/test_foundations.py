@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-import ace_trainer
+import ace_schedule
+import dataset
 import dataset_io
 from ace_network import ACEEncoder, Head, load_encoder, load_head, save_head
 from cli_common import UserError
@@ -138,7 +139,7 @@ def test_one_cycle_matches_torch():
     optimizer = torch.optim.AdamW([param], lr=0.005)
     reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.005, total_steps=500, cycle_momentum=False)
     for iteration in range(500):
-        assert ace_trainer._one_cycle(iteration, 500, 0.005) == pytest.approx(optimizer.param_groups[0]["lr"],
+        assert ace_schedule._one_cycle(iteration, 500, 0.005) == pytest.approx(optimizer.param_groups[0]["lr"],
                                                                                 rel=1e-6, abs=1e-12)
         optimizer.step()
         reference.step()
@@ -162,8 +163,8 @@ def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
     poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
     depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
-    data = ace_trainer.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
-    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
+    data = dataset.MappingData(images, poses, np.full(len(images), 525.0), depths, (640, 480))
+    view = dataset.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
     assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
     height, width = view.grey.shape
     rows, cols = np.nonzero(view.valid & (np.abs(view.scene_coords).sum(axis=0) > 0))
