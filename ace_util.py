@@ -138,7 +138,7 @@ class LogProgress:
 # ----------------------------------------------------------------------------------------------------------------
 # Network geometry and confidence
 
-OUTPUT_SUBSAMPLE = 8  # output stride of every encoder: one scene coordinate per 8x8 image cell
+OUTPUT_SUBSAMPLE = 8  # output stride of every encoder (head, RANSAC rely on it): a scene coordinate per 8x8 cell
 
 
 def project_pinhole(in_camera, focal: float, centre):
@@ -179,7 +179,6 @@ class EncoderSpec:
     (the features of the added margin are cropped away)."""
     encoder_id: str
     family: str = "xfeat"                 # xfeat (built in, offline) or ace (an official encoder file)
-    stride: int = OUTPUT_SUBSAMPLE
     normalisation: tuple[float, float] | None = None  # (mean, std) applied to the grey image in [0, 1]
     has_detector: bool = True             # sparse sub-pixel keypoints (XFeat's detector) for two-view matching
     # Seed mapping flags of ace_zero.py left unset by the user (None: the original's seed mapping). XFeat was never

@@ -170,8 +170,8 @@ def mapping_inliers(data: PosedImages, pose_paths: list[str], encoder: str, iter
     """Training inlier fraction (mean over the last fifth of the run) of train_ace.py with these fixed poses."""
     out = workdir / "map.pt"
     command = script_command("train_ace.py", [
-        symlinked_glob(workdir / "images", data.images), out, "--pose_files", symlinked_glob(workdir / "poses", pose_paths),
-        "--use_external_focal_length", data.focal, "--encoder_path", encoder, "--iterations", iterations,
+        symlinked_glob(workdir / "images", data.images), out,
+        "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length", data.focal, "--encoder_path", encoder, "--iterations", iterations,
         "--iterations_output", max(1, iterations // 20), "--device", "cpu", *extra])
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:

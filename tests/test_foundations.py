@@ -233,3 +233,15 @@ def test_negative_focal_other_than_minus_one_is_an_error(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["a", "b", "--use_external_focal_length", "-5"])
         assert "focal length in pixels or -1" in capsys.readouterr().err
+
+
+def test_confidence_rules_and_encoder_table():
+    import ace_util
+    assert not ace_util.is_registered(1000, 1000) and ace_util.is_registered(1000.5, 1000)
+    assert ace_util.in_mapping_set(1000, 1000) and not ace_util.in_mapping_set(999, 1000)
+    assert list(ace_util.is_registered(np.array([500, 1000, 1001]), 1000)) == [False, False, True]
+    assert ace_util.encoder_spec("XFeat-Reflect").conv_padding == "reflect"
+    assert ace_util.encoder_spec("some/ace_encoder_pretrained.pt") is ace_util.ACE_ENCODER
+    assert ace_util.ACE_ENCODER.seed_augmentation is None and not ace_util.ACE_ENCODER.has_detector
+    assert np.allclose(ace_util.project_pinhole(np.array([[1.0, -2.0, 4.0]]), 100.0, np.array([50.0, 40.0])),
+                       [[75.0, -10.0]])
