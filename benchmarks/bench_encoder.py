@@ -171,8 +171,9 @@ def mapping_inliers(data: PosedImages, pose_paths: list[str], encoder: str, iter
     out = workdir / "map.pt"
     command = script_command("train_ace.py", [
         symlinked_glob(workdir / "images", data.images), out,
-        "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length", data.focal, "--encoder_path", encoder, "--iterations", iterations,
-        "--iterations_output", max(1, iterations // 20), "--device", "cpu", *extra])
+        "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length", data.focal,
+        "--encoder_path", encoder, "--iterations", iterations, "--iterations_output", max(1, iterations // 20),
+        "--device", "cpu", *extra])
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: train_ace.py failed on {data.name}: {result.stderr.strip().splitlines()[-1]}")
