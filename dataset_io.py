@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.spatial.transform import Rotation
 
 from ace_util import UserError, atomic_write_text, in_mapping_set, is_registered
 
@@ -147,17 +146,20 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
 
 def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
     """3 x 3 rotation by `angle` radians about `axis` (any length but zero)."""
+    from scipy.spatial.transform import Rotation  # scipy.spatial takes 0.3-0.5 s: only when used (fast --help)
     axis = np.asarray(axis, np.float64)
     return Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-12) * angle).as_matrix()
 
 
 def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
+    from scipy.spatial.transform import Rotation
     x, y, z, w = Rotation.from_matrix(world_to_cam[:3, :3]).as_quat()
     return np.array([w, x, y, z]), world_to_cam[:3, 3].copy()
 
 
 def quat_t_to_pose(quat_wxyz: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
     w, x, y, z = quat_wxyz
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
