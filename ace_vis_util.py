@@ -138,11 +138,11 @@ def import_pyrender() -> Any:
     try:
         import pyrender
     except Exception as exc:  # platform libraries raise assorted types
-        raise RenderingUnavailable(_platform_hint(exc)) from exc
+        raise RenderingUnavailable(platform_hint(exc)) from exc
     return pyrender
 
 
-def _platform_hint(exc: BaseException) -> str:
+def platform_hint(exc: BaseException) -> str:
     platform = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
     return (f"cannot set up headless OpenGL rendering ({type(exc).__name__}: {exc}); "
             f"PYOPENGL_PLATFORM={platform}: install Mesa EGL (libegl1) and use "

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-# Facts shared with the library live in ace_util (torch-free); the scripts take them from here too.
+# Facts shared with the library live in ace_util (torch-free); the scripts take some of them from here too.
 from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
                       GAUGE_CHOICES, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
-                      PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError,
-                      atomic_torch_save, atomic_write, atomic_write_text)
+                      PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write,
+                      atomic_write_text)
 
 _log = logging.getLogger(__name__)
 

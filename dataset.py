@@ -4,7 +4,6 @@ targets that depth gives)."""
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 

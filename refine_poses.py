@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ace_util import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES  # noqa: F401
+from ace_util import GAUGE_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 
 def gram_schmidt(matrices: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: the shared modules are at the root
-from ace_vis_util import Quad, RenderingUnavailable, import_pyrender, textured_primitive  # noqa: E402,F401
+from ace_vis_util import (Quad, RenderingUnavailable, import_pyrender, platform_hint,  # noqa: E402,F401
+                          textured_primitive)
 from dataset_io import FLIP_YZ  # noqa: E402
 
 ROOM_MIN = np.array([-3.0, -2.5, 0.0])
@@ -304,7 +305,7 @@ class SceneRenderer:
             self._renderer = pyrender.OffscreenRenderer(width, height)
         except Exception as exc:
             scene.remove_node(self._camera_node)
-            raise RenderingUnavailable(_platform_hint(exc)) from exc
+            raise RenderingUnavailable(platform_hint(exc)) from exc
 
     def render(self, cam_to_world_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 HxWx3 and z-depth float32 HxW in metres (0 = nothing hit)."""
