@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 
 # Fixtures that train a head or run ACE0: every test using one (directly or through another fixture) is slow.
+# Tests that run ACE0, training or the bundle adjustment themselves carry @pytest.mark.slow.
 SLOW_FIXTURES = {"orbit_head", "small_ace_map", "reconstruction", "ace0_folder", "seed_head"}
 
 

@@ -145,6 +145,7 @@ SCRATCH_MAX_ROT_DEG = 1.0
 SCRATCH_MAX_TRANS_M = 0.02
 
 
+@pytest.mark.slow
 def test_reconstruction_from_scratch(orbit_scene, tmp_path):
     """The whole ACE0 loop from nothing but images (seed depth from the renderer, standing in for a depth
     network): every view registered, and after a similarity alignment the poses match the renderer's."""

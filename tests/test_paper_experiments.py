@@ -595,6 +595,7 @@ def test_script_help():
     assert "Sparse COLMAP + ACE0" in result.stdout and "RENDER_VISUALIZATION" in result.stdout
 
 
+@pytest.mark.slow
 def test_reconstruct_7scenes_warmstart_real(seven_scenes, tmp_path):
     """The KF+ACE0 script with the real train_ace.py and register_mapping.py (a few iterations): the refined
     focal length travels through poses_iteration0_preliminary.txt, and the table is printed."""
