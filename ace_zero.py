@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_network import XFEAT_VARIANTS
-from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError,
-                        add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile,
-                        atomic_write_text, check_prior_flags, ensure_writable_folder, make_parser, run_main,
-                        select_device, str2bool)
-from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
+from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError,
+                        add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
+                        add_render_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
+                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("ace_zero")
 
@@ -32,31 +31,7 @@ SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
 
-# The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
-# Seed augmentation with the XFeat encoder, which (unlike the ACE encoder) was never trained for scene coordinate
-# regression: a head mapped from one view generalises to other views only when it has seen the seed shifted,
-# re-rendered from nearby viewpoints and in many views (README, "Seeds with the XFeat encoder"). Measured on the
-# demo orbit (seed with true depth, 3000 iterations), registration error of the views 6-42 deg from the seed:
-# 0.6-9.5 deg with all three, 1.8-42 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
-# were worse. The ACE encoder keeps the original's seed mapping.
-XFEAT_SEED_AUGMENTATION = {"seed_aug_shift": 0.25, "seed_aug_viewpoint": 10.0, "seed_dataset_passes": 100}
-
-CPU_PROFILE = {
-    "try_seeds": 3,
-    "seed_parallel_workers": 1,
-    "seed_iterations": 3000,
-    "mapping_iterations": 3000,
-    "refit_iterations": 4000,
-    "final_refit_posewait": 800,
-    "cooldown_iterations": 1000,
-    "num_data_workers": 2,
-    # Measured (README): within these short rounds the pose refiners made poses worse, not better, so on CPU
-    # poses are re-estimated by registration only.
-    "refinement": "none",
-    # What the pose refiner does in the original's long rounds, done after the loop instead (README, "Bundle
-    # adjustment"): fox 2.65 -> 0.6 deg.
-    "bundle_adjustment": True,
-}
+CPU_PROFILE = CPU_PROFILES["ace_zero.py"]
 
 
 def build_parser():
@@ -123,20 +98,11 @@ def build_parser():
                        help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
                             "geometry with a partner image; constant is the last resort")
     mapping = parser.add_argument_group("mapping")
-    mapping.add_argument("--refinement", type=str, default="mlp", choices=POSE_REFINEMENT_CHOICES,
-                         help="pose refinement strategy")
-    mapping.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
-                         help="rotation re-orthonormalisation")
-    mapping.add_argument("--pose_refinement_wait", type=int, default=0, help="poses frozen this long")
-    mapping.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
-    mapping.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
-                         help="new: 'centres' holds the refined cameras' centroid and spread (train_ace.py)")
-    mapping.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
-                         help="new: 'rotation' = rigid per-camera updates instead of the original's additive ones")
+    add_pose_refiner_args(mapping, "--refinement", "mlp", "poses frozen this long in normal rounds")
     mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
     add_focal_arg(mapping, default=-1)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
-                         choices=("circle", "constant", "1cyclepoly"), help="schedule of normal rounds")
+                         choices=LR_SCHEDULES, help="schedule of normal rounds")
     mapping.add_argument("--learning_rate_max", type=float, default=0.003, help="highest LR of normal rounds")
     mapping.add_argument("--cooldown_iterations", type=int, default=5000, help="LR cooldown after early stop")
     mapping.add_argument("--cooldown_threshold", type=float, default=0.7,
@@ -145,7 +111,7 @@ def build_parser():
     mapping.add_argument("--head_width", type=int, default=None, help="head channels (train_ace default if unset)")
     mapping.add_argument("--max_dataset_passes", type=int, default=10, help="most passes when filling the buffer")
     mapping.add_argument("--repro_loss_type", type=str, default="tanh",
-                         choices=("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh"), help="loss of normal rounds")
+                         choices=LOSS_TYPES, help="loss of normal rounds")
     mapping.add_argument("--repro_loss_hard_clamp", type=int, default=1000, help="px")
     mapping.add_argument("--repro_loss_soft_clamp", type=int, default=50, help="px")
     mapping.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
@@ -158,13 +124,8 @@ def build_parser():
     out = parser.add_argument_group("outputs")
     out.add_argument("--export_point_cloud", type=str2bool, default=False, help="write pc_final.ply at the end")
     out.add_argument("--dense_point_cloud", type=str2bool, default=False, help="unfiltered point cloud")
-    out.add_argument("--render_visualization", type=str2bool, default=False, help="render a video of the process")
-    out.add_argument("--render_depth_hist", type=str2bool, default=False,
-                     help="histogram of the predicted depths in the mapping frames")
-    out.add_argument("--render_flipped_portrait", type=str2bool, default=False, help="rotated portrait images")
-    out.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
-    out.add_argument("--render_camera_z_offset", type=float, default=4,
-                     help="observer camera distance behind the cameras it follows (scene units)")
+    add_render_args(out, "render a video of the process (frames in results_folder/renderings)", target_path=False,
+                    depth_hist=True)
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
     return parser
 
@@ -205,7 +166,7 @@ class RunState:
 
 def run_script(script: str, arguments: list, threads: int | None = None) -> None:
     """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
-    command = [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+    command = script_command(script, arguments)
     _log.info("running %s", " ".join(command[1:]))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(command, env=env)
@@ -412,7 +373,7 @@ def seed_median_depth(args, state: RunState) -> float:
         import depth_estimation
         return dataset_io.median_valid_depth([depth_estimation.estimate_depth(
             dataset_io.load_image_rgb(images[index]))], AUTO_PRIOR_FLAG)
-    from ace_trainer import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
+    from dataset import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
     return CONSTANT_SEED_DEPTH
 
 
@@ -506,10 +467,11 @@ def validate(args) -> float:
 
 
 def set_seed_augmentation(args) -> None:
-    """Fill the seed augmentation flags left unset: the XFeat profile, or the original's seed mapping."""
-    xfeat = str(args.encoder_path).lower() in XFEAT_VARIANTS
+    """Fill the seed augmentation flags left unset: the encoder's seed policy (ace_util.EncoderSpec), or the
+    original's seed mapping."""
+    policy = encoder_spec(args.encoder_path).seed_augmentation
     original = {"seed_aug_shift": 0.0, "seed_aug_viewpoint": 0.0, "seed_dataset_passes": args.max_dataset_passes}
-    for flag, value in (XFEAT_SEED_AUGMENTATION if xfeat else original).items():
+    for flag, value in (policy or original).items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     _log.info("seed augmentation: shift %.2f, viewpoints up to %.0f deg, %d views", args.seed_aug_shift,
@@ -528,10 +490,10 @@ def summary(args, last: str, elapsed: float, state: RunState) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    initial_focal = validate(args)  # before the device: bad input is reported without importing torch
     device = select_device(args.device)
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
-    initial_focal = validate(args)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files)
     if state.finished and (args.results_folder / "poses_final.txt").exists():

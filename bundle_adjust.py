@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
+from ace_util import XFEAT_ENCODER_ID, in_mapping_set, progress_bar, project_pinhole
 from cli_common import UserError, add_device_arg, make_parser, run_main, select_device, str2bool
 
 _log = logging.getLogger("bundle_adjust")
@@ -73,8 +74,8 @@ def build_parser():
 def extract_features(paths: list[str], short_side: int, device) -> list[ImageFeatures]:
     """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points)."""
     from ace_network import load_encoder
-    from two_view_seed import keypoints
-    encoder = load_encoder("xfeat", device)
+    from feature_matching import keypoints
+    encoder = load_encoder(XFEAT_ENCODER_ID, device)
     features = []
     for path in paths:
         grey, (width, height) = dataset_io.load_network_input(path, short_side)
@@ -97,7 +98,7 @@ def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: fl
 
 def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed)."""
-    from two_view_seed import mutual_matches
+    from feature_matching import mutual_matches
     ia, ib = mutual_matches(a.descriptors, b.descriptors)
     if len(ia) < MIN_PAIR_MATCHES:
         return ia[:0], ib[:0]
@@ -178,12 +179,7 @@ def project(rotvecs: np.ndarray, translations: np.ndarray, points: np.ndarray, f
     """Pixels of points (one per observation) in cameras given as world-to-camera rotation vectors and
     translations; also the camera-space points."""
     in_camera = Rotation.from_rotvec(rotvecs).apply(points) + translations
-    return to_pixels(in_camera, focal, centre), in_camera
-
-
-def to_pixels(in_camera: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
-    """Pinhole projection of camera-space points (principal point `centre`, as ACE0 assumes)."""
-    return focal * in_camera[:, :2] / in_camera[:, 2:] + centre
+    return project_pinhole(in_camera, focal, centre), in_camera
 
 
 class Problem:
@@ -416,7 +412,7 @@ def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndar
     """Reprojection error of every observation (NaN where its point is NaN)."""
     rotation = world_to_cam[tracks.camera, :3, :3]
     in_camera = np.einsum("mij,mj->mi", rotation, points[tracks.point]) + world_to_cam[tracks.camera, :3, 3]
-    return np.linalg.norm(to_pixels(in_camera, focal, centre) - tracks.pixels, axis=1)
+    return np.linalg.norm(project_pinhole(in_camera, focal, centre) - tracks.pixels, axis=1)
 
 
 def reseat_cameras(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
@@ -459,9 +455,8 @@ def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.nd
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
                  ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
     matches = {}
-    for i, j in tqdm(pairs, desc="matching image pairs", leave=False):
+    for i, j in progress_bar(pairs, desc="matching image pairs", leave=False):
         ia, ib = verified_matches(features[i], features[j], accuracy_px)
         if len(ia):
             matches[(i, j)] = (ia, ib)
@@ -470,7 +465,7 @@ def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], ac
 
 def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], dict]:
     """Adjusted copies of the entries (confident ones move; every entry gets the new shared focal length)."""
-    used = [k for k, e in enumerate(entries) if e.confidence >= args.confidence_threshold]
+    used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, args.confidence_threshold)]
     if len(used) < 2:
         raise UserError(f"{args.input_poses}: {len(used)} image(s) with confidence >= {args.confidence_threshold:g}; "
                         f"bundle adjustment needs 2")

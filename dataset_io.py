@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.spatial.transform import Rotation
 
-from cli_common import UserError, atomic_write_text
+from ace_util import UserError, atomic_write_text, in_mapping_set, is_registered
 
 _log = logging.getLogger(__name__)
 
@@ -147,17 +146,20 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
 
 def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
     """3 x 3 rotation by `angle` radians about `axis` (any length but zero)."""
+    from scipy.spatial.transform import Rotation  # scipy.spatial takes 0.3-0.5 s: only when used (fast --help)
     axis = np.asarray(axis, np.float64)
     return Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-12) * angle).as_matrix()
 
 
 def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
+    from scipy.spatial.transform import Rotation
     x, y, z, w = Rotation.from_matrix(world_to_cam[:3, :3]).as_quat()
     return np.array([w, x, y, z]), world_to_cam[:3, 3].copy()
 
 
 def quat_t_to_pose(quat_wxyz: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
     w, x, y, z = quat_wxyz
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
@@ -212,7 +214,7 @@ def read_ace_pose_file(path: Path | str, min_confidence: float | None = None) ->
         raise UserError(f"cannot read pose file {path}: {error.strerror}") from None
     entries = [parse_pose_line(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
     if min_confidence is not None:
-        entries = [e for e in entries if e.confidence >= min_confidence]
+        entries = [e for e in entries if in_mapping_set(e.confidence, min_confidence)]
     return entries
 
 
@@ -220,7 +222,7 @@ def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
     """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
     if not entries:
         return 0.0
-    return sum(e.confidence > threshold for e in entries) / len(entries)
+    return sum(is_registered(e.confidence, threshold) for e in entries) / len(entries)
 
 
 def single_focal(entries: list[PoseEntry], where: str) -> float:
@@ -292,16 +294,6 @@ def median_depth_of_files(paths: list[str], flag: str) -> float:
     return median_valid_depth([load_depth_png(f) for f in paths[::step]], flag)
 
 
-def save_depth_png(path: str, depth_m: np.ndarray) -> None:
-    import cv2
-    millimetres = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    ok, data = cv2.imencode(".png", millimetres)
-    if not ok:
-        raise UserError(f"cannot encode depth map {path}")
-    from cli_common import atomic_write
-    atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
-
-
 @dataclass
 class Calibration:
     fx: float
@@ -341,7 +333,7 @@ FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
 def confident_entries(pose_file: Path | str, threshold: float) -> list[PoseEntry]:
     """Pose-file entries with confidence >= threshold (the rule the mapping loader uses); none is an error."""
     entries = read_ace_pose_file(pose_file)
-    kept = [e for e in entries if e.confidence >= threshold]
+    kept = [e for e in entries if in_mapping_set(e.confidence, threshold)]
     if not kept:
         raise UserError(f"{pose_file}: none of its {len(entries)} entries has confidence >= {threshold:g} "
                         f"(lower --confidence_threshold)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from ace_util import is_registered, progress_bar
 from cli_common import (UserError, add_device_arg, add_encoder_args, add_focal_arg, add_render_args,
                         configure_cpu_threads, make_parser, run_main, select_device)
 
@@ -50,6 +51,7 @@ def add_ransac_args(parser) -> None:
 
 
 def validate(args) -> None:
+    dataset_io.glob_files(args.rgb_files)
     if args.hypotheses < 1 or args.hypotheses_max_tries < 1:
         raise UserError("--hypotheses and --hypotheses_max_tries must be positive")
     if args.threshold <= 0:
@@ -91,9 +93,8 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
         return index, dataset_io.load_network_input(images[index], args.image_resolution)[0]
 
     entries = []
-    from tqdm import tqdm
     with ThreadPoolExecutor(max_workers=max(1, min(args.num_data_workers, 4))) as pool, \
-            torch.no_grad(), tqdm(total=len(order), desc="Registering", unit="img", leave=False) as progress:
+            torch.no_grad(), progress_bar(total=len(order), desc="Registering", unit="img", leave=False) as progress:
         for count, (index, grey) in enumerate(pool.map(load, order)):
             coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
             scaled_focal = focal * min(grey.shape) / min(width, height)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = register_images(args, device)
     out = args.network.parent / f"poses_{args.session}.txt"
     dataset_io.write_ace_pose_file(out, entries)
-    registered = sum(e.confidence > args.confidence_threshold for e in entries)
+    registered = sum(is_registered(e.confidence, args.confidence_threshold) for e in entries)
     elapsed = time.time() - start
     _log.info("%d/%d images registered with confidence > %g (%.1f images/s); wrote %s", registered, len(entries),
               args.confidence_threshold, len(entries) / max(elapsed, 1e-9), out)

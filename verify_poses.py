@@ -85,7 +85,7 @@ def build_parser():
 def candidate_partners(features: list, per_image: int) -> list[tuple[int, int]]:
     """For each image the images sharing the most mutual descriptor matches (poses are not used)."""
     import torch
-    from two_view_seed import mutual_matches
+    from feature_matching import mutual_matches
     subsets = [f.descriptors[:CANDIDATE_DESCRIPTORS] for f in features]
     counts = np.zeros((len(features), len(features)))
     with torch.no_grad():

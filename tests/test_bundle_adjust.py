@@ -60,6 +60,7 @@ def _errors(pose_file, scene) -> dict:
     return evaluate(entries, gt, thresh_t=0.05, thresh_r=1.0)
 
 
+@pytest.mark.slow
 def test_adjustment_recovers_poses_and_focal(orbit_scene, tmp_path):
     """3 deg / 5 cm pose noise and a focal length 4 % off (cameras ~2 m from the scene). Measured: 0.39 deg /
     2 mm median and 520.9 px (true 525; with the true focal length held fixed, 0.14 deg)."""
@@ -98,6 +99,7 @@ def test_far_off_camera_is_reseated():
     np.testing.assert_allclose(result[2], world_to_cam[2], atol=0.01)
 
 
+@pytest.mark.slow
 def test_unconfident_images_are_copied(orbit_scene, tmp_path):
     """Images below the confidence threshold keep their pose (but share the adjusted focal length)."""
     noisy, adjusted = tmp_path / "noisy.txt", tmp_path / "adjusted.txt"

@@ -70,6 +70,7 @@ def _gt_pose_file(scene, path, wrong: set[int]):
     return entries
 
 
+@pytest.mark.slow  # the verification's bundle adjustment
 def test_wrong_images_fall_below_the_threshold(orbit_scene, tmp_path):
     """On the rendered orbit, images with a wrong rotation lose their confidence; the true ones keep theirs."""
     wrong = {3, 9}
@@ -90,6 +91,7 @@ def test_bad_flags_are_clear_errors(tmp_path):
     assert missing.returncode == 2 and "in.txt" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow  # renders 32 views and matches them all
 def test_folded_ring_keeps_one_side_only(tmp_path):
     """A weakly textured object on a full camera ring, reconstructed folded onto itself as ACE0 does with a focal
     length far off (measured: the far side of the ring laid over the near side, 48/48 'registered', median
