@@ -23,7 +23,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.synthetic_scene import (Quad, RenderingUnavailable, SceneRenderer, _prepare_output, _write_atomic,
-                                      box_faces, import_pyrender, intrinsics, look_rotation, textured_primitive,
+                                      box_faces, import_pyrender, look_rotation, textured_primitive, write_calibration,
                                       write_frame)
 
 RING_FOCAL_AT_640 = 3300.0   # telephoto: horizontal field of view 11 deg at 640 px
@@ -131,8 +131,7 @@ def render_object_ring(out_dir: Path, num_images: int = 48, width: int = 640, he
         for i, pose in enumerate(poses):
             rgb, depth = renderer.render(pose)
             write_frame(out_dir, f"frame_{i:05d}", rgb, pose, depth if with_depth else None)
-    fx, fy, cx, cy = intrinsics(width, height, focal)
-    _write_atomic(out_dir / "calibration.txt", f"{fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f} {width} {height}\n".encode())
+    write_calibration(out_dir, width, height, focal)
     _write_atomic(out_dir / "README.md", README_TEXT.format(seed=seed, contrast=contrast, num_images=num_images,
                                                             focal=focal, width=width, height=height).encode())
     return out_dir

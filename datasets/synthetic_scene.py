@@ -365,6 +365,12 @@ def write_frame(out_dir: Path, stem: str, rgb: np.ndarray, pose: np.ndarray,
         _write_atomic(out_dir / "depth" / f"{stem}.depth.png", _png_bytes(depth_to_millimetres(depth_m)))
 
 
+def write_calibration(out_dir: Path, width: int, height: int, focal: float) -> None:
+    """calibration.txt: `fx fy cx cy width height`, the principal point at the image centre."""
+    fx, fy, cx, cy = intrinsics(width, height, focal)
+    _write_atomic(out_dir / "calibration.txt", f"{fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f} {width} {height}\n".encode())
+
+
 def _pose_text(pose: np.ndarray) -> str:
     buf = io.StringIO()
     np.savetxt(buf, pose, fmt="%.9f")
@@ -436,8 +442,7 @@ def render_scene(out_dir: Path, num_images: int = 24, width: int = 640, height: 
     with SceneRenderer(scene, width, height, focal) as renderer:
         for i, rgb, depth in _frames(renderer, poses, progress):
             write_frame(out_dir, f"frame_{i:05d}", rgb, poses[i], depth if with_depth else None)
-    fx, fy, cx, cy = intrinsics(width, height, focal)
-    _write_atomic(out_dir / "calibration.txt", f"{fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f} {width} {height}\n".encode())
+    write_calibration(out_dir, width, height, focal)
     _write_atomic(out_dir / "README.md", README_TEXT.format(seed=seed, width=width, height=height).encode())
     return out_dir
 
