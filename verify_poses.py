@@ -192,7 +192,7 @@ def verify(entries: list[dataset_io.PoseEntry], features: list, size: tuple[int,
                                        features[i].pixels[ia], features[j].pixels[ib], tolerance * diagonal)
         checks.append(PairCheck(i, j, len(ia), agreement))
     strong = strong_pairs(len(entries), checks)
-    component = largest_consistent_part(len(entries), checks, strong, min_agreement)
+    component = largest_consistent_part(len(entries), checks, strong, by_pose, min_agreement)
     witnessed = [c for c in checks if c.matches >= MIN_VERIFIED_MATCHES]
     contradicted = {i for c, s in zip(checks, strong) if s and c.agreement < min_agreement for i in (c.first, c.second)}
     verdicts = [verdict(k, e, bool(checked[k]), witnessed, threshold, min_agreement, component, contradicted)
@@ -213,20 +213,38 @@ def strong_pairs(count: int, checks: list[PairCheck]) -> list[bool]:
             for c in checks]
 
 
-def largest_consistent_part(count: int, checks: list[PairCheck], strong: list[bool],
+def largest_consistent_part(count: int, checks: list[PairCheck], strong: list[bool], by_pose: set[tuple[int, int]],
                             min_agreement: float) -> np.ndarray:
-    """Mask of the largest set of images linked by strong pairs whose matches the reconstruction explains. Where a
-    reconstruction folds onto itself the strong pair across the fold disagrees, so the chain breaks there."""
-    import scipy.sparse
+    """Mask of the largest consistent part of the reconstruction. Parts first: images linked by strong pairs whose
+    matches the reconstruction explains. Then two parts join when the other pairs between them agree more often
+    than the evidence contradicts them (a pair whose matches the reconstruction does not explain, or cameras it puts
+    side by side that share no matches). Where a ring folds onto itself the strong pair across the fold disagrees,
+    and the sides laid over each other share look-alike matches but, more often, nothing."""
     from scipy.sparse.csgraph import connected_components
+    import scipy.sparse
     linked = [(c.first, c.second) for c, s in zip(checks, strong) if s and c.agreement >= min_agreement]
     part = np.zeros(count, bool)
     if not linked:
         return part
     rows, cols = np.array(linked).T
-    graph = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(count, count))
-    _, labels = connected_components(graph, directed=False)
     part[rows] = part[cols] = True
+    _, labels = connected_components(scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)),
+                                                             shape=(count, count)), directed=False)
+    witnessed = [c.matches >= MIN_VERIFIED_MATCHES for c in checks]
+    while True:
+        votes: dict[tuple[int, int], int] = {}
+        for c, seen in zip(checks, witnessed):
+            a, b = labels[c.first], labels[c.second]
+            if a == b or not (part[c.first] and part[c.second]):
+                continue
+            if seen or (c.first, c.second) in by_pose:
+                key = (min(a, b), max(a, b))
+                votes[key] = votes.get(key, 0) + (1 if seen and c.agreement >= min_agreement else -1)
+        joins = [key for key, vote in votes.items() if vote > 0]
+        if not joins:
+            break
+        a, b = max(joins, key=lambda key: votes[key])
+        labels[labels == b] = a
     return part & (labels == np.argmax(np.bincount(labels[part])))
 
 
