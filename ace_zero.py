@@ -521,18 +521,26 @@ def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered
     (which checks a bundle-adjusted copy unless the poses are adjusted already)."""
     verified = source.with_name(source.stem + "_verified.txt")
-    if verified.exists() and verified.stat().st_mtime >= source.stat().st_mtime:
-        _log.info("using the verification in %s", verified)
-        return verified
+    # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
+    return final_stage("verify_poses.py", source, verified, [
+        "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device,
+        "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
+        "verification", "poses_final.txt holds unverified confidences")
+
+
+def final_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:
+    """`script source target *arguments` after the loop: `target`, reused when a rerun finds it newer than
+    `source`, or `source` itself (with a warning) when the stage fails: the reconstruction is done, and a last
+    polish or check must not end the run."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        _log.info("using the %s in %s", what, target)
+        return target
     try:
-        run_script("verify_poses.py", [source, verified, "--report", args.results_folder / VERIFICATION_REPORT,
-                                       "--device", args.device, "--confidence_threshold",
-                                       args.registration_confidence, "--adjust", not adjusted])
+        run_script(script, [source, target, *arguments])
     except UserError as error:
-        # Keep the reconstruction; say plainly that its confidences are unchecked.
-        _log.warning("%s; poses_final.txt holds unverified confidences", error)
+        _log.warning("%s; %s", error, fallback_note)
         return source
-    return verified
+    return target
 
 
 def report_verification(args) -> None:
@@ -559,19 +567,10 @@ def adjust_final_poses(args, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
-    adjusted = args.results_folder / f"poses_{last}_adjusted.txt"
-    if adjusted.exists() and adjusted.stat().st_mtime >= registered.stat().st_mtime:
-        _log.info("using the bundle adjustment in %s", adjusted)
-        return adjusted
-    try:
-        run_script("bundle_adjust.py", [registered, adjusted, "--device", args.device,
-                                        "--confidence_threshold", args.registration_confidence,
-                                        "--refine_focal", args.refine_calibration])
-    except UserError as error:
-        # The reconstruction itself is done: keep it rather than end the run on its last polish.
-        _log.warning("%s; poses_final.txt is the unadjusted %s", error, registered.name)
-        return registered
-    return adjusted
+    return final_stage("bundle_adjust.py", registered, args.results_folder / f"poses_{last}_adjusted.txt", [
+        "--device", args.device, "--confidence_threshold", args.registration_confidence,
+        "--refine_focal", args.refine_calibration],
+        "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}")
 
 
 def render_video(args) -> None:

@@ -463,8 +463,10 @@ def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], ac
     return matches
 
 
-def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], dict]:
-    """Adjusted copies of the entries (confident ones move; every entry gets the new shared focal length)."""
+def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device, features_of: list | None = None
+                  ) -> tuple[list[dataset_io.PoseEntry], dict]:
+    """Adjusted copies of the entries (confident ones move; every entry gets the new shared focal length).
+    `features_of`: extract_features of every entry's image at args.image_resolution, when the caller has them."""
     used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, args.confidence_threshold)]
     if len(used) < 2:
         raise UserError(f"{args.input_poses}: {len(used)} image(s) with confidence >= {args.confidence_threshold:g}; "
@@ -476,7 +478,8 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
     width, height = dataset_io.common_image_size(paths)
     focal = dataset_io.single_focal(entries, str(args.input_poses))
     world_to_cam = np.stack([entries[k].world_to_cam for k in used])
-    features = extract_features(paths, args.image_resolution, device)
+    features = [features_of[k] for k in used] if features_of is not None else \
+        extract_features(paths, args.image_resolution, device)
     accuracy = KEYPOINT_ACCURACY_PX * min(width, height) / args.image_resolution
     pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), args.neighbours,
                             args.max_view_angle)

@@ -290,15 +290,16 @@ def write_report(path: Path, verdicts: list[ImageVerdict], checks: list[PairChec
                                         "pairs": [asdict(c) for c in checks]}, indent=1))
 
 
-def adjusted_copy(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], np.ndarray]:
+def adjusted_copy(entries: list[dataset_io.PoseEntry], features: list, args, device
+                  ) -> tuple[list[dataset_io.PoseEntry], np.ndarray]:
     """A bundle-adjusted copy of the confident poses (self-consistent to about a pixel, so that the check can be
-    tight) and how far each rotation moved (deg)."""
+    tight) and how far each rotation moved (deg). `features`: those of every entry, shared with the check."""
     import bundle_adjust
     options = bundle_adjust.build_parser().parse_args([str(args.input_poses), str(args.output_poses)])
     options.confidence_threshold = args.confidence_threshold
     options.image_resolution = args.image_resolution
     try:
-        adjusted, _ = bundle_adjust.bundle_adjust(entries, options, device)
+        adjusted, _ = bundle_adjust.bundle_adjust(entries, options, device, features)
     except UserError as error:
         _log.warning("%s: checking the poses as they are", error)
         return entries, np.zeros(len(entries))
@@ -338,9 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     size = dataset_io.common_image_size(paths)
     device = select_device(args.device)
     from bundle_adjust import extract_features
-    checked, moved = adjusted_copy(entries, args, device) if args.adjust else (entries, np.zeros(len(entries)))
     _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
     features = extract_features(paths, args.image_resolution, device)
+    checked, moved = adjusted_copy(entries, features, args, device) if args.adjust else \
+        (entries, np.zeros(len(entries)))
     verdicts, checks, statistics = verify(checked, features, size, args.confidence_threshold, args.min_agreement,
                                           args.pairs_per_image, args.tolerance)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
