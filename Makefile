@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DSAC_SOURCES := $(wildcard dsacstar/*.cpp dsacstar/*.h dsacstar/*.hpp) dsacstar/setup.py
 
-.PHONY: venv test demo clean benchmark
+.PHONY: venv test test-fast demo clean benchmark
 
 venv: $(VENV)/.deps $(VENV)/.dsacstar
 
@@ -22,6 +22,10 @@ $(VENV)/.dsacstar: $(VENV)/.deps $(DSAC_SOURCES)
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The unit tests without the slow ones (training, rendering, end-to-end runs): at most 2 minutes.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: venv
 	$(PY) scripts/run_demo.py

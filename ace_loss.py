@@ -10,11 +10,9 @@ from pathlib import Path
 
 import torch
 
-from cli_common import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
-                        PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
+from ace_util import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
+                      PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
 
-
-DEPTH_PRIORS = ("laplace_nll", "laplace_wd")  # priors with a fixed location, not using measured depth
 
 DEPTH_SUPERVISION_RADIUS = 0.1  # dsac*: predictions farther than this (scene units) from a depth target are invalid
 TARGET_PRESENT_L1 = 1e-5        # a depth target exists when its L1 norm exceeds this (0 = no target)
@@ -190,10 +188,10 @@ def load_diffusion_regulariser(path: Path | None, device) -> DiffusionRegularise
         model.eval()
         return DiffusionRegulariser(model, getattr(model, "centroid", DIFFUSION_CENTROID),
                                     getattr(model, "scale", DIFFUSION_SCALE))
-    return _load_scr_priors_checkpoint(path, device)
+    return _load_scr_priors_checkpoint(path)
 
 
-def _load_scr_priors_checkpoint(path: Path, device) -> DiffusionRegulariser:
+def _load_scr_priors_checkpoint(path: Path) -> DiffusionRegulariser:
     """State dict (bare or under 'state_dict') of the scr-priors PVCNN2 model; its architecture is not part of
     this project, so that package must be on the Python path."""
     try:

@@ -15,18 +15,16 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli_common import UserError, atomic_torch_save
+from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID,  # noqa: F401 (re-exported)
+                      XFEAT_VARIANTS, EncoderSpec, UserError, atomic_torch_save, encoder_spec)
 
-OUTPUT_SUBSAMPLE = 8
-ACE_ENCODER_ID = "ace"
-XFEAT_ENCODER_ID = "xfeat"
 ENCODER_ID_KEY = "encoder_id"
 
 
@@ -34,12 +32,17 @@ ENCODER_ID_KEY = "encoder_id"
 # Encoders
 
 class FeatureEncoder(nn.Module):
-    """Grey image in [0, 1] (B x 1 x H x W) -> dense features at stride 8."""
+    """Grey image in [0, 1] (B x 1 x H x W) -> dense features at stride 8; `spec` is its row of the encoder table
+    (ace_util.EncoderSpec: normalisation, detector, seed policy)."""
+    spec: EncoderSpec
     encoder_id: str
     feature_dim: int
 
     def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
-        return grey01
+        if self.spec.normalisation is None:
+            return grey01
+        mean, std = self.spec.normalisation
+        return (grey01 - mean) / std
 
     @staticmethod
     def output_size(height: int, width: int) -> tuple[int, int]:
@@ -48,7 +51,8 @@ class FeatureEncoder(nn.Module):
 
 class ACEEncoder(FeatureEncoder):
     """The official ACE encoder architecture (5.57 M parameters, receptive field 81 px)."""
-    encoder_id = ACE_ENCODER_ID
+    spec = ACE_ENCODER
+    encoder_id = ACE_ENCODER.encoder_id
 
     def __init__(self, out_channels: int = 512):
         super().__init__()
@@ -64,9 +68,6 @@ class ACEEncoder(FeatureEncoder):
         self.res2_conv2 = nn.Conv2d(out_channels, out_channels, 1, 1, 0)
         self.res2_conv3 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.res2_skip = nn.Conv2d(256, out_channels, 1, 1, 0)
-
-    def normalise(self, grey01: torch.Tensor) -> torch.Tensor:
-        return (grey01 - 0.4) / 0.25
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -99,34 +100,6 @@ def _load_xfeat_model_class():
     return module.XFeatModel
 
 
-@dataclass(frozen=True)
-class XFeatVariant:
-    """How XFeat's dense features are computed.
-
-    XFeat's convolutions pad with zeros, and its deep levels (stride 32, receptive field of several hundred
-    pixels) read the image border through that padding: the features then encode where in the frame a cell
-    lies (a linear probe recovers the position with R^2 ~0.9). A head can fit the reprojection loss from that
-    position code alone, for any poses, so the loss no longer separates true poses from collapsed ones.
-    `conv_padding='reflect'` pads every convolution by mirroring its input, which carries no border signal;
-    `canvas` mirrors the image outwards by that many pixels first, so the interior never sees a border at all
-    (the features of the added margin are cropped away)."""
-    encoder_id: str
-    conv_padding: str = "zeros"
-    canvas: int = 0
-    levels: str = "fused"  # fused: XFeat's descriptors; fine: the stride-8 level alone (receptive field ~53 px)
-
-
-XFEAT_VARIANTS = {v.encoder_id: v for v in (
-    XFeatVariant(XFEAT_ENCODER_ID),  # as published: zero padding, the features encode position
-    XFeatVariant("xfeat-canvas64", canvas=64),
-    XFeatVariant("xfeat-canvas128", canvas=128),
-    XFeatVariant("xfeat-reflect", conv_padding="reflect"),
-    XFeatVariant("xfeat-reflect-canvas32", conv_padding="reflect", canvas=32),
-    XFeatVariant("xfeat-fine", levels="fine"),
-    XFeatVariant("xfeat-fine-reflect", conv_padding="reflect", levels="fine"),
-)}
-
-
 def _published_xfeat() -> nn.Module:
     model = _load_xfeat_model_class()()
     weights = _xfeat_package_dir() / "weights" / "xfeat.pt"
@@ -138,9 +111,9 @@ class XFeatEncoder(FeatureEncoder):
     """XFeat backbone: 64-d dense descriptors at stride 8; the network pads the input to a multiple of 32."""
     feature_dim = 64
 
-    def __init__(self, variant: XFeatVariant = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
+    def __init__(self, variant: EncoderSpec = XFEAT_VARIANTS[XFEAT_ENCODER_ID]):
         super().__init__()
-        self.variant = variant
+        self.spec = variant
         self.encoder_id = variant.encoder_id
         self.model = _published_xfeat()
         # keypoints (detect) always come from the network as published: its detector was trained that way
@@ -163,7 +136,7 @@ class XFeatEncoder(FeatureEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        margin = self.variant.canvas
+        margin = self.spec.canvas
         if margin:
             # a multiple of 8 keeps the output cells on the image's own 8-pixel grid
             x = F.pad(x, (margin, margin, margin, margin), mode="reflect")
@@ -177,7 +150,7 @@ class XFeatEncoder(FeatureEncoder):
         m = self.model
         x = m.norm(x.mean(dim=1, keepdim=True))
         fine = m.block3(m.block2(m.block1(x) + m.skip1(x)))
-        if self.variant.levels == "fine":
+        if self.spec.levels == "fine":
             return fine
         middle = m.block4(fine)
         coarse = m.block5(middle)
@@ -237,9 +210,9 @@ class XFeatEncoder(FeatureEncoder):
 
 def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
     """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""
-    variant = XFEAT_VARIANTS.get(str(encoder_path).lower())
-    if variant is not None:
-        encoder = XFeatEncoder(variant)
+    spec = encoder_spec(encoder_path)
+    if spec.family == "xfeat":
+        encoder = XFeatEncoder(spec)
     else:
         encoder = _load_ace_encoder(Path(encoder_path))
     for parameter in encoder.parameters():
@@ -250,10 +223,7 @@ def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -
 def _load_ace_encoder(path: Path) -> ACEEncoder:
     if not path.is_file():
         raise UserError(f"--encoder_path {path}: file not found (use 'xfeat' for the built-in encoder)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise UserError(f"--encoder_path {path}: not a readable torch file ({error})") from None
+    state = _load_state(path, f"--encoder_path {path}: not a readable ACE encoder file")
     if not isinstance(state, dict) or "res2_conv3.weight" not in state:
         raise UserError(f"--encoder_path {path}: not an ACE encoder state dict (no 'res2_conv3.weight')")
     encoder = ACEEncoder(out_channels=state["res2_conv3.weight"].shape[0])
@@ -336,6 +306,21 @@ def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
 
 
+def _load_state(path: Path, message: str):
+    """torch.load of a state dict (tensors only); a file that is not one is a one-line UserError that says why
+    (torch's own message names pickle opcodes)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        if not zipfile.is_zipfile(path):
+            reason = "not written by torch.save"
+        elif "weights only" in str(error).lower():
+            reason = "it holds Python objects besides tensors, which are not loaded for safety"
+        else:
+            reason = str(error).splitlines()[0]
+        raise UserError(f"{message} ({reason})") from None
+
+
 def save_head(path: str | Path, head: Head, encoder_id: str) -> None:
     """Official format: every tensor fp16; `encoder_id` only for encoders other than the official one."""
     state = {key: value.detach().half().cpu() for key, value in head.state_dict().items()}
@@ -350,10 +335,7 @@ def load_head(path: str | Path, encoder: FeatureEncoder | None = None,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"network file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path}: not a readable head file ({error})") from None
+    state = _load_state(path, f"{path}: not a readable head file")
     if not isinstance(state, dict) or "res3_conv1.weight" not in state or "fc3.weight" not in state:
         raise UserError(f"{path}: not an ACE head file (missing res3_conv1/fc3 weights)")
     state = dict(state)

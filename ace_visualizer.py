@@ -30,9 +30,11 @@ import cv2
 import numpy as np
 
 import dataset_io
-from cli_common import UserError, atomic_write
-from export_cameras import (CONFIDENCE_CAP, confidence_colour_table, cameras_mesh, cool_reversed, frustum_mesh,
-                            pyramid_marker_mesh)
+from calibration import Intrinsics
+from ace_util import UserError, atomic_write, is_registered
+from ace_vis_util import (CONFIDENCE_CAP, FRUSTUM_HALF_HEIGHT, Quad, RenderingUnavailable, cameras_mesh,
+                          confidence_colour_table, cool_reversed, frustum_mesh, import_pyrender, pyramid_marker_mesh,
+                          read_visualization_buffer, textured_primitive)
 
 _log = logging.getLogger(__name__)
 
@@ -183,7 +185,6 @@ class VisBuffer:
 
     @classmethod
     def load(cls, path: Path) -> "VisBuffer":
-        from export_point_cloud import read_visualization_buffer
         state = read_visualization_buffer(path)
         return cls(np.asarray(state["map_xyz"], np.float32).reshape(-1, 3),
                    np.asarray(state["map_clr"], np.float32).reshape(-1, 3), int(state.get("frame_idx", 0)),
@@ -259,8 +260,6 @@ def box_template(size: float) -> tuple[np.ndarray, np.ndarray]:
 def image_in_frustum(image_rgb: np.ndarray, cam_to_world: np.ndarray, scale: float):
     """pyrender mesh of the image on the far plane of its frustum (export_cameras.frustum_mesh geometry)."""
     import pyrender
-    from datasets.synthetic_scene import Quad, textured_primitive
-    from export_cameras import FRUSTUM_HALF_HEIGHT
     height, width = image_rgb.shape[:2]
     small = cv2.resize(image_rgb, (TEXTURE_WIDTH, max(4, round(TEXTURE_WIDTH * height / width))),
                        interpolation=cv2.INTER_AREA)
@@ -278,7 +277,6 @@ class FrameRenderer:
     transparent background) blended, so cameras stay visible inside dense point clouds."""
 
     def __init__(self, size: tuple[int, int], flipped_portrait: bool):
-        from datasets.synthetic_scene import RenderingUnavailable, import_pyrender
         try:
             self.pyrender = import_pyrender()
         except RenderingUnavailable as error:
@@ -481,12 +479,13 @@ class MappingVisualizer(Phase):
         bins = np.repeat(np.array([[200, 200, 200]], np.uint8), HISTOGRAM_BINS, axis=0)
         return depth, (0.0, top), bins, f"depth 0-{top:.2f}"
 
-    def finish_map(self, regressor, entries: list[dataset_io.PoseEntry], image_resolution: int, device) -> None:
+    def finish_map(self, regressor, entries: list[dataset_io.PoseEntry], image_resolution: int, device,
+                   cameras: list[Intrinsics] | None = None) -> None:
         """Extract the network's point cloud, reveal it over a few frames, write `<stem>_mapping.pkl`."""
-        from export_point_cloud import point_cloud_from_network
+        from point_cloud import point_cloud_from_network
         cloud = point_cloud_from_network(regressor, entries, image_resolution, device,
                                          filter_depth=self.depth_filter, min_points_total=MAP_POINTS_MIN,
-                                         max_points_total=MAP_POINTS_MAX)
+                                         max_points_total=MAP_POINTS_MAX, cameras=cameras)
         xyz = dataset_io.flip_yz_points(cloud.xyz.astype(np.float32))
         order = np.random.default_rng(0).permutation(len(xyz))
         xyz, rgb = xyz[order], cloud.rgb[order]
@@ -530,24 +529,24 @@ class RegistrationVisualizer(Phase):
         pose = opengl_cam_to_world(world_to_cam_cv[None])[0]
         self.poses.append(pose)
         self.confidences.append(float(confidence))
-        confident = confidence > self.success_threshold
+        confident = is_registered(confidence, self.success_threshold)
         if confident or self.target is None:
             self.target = pose
         if (len(self.poses) - 1) % self.every == 0 or len(self.poses) == self.total:
-            self._render(image_path, pose, confidence)
+            self._render(image_path, pose)
 
-    def _render(self, image_path: str, pose: np.ndarray, confidence: float) -> None:
+    def _render(self, image_path: str, pose: np.ndarray) -> None:
         confidences = np.array(self.confidences)
         colours = confidence_colours_capped(confidences, self.success_threshold, self.top_confidence)
         size = self.settings.marker_size
         meshes = Meshes()
-        earlier = np.flatnonzero(confidences[:-1] > self.success_threshold)
+        earlier = np.flatnonzero(is_registered(confidences[:-1], self.success_threshold))
         meshes.add_cameras(np.stack(self.poses)[earlier], colours[earlier], marker_template(size))
         frustum_scale = size * FRUSTUM_FACTOR
         image = dataset_io.load_image_rgb(image_path)
         meshes.add_cameras(pose[None], colours[-1:], frustum_mesh(frustum_scale, image.shape[1] / image.shape[0]))
         meshes.items.append(image_in_frustum(image, pose, frustum_scale))
-        registered = int((confidences > self.success_threshold).sum())
+        registered = int(is_registered(confidences, self.success_threshold).sum())
         top = self.top_confidence
         bins = confidence_colours_capped((np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS * top,
                                          self.success_threshold, top)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
-from ace_network import XFEAT_VARIANTS
-from cli_common import (AUTO_PRIOR_FLAG, PROBABILISTIC_NEEDS_PRIOR, REPO_ROOT, UserError, add_calibration_arg,
-                        add_device_arg, add_encoder_args, add_focal_arg, add_prior_args, apply_cpu_profile, atomic_write_text,
-                        check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
-from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
+from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
+                        add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
+                        add_render_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
+                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("ace_zero")
 
@@ -30,32 +30,9 @@ RENDER_FOLDER = "renderings"
 VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
+VERIFICATION_REPORT = "poses_final_verification.json"
 
-# The same loop at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
-# Seed augmentation with the XFeat encoder, which (unlike the ACE encoder) was never trained for scene coordinate
-# regression: a head mapped from one view generalises to other views only when it has seen the seed shifted,
-# re-rendered from nearby viewpoints and in many views (README, "Seeds with the XFeat encoder"). Measured on the
-# demo orbit (seed with true depth, 3000 iterations), registration error of the views 6-42 deg from the seed:
-# 0.6-9.5 deg with all three, 1.8-42 deg with the original's 10 plain views; 20 deg viewpoints and a 0.5 shift
-# were worse. The ACE encoder keeps the original's seed mapping.
-XFEAT_SEED_AUGMENTATION = {"seed_aug_shift": 0.25, "seed_aug_viewpoint": 10.0, "seed_dataset_passes": 100}
-
-CPU_PROFILE = {
-    "try_seeds": 3,
-    "seed_parallel_workers": 1,
-    "seed_iterations": 3000,
-    "mapping_iterations": 3000,
-    "refit_iterations": 4000,
-    "final_refit_posewait": 800,
-    "cooldown_iterations": 1000,
-    "num_data_workers": 2,
-    # Measured (README): within these short rounds the pose refiners made poses worse, not better, so on CPU
-    # poses are re-estimated by registration only.
-    "refinement": "none",
-    # What the pose refiner does in the original's long rounds, done after the loop instead (README, "Bundle
-    # adjustment"): fox 2.65 -> 0.6 deg.
-    "bundle_adjustment": True,
-}
+CPU_PROFILE = CPU_PROFILES["ace_zero.py"]
 
 
 def build_parser():
@@ -89,6 +66,12 @@ def build_parser():
                       help="new: polish the final registration by bundle adjustment on XFeat feature tracks "
                            "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
                            "default on CPU, where rounds are too short for the pose refiner")
+    loop.add_argument("--verify_poses", type=str2bool, default=True,
+                      help="new: check the final poses against independent feature matches (verify_poses.py); "
+                           "registered images that disagree drop below --registration_confidence in "
+                           "poses_final.txt, and so out of the exports (False: the original's output)")
+    loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
+                      help="new: exit with an error when most images fail that check")
     seeds = parser.add_argument_group("seeds")
     seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
     seeds.add_argument("--seed_parallel_workers", type=int, default=3,
@@ -116,21 +99,12 @@ def build_parser():
                        help="seed depth without --depth_files: auto = ZoeDepth when it can be loaded, else two-view "
                             "geometry with a partner image; constant is the last resort")
     mapping = parser.add_argument_group("mapping")
-    mapping.add_argument("--refinement", type=str, default="mlp", choices=POSE_REFINEMENT_CHOICES,
-                         help="pose refinement strategy")
-    mapping.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
-                         help="rotation re-orthonormalisation")
-    mapping.add_argument("--pose_refinement_wait", type=int, default=0, help="poses frozen this long")
-    mapping.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
-    mapping.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
-                         help="new: 'centres' holds the refined cameras' centroid and spread (train_ace.py)")
-    mapping.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
-                         help="new: 'rotation' = rigid per-camera updates instead of the original's additive ones")
+    add_pose_refiner_args(mapping, "--refinement", "mlp", "poses frozen this long in normal rounds")
     mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
     add_focal_arg(mapping, default=-1)
     add_calibration_arg(mapping)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
-                         choices=("circle", "constant", "1cyclepoly"), help="schedule of normal rounds")
+                         choices=LR_SCHEDULES, help="schedule of normal rounds")
     mapping.add_argument("--learning_rate_max", type=float, default=0.003, help="highest LR of normal rounds")
     mapping.add_argument("--cooldown_iterations", type=int, default=5000, help="LR cooldown after early stop")
     mapping.add_argument("--cooldown_threshold", type=float, default=0.7,
@@ -139,7 +113,7 @@ def build_parser():
     mapping.add_argument("--head_width", type=int, default=None, help="head channels (train_ace default if unset)")
     mapping.add_argument("--max_dataset_passes", type=int, default=10, help="most passes when filling the buffer")
     mapping.add_argument("--repro_loss_type", type=str, default="tanh",
-                         choices=("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh"), help="loss of normal rounds")
+                         choices=LOSS_TYPES, help="loss of normal rounds")
     mapping.add_argument("--repro_loss_hard_clamp", type=int, default=1000, help="px")
     mapping.add_argument("--repro_loss_soft_clamp", type=int, default=50, help="px")
     mapping.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
@@ -152,13 +126,8 @@ def build_parser():
     out = parser.add_argument_group("outputs")
     out.add_argument("--export_point_cloud", type=str2bool, default=False, help="write pc_final.ply at the end")
     out.add_argument("--dense_point_cloud", type=str2bool, default=False, help="unfiltered point cloud")
-    out.add_argument("--render_visualization", type=str2bool, default=False, help="render a video of the process")
-    out.add_argument("--render_depth_hist", type=str2bool, default=False,
-                     help="histogram of the predicted depths in the mapping frames")
-    out.add_argument("--render_flipped_portrait", type=str2bool, default=False, help="rotated portrait images")
-    out.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
-    out.add_argument("--render_camera_z_offset", type=float, default=4,
-                     help="observer camera distance behind the cameras it follows (scene units)")
+    add_render_args(out, "render a video of the process (frames in results_folder/renderings)", target_path=False,
+                    depth_hist=True)
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
     return parser
 
@@ -199,7 +168,7 @@ class RunState:
 
 def run_script(script: str, arguments: list, threads: int | None = None) -> None:
     """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
-    command = [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+    command = script_command(script, arguments)
     _log.info("running %s", " ".join(command[1:]))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(command, env=env)
@@ -419,7 +388,7 @@ def seed_median_depth(args, state: RunState) -> float:
         import depth_estimation
         return dataset_io.median_valid_depth([depth_estimation.estimate_depth(
             dataset_io.load_image_rgb(images[index]))], AUTO_PRIOR_FLAG)
-    from ace_trainer import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
+    from dataset import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
     return CONSTANT_SEED_DEPTH
 
 
@@ -530,10 +499,11 @@ def initial_cameras(args, images: list[str]) -> None:
 
 
 def set_seed_augmentation(args) -> None:
-    """Fill the seed augmentation flags left unset: the XFeat profile, or the original's seed mapping."""
-    xfeat = str(args.encoder_path).lower() in XFEAT_VARIANTS
+    """Fill the seed augmentation flags left unset: the encoder's seed policy (ace_util.EncoderSpec), or the
+    original's seed mapping."""
+    policy = encoder_spec(args.encoder_path).seed_augmentation
     original = {"seed_aug_shift": 0.0, "seed_aug_viewpoint": 0.0, "seed_dataset_passes": args.max_dataset_passes}
-    for flag, value in (XFEAT_SEED_AUGMENTATION if xfeat else original).items():
+    for flag, value in (policy or original).items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     _log.info("seed augmentation: shift %.2f, viewpoints up to %.0f deg, %d views", args.seed_aug_shift,
@@ -552,10 +522,10 @@ def summary(args, last: str, elapsed: float, state: RunState) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    initial_focal = validate(args)  # before the device: bad input is reported without importing torch
     device = select_device(args.device)
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
-    initial_focal = validate(args)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files)
     if state.finished and (args.results_folder / "poses_final.txt").exists():
@@ -568,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
         final_source = args.results_folder / f"poses_{last}.txt"
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, last)
+        if args.verify_poses:
+            final_source = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
         write_final_cameras(args, final_source)
         if args.export_point_cloud:
@@ -575,6 +547,53 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_visualization:
         render_video(args)
     summary(args, state.completed[-1], time.time() - start, state)
+    report_verification(args)
+
+
+def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
+    """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered
+    (which checks a bundle-adjusted copy unless the poses are adjusted already)."""
+    verified = source.with_name(source.stem + "_verified.txt")
+    # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
+    return final_stage("verify_poses.py", source, verified, [
+        "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
+        "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
+        "verification", "poses_final.txt holds unverified confidences")
+
+
+def final_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:
+    """`script source target *arguments` after the loop: `target`, reused when a rerun finds it newer than
+    `source`, or `source` itself (with a warning) when the stage fails: the reconstruction is done, and a last
+    polish or check must not end the run."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        _log.info("using the %s in %s", what, target)
+        return target
+    try:
+        run_script(script, [source, target, *arguments])
+    except UserError as error:
+        _log.warning("%s; %s", error, fallback_note)
+        return source
+    return target
+
+
+def report_verification(args) -> None:
+    """Warn about unreliable images; a failed reconstruction is an error only with --fail_on_unreliable."""
+    report_file = args.results_folder / VERIFICATION_REPORT
+    if not args.verify_poses or not report_file.exists():
+        return
+    summary = json.loads(report_file.read_text())["summary"]
+    if summary["unreliable"]:
+        _log.warning("%d of %d registered images are unreliable: their poses disagree with independent feature "
+                     "matches (confidence lowered below %d in poses_final.txt; exports leave them out; details: "
+                     "%s)", summary["unreliable"], summary["checked"], args.registration_confidence, report_file)
+    if summary["failed"]:
+        hint = "more seeds (--try_seeds)" if args.use_external_focal_length > 0 else \
+            "a known focal length (--use_external_focal_length) or more seeds (--try_seeds)"
+        message = (f"the reconstruction failed: {summary['unreliable']} of {summary['checked']} registered images "
+                   f"disagree with feature matches between them; try {hint}")
+        if args.fail_on_unreliable:
+            raise UserError(message)
+        _log.warning(message)
 
 
 def write_final_cameras(args, final_source: Path) -> None:
@@ -594,19 +613,10 @@ def adjust_final_poses(args, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
-    adjusted = args.results_folder / f"poses_{last}_adjusted.txt"
-    if adjusted.exists() and adjusted.stat().st_mtime >= registered.stat().st_mtime:
-        _log.info("using the bundle adjustment in %s", adjusted)
-        return adjusted
-    try:
-        run_script("bundle_adjust.py", [registered, adjusted, "--device", args.device, *calibration_args(args),
-                                        "--confidence_threshold", args.registration_confidence,
-                                        "--refine_focal", args.refine_calibration])
-    except UserError as error:
-        # The reconstruction itself is done: keep it rather than end the run on its last polish.
-        _log.warning("%s; poses_final.txt is the unadjusted %s", error, registered.name)
-        return registered
-    return adjusted
+    return final_stage("bundle_adjust.py", registered, args.results_folder / f"poses_{last}_adjusted.txt", [
+        "--device", args.device, *calibration_args(args), "--confidence_threshold", args.registration_confidence,
+        "--refine_focal", args.refine_calibration],
+        "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}")
 
 
 def render_video(args) -> None:

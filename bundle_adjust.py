@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -25,8 +25,10 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
+from ace_util import XFEAT_ENCODER_ID, in_mapping_set, progress_bar, project_pinhole
 from calibration import Intrinsics
-from cli_common import UserError, add_calibration_arg, add_device_arg, make_parser, run_main, select_device, str2bool
+from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, make_parser, run_main,
+                        select_device, str2bool)
 
 _log = logging.getLogger("bundle_adjust")
 
@@ -62,7 +64,7 @@ def build_parser():
                         help="optimise the focal length (one relative change of every camera's)")
     parser.add_argument("--refine_principal_point", type=str2bool, default=False,
                         help="new: optimise the principal point too (one shift shared by the cameras)")
-    add_calibration_arg(parser)
+    add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     parser.add_argument("--neighbours", type=int, default=8, help="images matched to each image")
     parser.add_argument("--max_view_angle", type=float, default=60,
@@ -77,16 +79,16 @@ def build_parser():
 
 def extract_features(paths: list[str], short_side: int, device, cameras: list[Intrinsics]) -> list[ImageFeatures]:
     """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points), in
-    pixels of the reference camera (see to_reference)."""
+    pixels of its camera (the original image, undistorted when the camera has distortion)."""
     from ace_network import load_encoder
-    from two_view_seed import keypoints
-    encoder = load_encoder("xfeat", device)
+    from feature_matching import keypoints
+    encoder = load_encoder(XFEAT_ENCODER_ID, device)
     features = []
     for path, camera in zip(paths, cameras):
         grey, _ = dataset_io.load_network_input(path, short_side, camera)
         descriptors, pixels = keypoints(encoder, grey, device, subpixel=True)
-        net = camera.scaled(grey.shape[1], grey.shape[0])
-        features.append(ImageFeatures(to_reference(pixels, net, cameras[0]), descriptors))
+        scale = np.array([camera.width / grey.shape[1], camera.height / grey.shape[0]])
+        features.append(ImageFeatures(pixels * scale, descriptors))
     return features
 
 
@@ -111,7 +113,7 @@ def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: fl
 
 def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed)."""
-    from two_view_seed import mutual_matches
+    from feature_matching import mutual_matches
     ia, ib = mutual_matches(a.descriptors, b.descriptors)
     if len(ia) < MIN_PAIR_MATCHES:
         return ia[:0], ib[:0]
@@ -192,12 +194,7 @@ def project(rotvecs: np.ndarray, translations: np.ndarray, points: np.ndarray, f
     """Pixels of points (one per observation) in cameras given as world-to-camera rotation vectors and
     translations; also the camera-space points."""
     in_camera = Rotation.from_rotvec(rotvecs).apply(points) + translations
-    return to_pixels(in_camera, focal, centre), in_camera
-
-
-def to_pixels(in_camera: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
-    """Pinhole projection of camera-space points (principal point `centre`, as ACE0 assumes)."""
-    return focal * in_camera[:, :2] / in_camera[:, 2:] + centre
+    return project_pinhole(in_camera, focal, centre), in_camera
 
 
 class Problem:
@@ -444,7 +441,7 @@ def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndar
     """Reprojection error of every observation (NaN where its point is NaN)."""
     rotation = world_to_cam[tracks.camera, :3, :3]
     in_camera = np.einsum("mij,mj->mi", rotation, points[tracks.point]) + world_to_cam[tracks.camera, :3, 3]
-    return np.linalg.norm(to_pixels(in_camera, focal, centre) - tracks.pixels, axis=1)
+    return np.linalg.norm(project_pinhole(in_camera, focal, centre) - tracks.pixels, axis=1)
 
 
 def reseat_cameras(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
@@ -487,18 +484,21 @@ def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.nd
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
                  ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
     matches = {}
-    for i, j in tqdm(pairs, desc="matching image pairs", leave=False):
+    for i, j in progress_bar(pairs, desc="matching image pairs", leave=False):
         ia, ib = verified_matches(features[i], features[j], accuracy_px)
         if len(ia):
             matches[(i, j)] = (ia, ib)
     return matches
 
 
-def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[list[dataset_io.PoseEntry], dict]:
-    """Adjusted copies of the entries (confident ones move; every entry gets the new shared focal length)."""
-    used = [k for k, e in enumerate(entries) if e.confidence >= args.confidence_threshold]
+def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device, features_of: list | None = None,
+                  cameras: list[Intrinsics] | None = None) -> tuple[list[dataset_io.PoseEntry], dict]:
+    """Adjusted copies of the entries (confident ones move; every camera's focal changes by the same factor) and
+    statistics, with the adjusted cameras under "cameras". `cameras`: one per entry (default: from the flags and
+    the pose file); `features_of`: extract_features of every entry's image at args.image_resolution with those
+    cameras, when the caller has them."""
+    used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, args.confidence_threshold)]
     if len(used) < 2:
         raise UserError(f"{args.input_poses}: {len(used)} image(s) with confidence >= {args.confidence_threshold:g}; "
                         f"bundle adjustment needs 2")
@@ -506,12 +506,15 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
     for path in paths:
         if not Path(path).is_file():
             raise UserError(f"{args.input_poses}: image {path} not found (paths are read from the pose file)")
-    cameras = dataset_io.entry_cameras(entries, args.calibration_file)
+    cameras = cameras or dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
     used_cameras = [cameras[k] for k in used]
     reference = used_cameras[0]
     focal, centre = reference.fx, np.array([reference.cx, reference.cy])
     world_to_cam = np.stack([entries[k].world_to_cam for k in used])
-    features = extract_features(paths, args.image_resolution, device, used_cameras)
+    features = [features_of[k] for k in used] if features_of is not None else \
+        extract_features(paths, args.image_resolution, device, used_cameras)
+    features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
+                for f, c in zip(features, used_cameras)]
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / args.image_resolution
     pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), args.neighbours,
                             args.max_view_angle)
@@ -520,7 +523,7 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
     tracks = observations(build_tracks(features, matches), features) if matches else None
     if tracks is None or tracks.count < MIN_PAIR_MATCHES:
         _log.warning("too few feature tracks to adjust; poses are copied unchanged")
-        return entries, {"adjusted": False}
+        return entries, {"adjusted": False, "cameras": cameras}
     adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, args.refine_focal, accuracy,
                                         args.max_iterations, args.refine_principal_point)
     shift = (stats.pop("centre") - centre) / new_focal  # in normalised coordinates, the same for every camera
@@ -536,7 +539,6 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device) -> tuple[li
 def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:
     """A camera after the adjustment: focal scaled; principal point shifted by `shift` (normalised units of the
     reference camera, which equal this camera's own up to its focal)."""
-    from dataclasses import replace
     fx, fy = camera.fx * focal_scale, camera.fy * focal_scale
     return replace(camera, fx=fx, fy=fy, cx=camera.cx + shift[0] * fx, cy=camera.cy + shift[1] * fy)
 
@@ -558,8 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = dataset_io.read_ace_pose_file(args.input_poses)
     adjusted, stats = bundle_adjust(entries, args, device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
-    if stats["adjusted"]:
-        dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
+    dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
     if stats["adjusted"]:
         _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
                   "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],

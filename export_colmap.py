@@ -18,7 +18,8 @@ import dataset_io
 from calibration import Intrinsics, format_colmap_cameras, unique_cameras
 from cli_common import (UserError, add_pose_export_args, atomic_write_text, ensure_writable_folder, make_parser,
                         run_main)
-from export_point_cloud import PointCloud, add_network_args, point_cloud_from_args
+from export_point_cloud import add_network_args, point_cloud_from_args
+from point_cloud import PointCloud
 
 _log = logging.getLogger("export_colmap")
 

@@ -51,15 +51,11 @@ def frame(entry: dataset_io.PoseEntry, camera: Intrinsics) -> dict:
     return result
 
 
-def transforms(entries: list[dataset_io.PoseEntry], ply_name: str | None = None,
-               cameras: list[Intrinsics] | None = None) -> dict:
+def transforms(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics] | None = None) -> dict:
     frames = [frame(e, c) for e, c in zip(entries, cameras or dataset_io.entry_cameras(entries))]
     # Nerfstudio reads intrinsics per frame when present, else from the top level; give both.
     shared = {key: frames[0][key] for key in ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "p1", "p2")}
-    result = {"camera_model": "OPENCV", **shared, "frames": frames}
-    if ply_name is not None:
-        result["ply_file_path"] = ply_name
-    return result
+    return {"camera_model": "OPENCV", **shared, "frames": frames}
 
 
 def write_point_cloud(args, entries: list[dataset_io.PoseEntry], folder: Path) -> str | None:

@@ -6,10 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POSE_REFINEMENT_CHOICES = ("none", "naive", "mlp")
-ORTHO_CHOICES = ("gram-schmidt", "procrustes")
-GAUGE_CHOICES = ("none", "centres")
-UPDATE_CHOICES = ("additive", "rotation")
+from ace_util import GAUGE_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 
 def gram_schmidt(matrices: torch.Tensor) -> torch.Tensor:

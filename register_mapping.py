@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from calibration import Intrinsics
+from ace_util import is_registered, progress_bar
 from cli_common import (UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
-                        add_render_args,
-                        configure_cpu_threads, make_parser, run_main, select_device)
+                        add_render_args, configure_cpu_threads, make_parser, run_main, select_device)
 
 _log = logging.getLogger("register_mapping")
 
@@ -52,6 +53,7 @@ def add_ransac_args(parser) -> None:
 
 
 def validate(args) -> None:
+    dataset_io.glob_files(args.rgb_files)
     if args.hypotheses < 1 or args.hypotheses_max_tries < 1:
         raise UserError("--hypotheses and --hypotheses_max_tries must be positive")
     if args.threshold <= 0:
@@ -70,14 +72,14 @@ def create_visualizer(args, device, total: int):
                                   args.render_map_depth_filter)
 
 
-def register_images(args, device) -> list[dataset_io.PoseEntry]:
+def register_images(args, device) -> tuple[list[dataset_io.PoseEntry], dict[str, Intrinsics]]:
+    """A pose entry per registered image, and the camera of every image (for the cameras file)."""
     import torch
     import dsacstar
     from ace_network import Regressor, load_encoder, load_head
 
     images = dataset_io.glob_files(args.rgb_files)
     cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
-    args.cameras = dict(zip(images, cameras))
     encoder = load_encoder(args.encoder_path, device)
     regressor = Regressor(encoder, load_head(args.network, encoder, device)).eval()
     order = np.random.default_rng(args.base_seed).permutation(len(images))
@@ -91,9 +93,8 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
         return index, dataset_io.load_network_input(images[index], args.image_resolution, cameras[index])[0]
 
     entries = []
-    from tqdm import tqdm
     with ThreadPoolExecutor(max_workers=max(1, min(args.num_data_workers, 4))) as pool, \
-            torch.no_grad(), tqdm(total=len(order), desc="Registering", unit="img", leave=False) as progress:
+            torch.no_grad(), progress_bar(total=len(order), desc="Registering", unit="img", leave=False) as progress:
         for count, (index, grey) in enumerate(pool.map(load, order)):
             coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
             net = cameras[index].scaled(grey.shape[1], grey.shape[0])
@@ -103,15 +104,14 @@ def register_images(args, device) -> list[dataset_io.PoseEntry]:
                 inlier_alpha=args.inlieralpha, max_reproj=args.maxpixelerror, subsampling=8,
                 random_seed=args.base_seed + count, max_hypotheses_tries=args.hypotheses_max_tries)
             entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world),
-                                                cameras[index].focal,
-                                                int(inliers)))
+                                                cameras[index].focal, int(inliers)))
             if visualizer is not None:
                 visualizer.add(images[index], entries[-1].world_to_cam, inliers)
             progress.set_postfix(inliers=int(inliers))
             progress.update(1)
     if visualizer is not None:
         visualizer.finish_registration()
-    return entries
+    return entries, dict(zip(images, cameras))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,11 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     configure_cpu_threads()
     start = time.time()
-    entries = register_images(args, device)
+    entries, cameras = register_images(args, device)
     out = args.network.parent / f"poses_{args.session}.txt"
     dataset_io.write_ace_pose_file(out, entries)
-    dataset_io.write_cameras_beside(out, [e.path for e in entries], [args.cameras[e.path] for e in entries])
-    registered = sum(e.confidence > args.confidence_threshold for e in entries)
+    dataset_io.write_cameras_beside(out, [e.path for e in entries], [cameras[e.path] for e in entries])
+    registered = sum(is_registered(e.confidence, args.confidence_threshold) for e in entries)
     elapsed = time.time() - start
     _log.info("%d/%d images registered with confidence > %g (%.1f images/s); wrote %s", registered, len(entries),
               args.confidence_threshold, len(entries) / max(elapsed, 1e-9), out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset_io
+from ace_util import is_registered
 from cli_common import UserError, make_parser, run_main, str2bool
 
 _log = logging.getLogger("render_final_sweep")
@@ -65,7 +66,7 @@ def first_registration(results: Path, last: int, images: list[str]) -> np.ndarra
         if path is None:
             continue
         for entry in dataset_io.read_ace_pose_file(path):
-            if entry.confidence > REGISTERED_CONFIDENCE and first.get(entry.path) == -1:
+            if is_registered(entry.confidence, REGISTERED_CONFIDENCE) and first.get(entry.path) == -1:
                 first[entry.path] = iteration
     return np.array([first[p] for p in images])
 

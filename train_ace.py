@@ -6,28 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
-from cli_common import (UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
-                        add_prior_args, add_render_args,
-                        apply_cpu_profile, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
-                        make_parser, run_main, select_device, str2bool)
-from refine_poses import GAUGE_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+import dataset_io
+from ace_util import LOSS_TYPES, LR_SCHEDULES
+from cli_common import (CPU_PROFILES, UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
+                        add_pose_refiner_args, add_prior_args, add_render_args, apply_cpu_profile, check_prior_flags,
+                        configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("train_ace")
-
-LOSS_TYPES = ("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh")
-LR_SCHEDULES = ("circle", "constant", "1cyclepoly")
-
-# The same algorithm at a cost that finishes in minutes on a 2-core CPU (GPU defaults in the flags).
-CPU_PROFILE = {
-    "head_width": 128,
-    "batch_size": 2048,
-    "iterations": 6000,
-    "samples_per_image": 1024,
-    "max_dataset_passes": 10,
-    "learning_rate_cooldown_iterations": 1000,
-    "learning_rate_warmup_iterations": 300,
-    "num_data_workers": 2,
-}
 
 
 def build_parser():
@@ -57,19 +42,8 @@ def build_parser():
                        help="focal length from the images' EXIF, else 70%% of the image diagonal")
     add_focal_arg(poses, default=None)
     add_calibration_arg(poses)
-    poses.add_argument("--pose_refinement", type=str, default="none", choices=POSE_REFINEMENT_CHOICES,
-                       help="refine the mapping poses: none, naive (poses as parameters) or mlp")
+    add_pose_refiner_args(poses, "--pose_refinement", "none", "keep poses fixed for this many iterations")
     poses.add_argument("--pose_refinement_weight", type=float, default=0.1, help="scale of the MLP pose updates")
-    poses.add_argument("--pose_refinement_wait", type=int, default=0, help="keep poses fixed for this many iterations")
-    poses.add_argument("--pose_refinement_lr", type=float, default=0.001, help="learning rate of the pose refiner")
-    poses.add_argument("--pose_refinement_gauge", type=str, default="none", choices=GAUGE_CHOICES,
-                       help="new: 'centres' holds the refined cameras' centroid and spread at the input's, so the "
-                            "refiner cannot drift along the scale it cannot see; none = the original")
-    poses.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
-                       help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
-                            "the original (refiner output added to the pose matrix, re-orthonormalised)")
-    poses.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
-                       help="how refined rotations are re-orthonormalised")
     net = parser.add_argument_group("network")
     net.add_argument("--load_weights", type=Path, default=None, help="initialise the head from this file")
     net.add_argument("--num_head_blocks", type=int, default=1, help="extra residual blocks in the head")
@@ -119,17 +93,16 @@ def build_parser():
                      help="new: most viewpoint change (deg) of views re-rendered from images with depth (seeds), "
                           "orbiting the median depth; ace_zero uses it for seeds")
     vis = parser.add_argument_group("visualisation")
-    add_render_args(vis)
+    add_render_args(vis, depth_hist=True)
     vis.add_argument("--use_existing_vis_buffer", type=str, default=None,
                      help="visualisation buffer (.pkl, relative to --render_target_path) to continue from")
     vis.add_argument("--render_map_error_threshold", type=int, default=10, help="px, colour range of errors")
-    vis.add_argument("--render_depth_hist", type=str2bool, default=False,
-                     help="draw a histogram of the predicted depths in the mapping frames")
     vis.add_argument("--render_map_depth_filter", type=int, default=100, help="hide points farther than this")
     return parser
 
 
 def validate(args) -> None:
+    dataset_io.glob_files(args.rgb_files)
     if args.use_pose_seed < 0 and args.use_ace_pose_file is None and args.pose_files is None:
         raise UserError("no poses: pass --pose_files, --use_ace_pose_file or --use_pose_seed")
     has_focal = args.use_heuristic_focal_length or args.use_ace_pose_file is not None or \
@@ -151,9 +124,9 @@ def validate(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    validate(args)  # before the device and the profile (whose values are valid): no torch import for bad input
     device = select_device(args.device)
-    apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
-    validate(args)
+    apply_cpu_profile(args, parser, CPU_PROFILES["train_ace.py"], device, argv)
     configure_cpu_threads()
     _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
               args.head_width, args.batch_size, args.iterations)

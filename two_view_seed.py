@@ -12,51 +12,17 @@ import logging
 
 import cv2
 import numpy as np
-import torch
 from scipy.interpolate import griddata
 
 import dataset_io
 from calibration import Intrinsics
-from ace_network import cell_centres
+from feature_matching import CELL_ACCURACY_PX, KEYPOINT_ACCURACY_PX, keypoints, mutual_matches
 
 _log = logging.getLogger(__name__)
 
-MIN_MATCH_SIMILARITY = 0.8
-MAX_DISTANCE_RATIO = 0.9
 MIN_POINTS = 50
 GOOD_PARALLAX_DEG = 4.0
 MAX_PARTNERS = 8
-KEYPOINT_ACCURACY_PX = 1.0  # XFeat keypoints: about a pixel
-CELL_ACCURACY_PX = 4.0      # dense cell centres (encoders without a detector): half a cell
-
-
-def keypoints(encoder, grey: np.ndarray, device, subpixel: bool = False) -> tuple[torch.Tensor, np.ndarray]:
-    """Unit descriptors and pixel positions: the encoder's keypoints if it has a detector (XFeat), else every
-    output cell at its centre (accurate to CELL_ACCURACY_PX only)."""
-    image = encoder.normalise(torch.from_numpy(grey)[None, None].to(device))
-    with torch.no_grad():
-        if hasattr(encoder, "detect"):
-            positions, descriptors = encoder.detect(image, subpixel=subpixel)
-        else:
-            features = encoder(image)[0]
-            channels, height, width = features.shape
-            descriptors = torch.nn.functional.normalize(features.reshape(channels, -1).t().float(), dim=1)
-            positions = cell_centres(height, width, device).reshape(2, -1).t()
-    return descriptors.float().cpu(), positions.cpu().numpy().astype(np.float64)
-
-
-def mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual nearest neighbours that are also distinctive (ratio test: textureless cells match everything)."""
-    similarity = a @ b.t()
-    top2 = similarity.topk(2, dim=1)
-    best_b = top2.indices[:, 0]
-    best_a = similarity.argmax(dim=0)
-    index_a = torch.arange(len(a))
-    distance_best = (2 - 2 * top2.values[:, 0]).clamp(min=0).sqrt()
-    distance_second = (2 - 2 * top2.values[:, 1]).clamp(min=0).sqrt()
-    distinctive = distance_best < MAX_DISTANCE_RATIO * distance_second
-    mutual = (best_a[best_b] == index_a) & (top2.values[:, 0] > MIN_MATCH_SIMILARITY) & distinctive
-    return index_a[mutual].numpy(), best_b[mutual].numpy()
 
 
 def _triangulate(K: np.ndarray, R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray):
@@ -108,7 +74,7 @@ def two_view_depth(images: list[str], seed_index: int, cameras: list[Intrinsics]
     grey, (width, height) = dataset_io.load_network_input(images[seed_index], short_side, cameras[seed_index])
     K = _network_matrix(cameras[seed_index], grey)
     seed_features, pixels = keypoints(encoder, grey, device)
-    accuracy = KEYPOINT_ACCURACY_PX if hasattr(encoder, "detect") else CELL_ACCURACY_PX
+    accuracy = KEYPOINT_ACCURACY_PX if encoder.spec.has_detector else CELL_ACCURACY_PX
     best = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
         partner_grey, _ = dataset_io.load_network_input(images[partner], short_side, cameras[partner])

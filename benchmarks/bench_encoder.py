@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
+from ace_util import script_command  # noqa: E402
 
 CROP_CELLS = 8
 INTERIOR_CELLS = 4
@@ -168,10 +169,11 @@ def mapping_inliers(data: PosedImages, pose_paths: list[str], encoder: str, iter
                     extra: list[str]) -> float:
     """Training inlier fraction (mean over the last fifth of the run) of train_ace.py with these fixed poses."""
     out = workdir / "map.pt"
-    command = [sys.executable, str(REPO / "train_ace.py"), symlinked_glob(workdir / "images", data.images), str(out),
-               "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length",
-               str(data.focal), "--encoder_path", encoder, "--iterations", str(iterations),
-               "--iterations_output", str(max(1, iterations // 20)), "--device", "cpu", *extra]
+    command = script_command("train_ace.py", [
+        symlinked_glob(workdir / "images", data.images), out,
+        "--pose_files", symlinked_glob(workdir / "poses", pose_paths), "--use_external_focal_length", data.focal,
+        "--encoder_path", encoder, "--iterations", iterations, "--iterations_output", max(1, iterations // 20),
+        "--device", "cpu", *extra])
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: train_ace.py failed on {data.name}: {result.stderr.strip().splitlines()[-1]}")

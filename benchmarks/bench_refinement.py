@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
+from ace_util import script_command  # noqa: E402
 from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene, symlinked_glob  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
@@ -74,9 +75,9 @@ def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int
         tmp = Path(tmp)
         noisy = write_noisy_poses(data, tmp / "noisy", degrees, distance, seed)
         out = tmp / "map.pt"
-        command = [sys.executable, str(REPO / "train_ace.py"), symlinked_glob(tmp / "images", data.images), str(out),
-                   "--pose_files", str(tmp / "noisy" / "*"), "--use_external_focal_length", str(data.focal),
-                   "--device", "cpu", *extra]
+        command = script_command("train_ace.py", [symlinked_glob(tmp / "images", data.images), out,
+                                                  "--pose_files", tmp / "noisy" / "*", "--use_external_focal_length",
+                                                  data.focal, "--device", "cpu", *extra])
         start = time.time()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         seconds = time.time() - start

@@ -22,13 +22,13 @@ sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
 from benchmarks.bench_encoder import symlinked_glob  # noqa: E402
-from cli_common import DEFAULT_ENCODER  # noqa: E402
+from ace_util import DEFAULT_ENCODER, is_registered, script_command  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
 
 def run(script: str, *args) -> float:
     start = time.time()
-    command = [sys.executable, str(REPO / script), *[str(a) for a in args]]
+    command = script_command(script, args)
     if subprocess.run(command, cwd=REPO, stderr=subprocess.DEVNULL).returncode != 0:
         sys.exit(f"error: {script} failed; rerun it by hand to see why: {' '.join(command)}")
     return time.time() - start
@@ -84,7 +84,7 @@ def main() -> None:
     summary = {
         "dataset": args.dataset.name, "split": args.split, "encoder": args.encoder_path,
         "mapping_images": len(mapping),
-        "query_images": len(query), "confidence_gt_500": sum(e.confidence > 500 for e in entries),
+        "query_images": len(query), "confidence_gt_500": sum(is_registered(e.confidence, 500) for e in entries),
         "median_rot_err_deg": result["median_rot_err_deg"], "median_trans_err": result["median_trans_err"],
         "intrinsics": args.intrinsics, "percent_within_2cm_2deg": result["accuracy_percent"],
         "percent_within_1cm_1deg": fine["accuracy_percent"], "mapping_seconds": round(map_time, 1),

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python -m from t
 import numpy as np  # noqa: E402
 
 import dataset_io  # noqa: E402
+from ace_util import in_mapping_set  # noqa: E402
 from cli_common import UserError, atomic_write_text, run_main  # noqa: E402
 from export_nerfstudio import POINT_CLOUD_NAME, nerfstudio_cam_to_world  # noqa: E402
 
@@ -93,7 +94,7 @@ def split_frames(frames: list[Frame], split_json: Path | None) -> tuple[list[Fra
 
 
 def filter_and_cap(train: list[Frame], test: list[Frame]) -> tuple[list[Frame], list[Frame]]:
-    train = [f for f in train if f.entry.confidence >= TRAIN_CONFIDENCE]
+    train = [f for f in train if in_mapping_set(f.entry.confidence, TRAIN_CONFIDENCE)]
     print(f"train split size after confidence filtering {len(train)}")
     if not train:
         raise UserError("No train filenames! Must have at least one (no training frame with confidence "

@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: cli_common is at the root
 
+from ace_util import progress_bar  # noqa: E402
 from cli_common import UserError, atomic_write_text  # noqa: E402
 
 CHUNK = 1 << 20
@@ -80,7 +81,6 @@ def sha256_of(path: Path) -> str:
 def download(url: str, target: Path, expected_size: int | None = None, sha256: str | None = None) -> Path:
     """Download `url` to `target` through `target.part`, resuming a partial download; the size (from the
     server or `expected_size`) and, where known, the checksum are checked before the rename."""
-    from tqdm import tqdm
     target = Path(target)
     if target.is_file():
         print(f"Using existing archive {target}")
@@ -97,7 +97,7 @@ def download(url: str, target: Path, expected_size: int | None = None, sha256: s
             if offset:
                 print(f"Resuming {target.name} at {offset} bytes")
             with open(partial, "ab" if offset else "wb") as handle, \
-                    tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=target.name) as bar:
+                    progress_bar(total=total, initial=offset, unit="B", unit_scale=True, desc=target.name) as bar:
                 try:
                     for block in iter(lambda: response.read(CHUNK), b""):
                         handle.write(block)

@@ -43,6 +43,11 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: the shared modules are at the root
+from ace_vis_util import (Quad, RenderingUnavailable, import_pyrender, platform_hint,  # noqa: E402,F401
+                          textured_primitive)
+from dataset_io import FLIP_YZ  # noqa: E402
+
 ROOM_MIN = np.array([-3.0, -2.5, 0.0])
 ROOM_MAX = np.array([3.0, 2.5, 3.0])
 TEXELS_PER_METRE = 256  # ~1 texel per pixel at 2 m with the default focal length
@@ -51,14 +56,6 @@ CAMERA_HEIGHT = 1.5
 MAX_YAW_STEP_DEG = 7.5  # keeps consecutive views overlapping strongly
 Z_NEAR, Z_FAR = 0.05, 50.0
 STEM_PATTERN = re.compile(r"^frame_\d{5}$")
-
-# OpenCV camera axes -> OpenGL camera axes (y and z flip).
-CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
-
-
-class RenderingUnavailable(RuntimeError):
-    """No offscreen OpenGL context could be created."""
-
 
 @dataclass(frozen=True)
 class Box:
@@ -247,15 +244,6 @@ def _texture_size(extent_u: float, extent_v: float) -> tuple[int, int]:
 # Scene geometry
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Quad:
-    """Planar rectangle: corner + edge_u * s + edge_v * t for s, t in [0, 1]."""
-
-    corner: np.ndarray
-    edge_u: np.ndarray
-    edge_v: np.ndarray
-
-
 def _facing(quad: Quad, direction: np.ndarray) -> Quad:
     """Same rectangle, parametrised so that edge_u x edge_v points along
     `direction`: seen from that side the texture is upright, not mirrored."""
@@ -284,41 +272,6 @@ def scene_quads() -> list[Quad]:
         faces = box_faces(box.lo, box.hi)
         quads.extend(faces[:4] + faces[5:] if box.lo[2] <= ROOM_MIN[2] else faces)
     return quads
-
-
-def import_pyrender() -> Any:
-    """Import pyrender, turning a missing OpenGL platform into a clear error."""
-    try:
-        import pyrender
-    except Exception as exc:  # platform libraries raise assorted types
-        raise RenderingUnavailable(_platform_hint(exc)) from exc
-    return pyrender
-
-
-def _platform_hint(exc: BaseException) -> str:
-    platform = os.environ.get("PYOPENGL_PLATFORM", "<unset>")
-    return (f"cannot set up headless OpenGL rendering ({type(exc).__name__}: {exc}); "
-            f"PYOPENGL_PLATFORM={platform}: install Mesa EGL (libegl1) and use "
-            f"PYOPENGL_PLATFORM=egl, or OSMesa with PYOPENGL_PLATFORM=osmesa")
-
-
-def textured_primitive(quad: Quad, texture: np.ndarray) -> Any:
-    """pyrender primitive for one quad covered once (no tiling) by `texture`."""
-    pyrender = import_pyrender()
-    c, u, v = quad.corner, quad.edge_u, quad.edge_v
-    positions = np.array([c, c + u, c + u + v, c + v], np.float32)
-    uvs = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
-    # Trilinear filtering (mipmaps) avoids aliasing far away; clamping keeps the
-    # opposite texture edge from bleeding in at the quad borders.
-    gltf = pyrender.constants.GLTF
-    sampler = pyrender.Sampler(magFilter=gltf.LINEAR, minFilter=gltf.LINEAR_MIPMAP_LINEAR,
-                               wrapS=gltf.CLAMP_TO_EDGE, wrapT=gltf.CLAMP_TO_EDGE)
-    material = pyrender.MetallicRoughnessMaterial(
-        baseColorTexture=pyrender.Texture(source=texture, source_channels="RGB", sampler=sampler),
-        doubleSided=True)
-    return pyrender.Primitive(positions=positions, texcoord_0=uvs,
-                              indices=np.array([[0, 1, 2], [0, 2, 3]], np.uint32),
-                              material=material)
 
 
 def build_scene(seed: int = 0, quads: Sequence[Quad] | None = None) -> Any:
@@ -352,11 +305,11 @@ class SceneRenderer:
             self._renderer = pyrender.OffscreenRenderer(width, height)
         except Exception as exc:
             scene.remove_node(self._camera_node)
-            raise RenderingUnavailable(_platform_hint(exc)) from exc
+            raise RenderingUnavailable(platform_hint(exc)) from exc
 
     def render(self, cam_to_world_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 HxWx3 and z-depth float32 HxW in metres (0 = nothing hit)."""
-        self._scene.set_pose(self._camera_node, cam_to_world_cv @ CV_TO_GL)
+        self._scene.set_pose(self._camera_node, cam_to_world_cv @ FLIP_YZ)  # OpenCV -> OpenGL camera axes
         flags = self._pyrender.RenderFlags
         # FLAT: texture colour only, no lighting; RGBA: 4-byte rows read back
         # correctly for any width.
@@ -412,6 +365,12 @@ def write_frame(out_dir: Path, stem: str, rgb: np.ndarray, pose: np.ndarray,
         _write_atomic(out_dir / "depth" / f"{stem}.depth.png", _png_bytes(depth_to_millimetres(depth_m)))
 
 
+def write_calibration(out_dir: Path, width: int, height: int, focal: float) -> None:
+    """calibration.txt: `fx fy cx cy width height`, the principal point at the image centre."""
+    fx, fy, cx, cy = intrinsics(width, height, focal)
+    _write_atomic(out_dir / "calibration.txt", f"{fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f} {width} {height}\n".encode())
+
+
 def _pose_text(pose: np.ndarray) -> str:
     buf = io.StringIO()
     np.savetxt(buf, pose, fmt="%.9f")
@@ -455,8 +414,8 @@ def _remove_frames(folder: Path, suffix: str) -> None:
 
 def _frames(renderer: SceneRenderer, poses: Sequence[np.ndarray],
             progress: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
-    for i, pose in enumerate(tqdm(poses, desc="rendering", unit="img", disable=not progress)):
+    from ace_util import progress_bar
+    for i, pose in enumerate(progress_bar(poses, desc="rendering", unit="img", disable=not progress)):
         rgb, depth = renderer.render(pose)
         yield i, rgb, depth
 
@@ -483,8 +442,7 @@ def render_scene(out_dir: Path, num_images: int = 24, width: int = 640, height: 
     with SceneRenderer(scene, width, height, focal) as renderer:
         for i, rgb, depth in _frames(renderer, poses, progress):
             write_frame(out_dir, f"frame_{i:05d}", rgb, poses[i], depth if with_depth else None)
-    fx, fy, cx, cy = intrinsics(width, height, focal)
-    _write_atomic(out_dir / "calibration.txt", f"{fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f} {width} {height}\n".encode())
+    write_calibration(out_dir, width, height, focal)
     _write_atomic(out_dir / "README.md", README_TEXT.format(seed=seed, width=width, height=height).encode())
     return out_dir
 

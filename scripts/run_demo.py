@@ -13,13 +13,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ace_util import script_command  # noqa: E402
 from datasets.synthetic_scene import render_scene  # noqa: E402
 
 SCENE_SETTINGS = dict(num_images=16, width=480, height=360, seed=7, trajectory="orbit", yaw_step_deg=6.0)
 
 
 def run(script: str, *args) -> None:
-    command = [sys.executable, str(REPO / script), *[str(a) for a in args]]
+    command = script_command(script, args)
     print("+", " ".join(command[1:]), flush=True)
     if subprocess.run(command, cwd=REPO).returncode != 0:
         sys.exit(f"error: {script} failed (see its output above)")

@@ -12,15 +12,33 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+
+# Fixtures that train a head or run ACE0: every test using one (directly or through another fixture) is slow.
+# Tests that run ACE0, training or the bundle adjustment themselves carry @pytest.mark.slow.
+SLOW_FIXTURES = {"orbit_head", "small_ace_map", "reconstruction", "ace0_folder", "seed_head"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a head, renders scenes or runs a script end to end (minutes); "
+                                       "`pytest -m 'not slow'` (make test-fast) leaves these out")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 ORBIT_IMAGES = 16
 ORBIT_SIZE = (640, 480)
 ORBIT_FOCAL = 525.0
 
 
-def run_cli(script: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one of the project's scripts as a user would."""
-    result = subprocess.run([sys.executable, str(REPO / script), *[str(a) for a in args]], cwd=REPO,
-                            capture_output=True, text=True)
+def run_cli(script: str, *args, check: bool = True, threads: int | None = None) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts as a user would; `threads` caps its OpenMP threads."""
+    from ace_util import script_command
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run(script_command(script, args), cwd=REPO, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -85,13 +103,9 @@ def small_ace_map(small_scene, tmp_path_factory) -> SyntheticAceMap:
     (width, height), focal, scene = SMALL_SCENE_SIZE, SMALL_SCENE_FOCAL, small_scene
     map_file = tmp_path_factory.mktemp("small_ace_map") / "out" / "map.pt"
     # One torch thread: with other processes on few cores, OpenMP spin-waiting makes training ~10x slower.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / "train_ace.py"), f"{scene}/images/*.png", str(map_file),
-               "--pose_files", f"{scene}/poses/*.txt", "--depth_files", f"{scene}/depth/*.png",
-               "--use_external_focal_length", str(focal),
-               "--image_resolution", str(height), "--iterations", "700", "--max_dataset_passes", "4",
-               "--batch_size", "1024", "--use_aug", "False", "--device", "cpu"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli("train_ace.py", f"{scene}/images/*.png", map_file, "--pose_files", f"{scene}/poses/*.txt",
+            "--depth_files", f"{scene}/depth/*.png", "--use_external_focal_length", focal,
+            "--image_resolution", height, "--iterations", 700, "--max_dataset_passes", 4, "--batch_size", 1024,
+            "--use_aug", "False", "--device", "cpu", threads=1)
     return SyntheticAceMap(scene, map_file, map_file.parent / "poses_map_preliminary.txt", focal, width, height,
                            height)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dataset_io
@@ -48,28 +50,84 @@ def test_reconstruction_files(reconstruction):
         assert (out / name).is_file(), name
     assert (out / "poses_iteration0_seed0.txt").is_file()
     state = json.loads((out / "ace_zero_state.json").read_text())
-    # On CPU the final registration is bundle-adjusted (bundle_adjust.py) into poses_final.txt.
-    assert state["finished"] and (out / f"poses_{state['completed'][-1]}_adjusted.txt").read_text() == \
+    # On CPU the final registration is bundle-adjusted (bundle_adjust.py), then verified (verify_poses.py, which
+    # changes confidences only) into poses_final.txt.
+    adjusted = out / f"poses_{state['completed'][-1]}_adjusted.txt"
+    assert state["finished"] and adjusted.with_name(adjusted.stem + "_verified.txt").read_text() == \
         (out / "poses_final.txt").read_text()
+    poses = [line.split()[:-1] for line in adjusted.read_text().splitlines()]
+    assert poses == [line.split()[:-1] for line in (out / "poses_final.txt").read_text().splitlines()]
+    assert (out / "poses_final_verification.json").is_file()
     assert "registered: " in result.stderr and "@500" in result.stderr
 
 
+@pytest.mark.slow
 def test_rerun_resumes(reconstruction, orbit_scene):
+    """A run interrupted during its final polish (state finished, poses_final.txt not yet written) is completed by
+    a rerun without re-running any stage: no mapping, registration or bundle adjustment (the adjusted poses of
+    the first run are reused). Resuming an unfinished round is checked stage by stage in
+    test_resume_runs_only_the_unfinished_round."""
     out, _ = reconstruction
     state_file = out / "ace_zero_state.json"
     state = json.loads(state_file.read_text())
-    # Pretend the run was interrupted before its last round was registered.
-    last = state["completed"].pop()
-    state["rates"].pop(last)
-    state["finished"] = False
-    state_file.write_text(json.dumps(state))
-    kept = out / f"{state['completed'][-1]}.pt"
-    kept_time = kept.stat().st_mtime
+    final = out / "poses_final.txt"
+    expected = final.read_text()
+    final.unlink()
+    kept = [out / f"{run_id}.pt" for run_id in state["completed"]]
+    kept_times = [path.stat().st_mtime for path in kept]
+    adjusted = out / f"poses_{state['completed'][-1]}_adjusted.txt"
+    adjusted_time = adjusted.stat().st_mtime
     result = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", out, "--seed_network",
                      out / "iteration0_seed0.pt", *FAST)
     assert f"resuming after {state['completed'][-1]}" in result.stderr
-    assert kept.stat().st_mtime == kept_time, "finished stages must not be redone"
+    assert "running " not in result.stderr, "no stage may run again"
+    assert [path.stat().st_mtime for path in kept] == kept_times, "finished stages must not be redone"
+    assert adjusted.stat().st_mtime == adjusted_time
+    assert final.read_text() == expected
     assert json.loads(state_file.read_text())["finished"]
+
+
+def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
+    """Resumption with the stages replaced by stand-ins that write their outputs: after the seed and round 1, a
+    rerun maps and registers round 2 only, from round 1's poses and head."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    pattern = str(tmp_path / "frame_*.png")
+    state = ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0", "iteration1"],
+                              rates={"iteration0_seed0": 0.5, "iteration1": 0.75}, max_rate=0.75)
+    state.save(out)
+    calls = []
+
+    def stage(script, arguments, threads=None):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if script == "train_ace.py":
+            head = Path(arguments[1])
+            head.write_bytes(b"head")
+            entries = [dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, float("inf")) for p in images]
+            dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", entries)
+        elif script == "register_mapping.py":
+            session = arguments[arguments.index("--session") + 1]
+            entries = [dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images]
+            dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", entries)
+        else:
+            raise AssertionError(f"unexpected stage {script}")
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "3", "--device", "cpu",
+                                               "--use_external_focal_length", str(ORBIT_FOCAL)])
+    last = ace_zero.reconstruct(args, ace_zero.RunState.load_or_create(out, pattern), ORBIT_FOCAL)
+    assert last == "iteration2"
+    assert [script for script, _ in calls] == ["train_ace.py", "register_mapping.py"]
+    mapping = calls[0][1]
+    assert mapping[1] == str(out / "iteration2.pt")
+    assert mapping[mapping.index("--use_ace_pose_file") + 1] == str(out / "poses_iteration1.txt")
+    assert mapping[mapping.index("--load_weights") + 1] == str(out / "iteration1.pt")
+    saved = json.loads((out / "ace_zero_state.json").read_text())
+    assert saved["completed"] == ["iteration0_seed0", "iteration1", "iteration2"] and saved["finished"]
+    assert saved["rates"]["iteration2"] == 1.0
 
 
 def test_errors(orbit_scene, tmp_path):
@@ -92,6 +150,7 @@ SCRATCH_MAX_ROT_DEG = 1.0
 SCRATCH_MAX_TRANS_M = 0.02
 
 
+@pytest.mark.slow
 def test_reconstruction_from_scratch(orbit_scene, tmp_path):
     """The whole ACE0 loop from nothing but images (seed depth from the renderer, standing in for a depth
     network): every view registered, and after a similarity alignment the poses match the renderer's."""

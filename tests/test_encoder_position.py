@@ -10,6 +10,9 @@ import pytest
 from ace_network import XFEAT_ENCODER_ID, load_encoder
 from benchmarks.bench_encoder import PositionProbe, feature_maps, load_grey, shift_following_fraction
 
+# Encoder measurements over the 16 orbit views: about 20 s of CPU each on 2 cores.
+pytestmark = pytest.mark.slow
+
 RESOLUTION = 240
 
 

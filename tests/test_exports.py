@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,14 @@ import export_cameras
 import export_colmap
 import export_nerfstudio
 import export_point_cloud
+import point_cloud
 from calibration import Intrinsics
 from cli_common import DEFAULT_ENCODER, UserError
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FLIP = np.diag([1.0, -1.0, -1.0])
+PLANE_CAMERA = Intrinsics.centred(100.0, 96, 80, "test")  # the network input of _plane_coordinates
 CONFIDENCES = [2000, 500, 3000, 1500]  # one image below the exporters' default threshold of 1000
 
 
@@ -32,8 +34,7 @@ CONFIDENCES = [2000, 500, 3000, 1500]  # one image below the exporters' default 
 # Helpers and fixtures
 
 def run_script(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+    return run_cli(script, *args, check=False)
 
 
 def gt_cam_to_world(scene: Path) -> list[np.ndarray]:
@@ -59,7 +60,7 @@ def scored_pose_file(small_ace_map, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def regressor(small_ace_map):
-    return export_point_cloud.load_regressor(small_ace_map.map_file, DEFAULT_ENCODER, "cpu")
+    return point_cloud.load_regressor(small_ace_map.map_file, DEFAULT_ENCODER, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def sparse_cloud(small_ace_map, regressor):
     """Points with a small budget (100 per image), so that only well reprojecting ones survive."""
     import dataset_io
     entries = dataset_io.read_ace_pose_file(small_ace_map.pose_file)
-    return export_point_cloud.point_cloud_from_network(regressor, entries, small_ace_map.image_resolution,
+    return point_cloud.point_cloud_from_network(regressor, entries, small_ace_map.image_resolution,
                                                        min_points_total=400, max_points_total=100_000)
 
 
@@ -88,22 +89,21 @@ def test_select_cells_keeps_exact_points_and_drops_outliers():
     coords = _plane_coordinates(10, 12, 100.0, 2.0)
     coords[3, 4] += [0.0, 0.0, 5.0]      # a flying point: far from its neighbours, reprojects badly
     coords[6, 7] = [0.0, 0.0, -1.0]      # behind the camera
-    indices, errors = export_point_cloud.select_cells(coords, np.eye(4), Intrinsics.centred(100.0, 96, 80, "test"), min_points=10,
-                                                      max_points=1000)
+    indices, errors = point_cloud.select_cells(coords, np.eye(4), PLANE_CAMERA, min_points=10, max_points=1000)
     assert 3 * 12 + 4 not in indices and 6 * 12 + 7 not in indices
     assert len(indices) > 100 and np.all(errors < 1e-6)
-    dense, _ = export_point_cloud.select_cells(coords, np.eye(4), Intrinsics.centred(100.0, 96, 80, "test"), 10, 1000, dense=True)
+    dense, _ = point_cloud.select_cells(coords, np.eye(4), PLANE_CAMERA, 10, 1000, dense=True)
     assert 3 * 12 + 4 in dense and 6 * 12 + 7 not in dense  # dense: only the depth test
-    few, _ = export_point_cloud.select_cells(coords, np.eye(4), Intrinsics.centred(100.0, 96, 80, "test"), 10, 7)
+    few, _ = point_cloud.select_cells(coords, np.eye(4), PLANE_CAMERA, 10, 7)
     assert len(few) == 7
-    near, _ = export_point_cloud.select_cells(coords, np.eye(4), Intrinsics.centred(100.0, 96, 80, "test"), 10, 1000, filter_depth=1.0)
+    near, _ = point_cloud.select_cells(coords, np.eye(4), PLANE_CAMERA, 10, 1000, filter_depth=1.0)
     assert len(near) == 0
 
 
 def test_select_cells_relaxes_the_error_threshold_to_reach_the_minimum():
     coords = _plane_coordinates(10, 12, 100.0, 2.0)
     shifted = coords + [0.05, 0.0, 0.0]  # every point reprojects 2.5 px off
-    indices, errors = export_point_cloud.select_cells(shifted, np.eye(4), Intrinsics.centred(100.0, 96, 80, "test"), 50, 1000)
+    indices, errors = point_cloud.select_cells(shifted, np.eye(4), PLANE_CAMERA, 50, 1000)
     assert len(indices) >= 50 and np.allclose(errors, 2.5)
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-import ace_trainer
+import ace_schedule
+import dataset
 import dataset_io
-from calibration import Intrinsics
+from calibration import Intrinsics, heuristic_focal
 from ace_network import ACEEncoder, Head, load_encoder, load_head, save_head
 from cli_common import UserError
 from refine_poses import gram_schmidt, procrustes
@@ -78,6 +79,10 @@ def test_ace_encoder_file_round_trip(tmp_path):
         load_encoder(tmp_path / "bad.pt")
     with pytest.raises(UserError, match="missing.pt"):
         load_encoder(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a network")
+    for load in (load_encoder, load_head):
+        with pytest.raises(UserError, match=r"text.pt: not a readable .* \(not written by torch.save\)$"):
+            load(tmp_path / "text.pt")
 
 
 def test_xfeat_encoder_geometry():
@@ -127,7 +132,7 @@ def test_image_and_pose_errors(tmp_path):
     np.savetxt(tmp_path / "short.txt", np.eye(3))
     with pytest.raises(UserError, match="4x4"):
         dataset_io.load_cam_to_world(str(tmp_path / "short.txt"))
-    assert dataset_io.heuristic_focal(640, 480) == pytest.approx(560.0)
+    assert heuristic_focal(640, 480) == pytest.approx(560.0)
 
 
 def test_one_cycle_matches_torch():
@@ -135,7 +140,7 @@ def test_one_cycle_matches_torch():
     optimizer = torch.optim.AdamW([param], lr=0.005)
     reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.005, total_steps=500, cycle_momentum=False)
     for iteration in range(500):
-        assert ace_trainer._one_cycle(iteration, 500, 0.005) == pytest.approx(optimizer.param_groups[0]["lr"],
+        assert ace_schedule._one_cycle(iteration, 500, 0.005) == pytest.approx(optimizer.param_groups[0]["lr"],
                                                                                 rel=1e-6, abs=1e-12)
         optimizer.step()
         reference.step()
@@ -159,8 +164,8 @@ def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
     images = sorted(str(p) for p in orbit_scene.glob("images/*.png"))
     poses = np.stack([dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.txt"))])
     depths = sorted(str(p) for p in orbit_scene.glob("depth/*.png"))
-    data = ace_trainer.MappingData(images, poses, [Intrinsics.centred(525.0, 640, 480, "test")] * len(images), depths)
-    view = ace_trainer.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
+    data = dataset.MappingData(images, poses, [Intrinsics.centred(525.0, 640, 480, "test")] * len(images), depths)
+    view = dataset.make_view(data, 0, 480, np.random.default_rng(5), True, 1.5, 15, shift, viewpoint)
     assert abs(math.degrees(math.atan2(view.rotation[1, 0], view.rotation[0, 0]))) > 0.5  # really rotated
     height, width = view.grey.shape
     rows, cols = np.nonzero(view.valid & (np.abs(view.scene_coords).sum(axis=0) > 0))
@@ -182,3 +187,62 @@ def test_augmented_view_keeps_geometry(orbit_scene, shift, viewpoint):
     v0 = np.clip((cam0[1] / cam0[2] * 525.0 + 240).astype(int), 0, 479)
     agree = np.abs(depth[v0, u0] - cam0[2]) < 0.05 * cam0[2]
     assert agree.mean() > 0.9
+
+
+def test_progress_bar_in_a_log_prints_few_lines(monkeypatch):
+    """Without a terminal a bar writes a line per 10 % (or 30 s), not one per update; a terminal gets tqdm."""
+    import io
+
+    import ace_util
+    log = io.StringIO()
+    with ace_util.progress_bar(total=5000, desc="Mapping", unit="it", leave=False, file=log) as progress:
+        for i in range(5000):
+            progress.set_postfix(loss=f"{i:.1f}")
+            progress.update(1)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in log.getvalue()
+    assert lines[0].startswith("Mapping:  10%") and "500/5000" in lines[0] and lines[-1].startswith("Mapping: 100%")
+    assert "loss=4999.0" in lines[-1]
+    log = io.StringIO()
+    assert sum(1 for _ in ace_util.progress_bar(range(3), desc="r", file=log)) == 3
+    assert log.getvalue().splitlines()[-1].startswith("r: 100%")
+    clock = [0.0]
+    monkeypatch.setattr(ace_util.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    slow = ace_util.progress_bar(total=1000, file=log)
+    for _ in range(5):
+        clock[0] += 31.0
+        slow.update(1)  # 0.1 % of the total each, but 31 s apart: a line each
+    assert len(log.getvalue().splitlines()) == 5
+    slow.close()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    from tqdm import tqdm
+    assert isinstance(ace_util.progress_bar(total=3, file=Terminal()), tqdm)
+
+
+def test_negative_focal_other_than_minus_one_is_an_error(capsys):
+    import ace_zero
+    import register_mapping
+    import train_ace
+    for module in (train_ace, register_mapping, ace_zero):
+        parser = module.build_parser()
+        assert parser.parse_args(["a", "b", "--use_external_focal_length", "-1"]).use_external_focal_length == -1
+        assert parser.parse_args(["a", "b", "--use_external_focal_length", "525"]).use_external_focal_length == 525
+        with pytest.raises(SystemExit):
+            parser.parse_args(["a", "b", "--use_external_focal_length", "-5"])
+        assert "focal length in pixels or -1" in capsys.readouterr().err
+
+
+def test_confidence_rules_and_encoder_table():
+    import ace_util
+    assert not ace_util.is_registered(1000, 1000) and ace_util.is_registered(1000.5, 1000)
+    assert ace_util.in_mapping_set(1000, 1000) and not ace_util.in_mapping_set(999, 1000)
+    assert list(ace_util.is_registered(np.array([500, 1000, 1001]), 1000)) == [False, False, True]
+    assert ace_util.encoder_spec("XFeat-Reflect").conv_padding == "reflect"
+    assert ace_util.encoder_spec("some/ace_encoder_pretrained.pt") is ace_util.ACE_ENCODER
+    assert ace_util.ACE_ENCODER.seed_augmentation is None and not ace_util.ACE_ENCODER.has_detector
+    assert np.allclose(ace_util.project_pinhole(np.array([[1.0, -2.0, 4.0]]), 100.0, np.array([50.0, 40.0])),
+                       [[75.0, -10.0]])

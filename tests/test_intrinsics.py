@@ -6,8 +6,10 @@ import glob
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+import dataset
 import dataset_io
 from conftest import ORBIT_FOCAL, ORBIT_SIZE, run_cli
 from eval_poses import evaluate
@@ -36,6 +38,15 @@ def _median_errors(pose_file: Path, scene: Path) -> tuple[float, float]:
     return result["median_rot_err_deg"], result["median_trans_err"]
 
 
+def _mixed_collection(scene: Path, folder: Path) -> list[str]:
+    """Even views cropped (off-centre principal point), odd views full: images of two sizes."""
+    crops = _crop(scene, folder, "*[02468]")
+    full = sorted(glob.glob(f"{scene}/images/*[13579].png"))
+    for path in full:
+        (folder / Path(path).name).symlink_to(path)
+    return sorted(crops + [str(folder / Path(p).name) for p in full])
+
+
 def test_registration_with_off_centre_principal_point(orbit_head, orbit_scene, tmp_path):
     """Crops registered with their true principal point are accurate; assuming the centre turns them."""
     _crop(orbit_scene, tmp_path / "crops", "*[13579]")
@@ -56,11 +67,7 @@ def test_registration_with_off_centre_principal_point(orbit_head, orbit_scene, t
 def test_mixed_sizes_map_and_register(orbit_scene, tmp_path):
     """Even views cropped (off-centre principal point), odd views full: one collection of two sizes, each image
     with its own camera from a per-image calibration file, mapped with ground-truth poses and registered."""
-    crops = _crop(orbit_scene, tmp_path / "images", "*[02468]")
-    full = sorted(glob.glob(f"{orbit_scene}/images/*[13579].png"))
-    for path in full:
-        (tmp_path / "images" / Path(path).name).symlink_to(path)
-    images = sorted(crops + [str(tmp_path / "images" / Path(p).name) for p in full])
+    images = _mixed_collection(orbit_scene, tmp_path / "images")
     (tmp_path / "poses").mkdir()
     for image in images:
         (tmp_path / "poses" / (Path(image).stem + ".pose.txt")).symlink_to(
@@ -85,12 +92,11 @@ def test_augmentation_warp_is_a_camera_rotation():
     exactly where the rotated camera, with the moved principal point, projects the same points."""
     import cv2
 
-    import ace_trainer
     from calibration import Intrinsics
     camera = Intrinsics(520.0, 530.0, 300.0, 260.0, 640, 480)
     points = np.random.default_rng(0).normal(size=(3, 50)) + [[0], [0], [4]]
     for angle, shift in [(12.0, (0.0, 0.0)), (-9.0, (15.0, -7.0))]:
-        warp, moved = ace_trainer.in_plane_warp(camera, angle, np.array(shift))
+        warp, moved = dataset.in_plane_warp(camera, angle, np.array(shift))
         rotation = np.eye(3)
         rotation[:2, :2] = cv2.getRotationMatrix2D((0, 0), angle, 1.0)[:, :2]
         before = camera.matrix() @ points
@@ -98,3 +104,22 @@ def test_augmentation_warp_is_a_camera_rotation():
         warped = warp[:, :2] @ (before[:2] / before[2]) + warp[:, 2:]
         np.testing.assert_allclose(warped, after[:2] / after[2], atol=1e-9)
         assert abs(moved.cx - camera.cx) > 1  # the principal point moved with the content
+
+
+@pytest.mark.slow  # two verifications, XFeat matching of all pairs
+def test_verification_uses_each_images_camera(orbit_scene, tmp_path):
+    """verify_poses.py on true poses of a mixed-size collection: with each image's true camera every image agrees;
+    assuming the centre (the crops' principal point 40 px off) makes crops disagree with their neighbours."""
+    images = _mixed_collection(orbit_scene, tmp_path / "images")
+    dataset_io.write_ace_pose_file(tmp_path / "poses_in.txt", [dataset_io.PoseEntry(
+        i, dataset_io.invert_pose(c), ORBIT_FOCAL, 2000) for i, c in zip(images, _gt(orbit_scene, images))])
+    lines = [f"{Path(i).name} {ORBIT_FOCAL} {ORBIT_FOCAL} 320 240" for i in images]
+    (tmp_path / "cameras.txt").write_text("\n".join(lines) + "\n")
+    common = ["--device", "cpu", "--adjust", "False", "--image_resolution", ORBIT_SIZE[1]]
+    run_cli("verify_poses.py", tmp_path / "poses_in.txt", tmp_path / "true.txt", *common,
+            "--calibration_file", tmp_path / "cameras.txt")
+    run_cli("verify_poses.py", tmp_path / "poses_in.txt", tmp_path / "centred.txt", *common)
+    true = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(tmp_path / "true.txt")}
+    centred = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(tmp_path / "centred.txt")}
+    assert all(c == 2000 for c in true.values())
+    assert all(centred[i] < 1000 for i in images if Image.open(i).width == CROP_WIDTH)

@@ -20,16 +20,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ace_util import script_command
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "datasets"))
 
 FOCAL, SIZE, FRAMES = 131.25, (160, 120), 8
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def script(path: str, *args, cwd: Path, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / path), *map(str, args)], cwd=cwd, input=stdin,
+    return subprocess.run(script_command(path, args), cwd=cwd, input=stdin,
                           capture_output=True, text=True, env=env or ENV, timeout=120)
 
 
@@ -593,6 +595,7 @@ def test_script_help():
     assert "Sparse COLMAP + ACE0" in result.stdout and "RENDER_VISUALIZATION" in result.stdout
 
 
+@pytest.mark.slow
 def test_reconstruct_7scenes_warmstart_real(seven_scenes, tmp_path):
     """The KF+ACE0 script with the real train_ace.py and register_mapping.py (a few iterations): the refined
     focal length travels through poses_iteration0_preliminary.txt, and the table is printed."""

@@ -143,7 +143,8 @@ def test_probabilistic_empty_batch_is_zero():
 def test_measured_depth_of_augmented_views(small_scene):
     """The depth the RGB-D prior compares with is the camera depth of the augmented pixel, whatever the warp."""
     import dataset_io
-    from ace_trainer import MappingData, make_view, measured_depth
+    from ace_trainer import measured_depth
+    from dataset import MappingData, make_view
     images = sorted(str(p) for p in small_scene.glob("images/*.png"))[:1]
     depth_file = sorted(str(p) for p in small_scene.glob("depth/*.png"))[:1]
     pose = dataset_io.load_cam_to_world(sorted(str(p) for p in small_scene.glob("poses/*.txt"))[0])

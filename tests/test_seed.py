@@ -7,7 +7,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import ace_trainer
+import dataset
 import dataset_io
+import feature_matching
 import two_view_seed
 from calibration import Intrinsics
 from ace_network import load_encoder
@@ -28,9 +30,9 @@ def test_keypoints_locate_matches_to_a_pixel(orbit_scene, encoder):
     with this shift they are off by (3, 1) px for every match."""
     grey = _grey(sorted(orbit_scene.glob("images/*.png"))[0])
     shift = np.array([13.0, 7.0])  # (u, v) removed from the left and top
-    descriptors_a, pixels_a = two_view_seed.keypoints(encoder, grey, "cpu")
-    descriptors_b, pixels_b = two_view_seed.keypoints(encoder, np.ascontiguousarray(grey[7:, 13:]), "cpu")
-    ia, ib = two_view_seed.mutual_matches(descriptors_a, descriptors_b)
+    descriptors_a, pixels_a = feature_matching.keypoints(encoder, grey, "cpu")
+    descriptors_b, pixels_b = feature_matching.keypoints(encoder, np.ascontiguousarray(grey[7:, 13:]), "cpu")
+    ia, ib = feature_matching.mutual_matches(descriptors_a, descriptors_b)
     assert len(ia) > 200
     errors = np.linalg.norm(pixels_b[ib] + shift - pixels_a[ia], axis=1)
     assert np.median(errors) <= 1.5 and np.mean(errors < 2.5) > 0.8
@@ -75,7 +77,7 @@ def test_two_view_depth_agrees_with_rendered_depth(orbit_scene, encoder):
 def test_seed_buffer_holds_several_augmented_views(orbit_scene, encoder):
     """One seed image still yields max_dataset_passes differently augmented views, as any mapping set."""
     image = sorted(str(p) for p in orbit_scene.glob("images/*.png"))[0]
-    data = ace_trainer.MappingData([image], np.eye(4)[None], [Intrinsics.centred(ORBIT_FOCAL, 640, 480, "test")], None,
+    data = dataset.MappingData([image], np.eye(4)[None], [Intrinsics.centred(ORBIT_FOCAL, 640, 480, "test")], None,
                                    constant_depth=2.0)
     args = SimpleNamespace(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
                            base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240, use_aug=True,
@@ -94,7 +96,7 @@ def test_novel_viewpoint_matches_a_rendering(orbit_scene):
     grey = dataset_io.rgb_to_grey01(dataset_io.load_image_rgb(str(orbit_scene / "images" / f"{stem}.png")))
     depth = dataset_io.load_depth_png(str(orbit_scene / "depth" / f"{stem}.depth.png"))
     cam_to_world = dataset_io.load_cam_to_world(str(orbit_scene / "poses" / f"{stem}.pose.txt"))
-    new_grey, new_depth, mask, rotation, translation = ace_trainer.novel_viewpoint(
+    new_grey, new_depth, mask, rotation, translation = dataset.novel_viewpoint(
         grey.astype(np.float32), depth, Intrinsics.centred(ORBIT_FOCAL, grey.shape[1], grey.shape[0], "test"),
         np.random.default_rng(3), 10.0)
     angle = np.degrees(np.linalg.norm(cv2.Rodrigues(rotation)[0]))

@@ -3,10 +3,7 @@ the synthetic scene, the hand-over of the .pkl buffers between phases, the final
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +13,7 @@ import pytest
 import ace_visualizer as vis
 import ace_zero
 import dataset_io
-from conftest import REPO, SMALL_SCENE_FOCAL, SMALL_SCENE_SIZE
+from conftest import SMALL_SCENE_FOCAL, SMALL_SCENE_SIZE, run_cli
 
 BUFFER_KEYS = {"map_xyz", "map_clr", "frame_idx", "camera_buffer", "pan_cameras"}
 MAPPING_ITERATIONS, OUTPUT_EVERY = 60, 20
@@ -40,10 +37,7 @@ pytestmark = pytest.mark.skipif(_egl_available() is not None,
 
 
 def run(script: str, *args) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # few cores: spin-waiting OpenMP threads slow training down
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f"{script} failed:\n{result.stderr[-3000:]}"
+    run_cli(script, *args, threads=1)  # few cores: spin-waiting OpenMP threads slow training down
 
 
 def render_flags(renderings: Path) -> list:
@@ -184,8 +178,7 @@ def test_final_sweep_and_video(ace0_folder, small_scene):
 
 def test_sweep_without_renderings_is_a_clear_error(tmp_path):
     (tmp_path / "renderings").mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "render_final_sweep.py"), str(tmp_path / "renderings")],
-                            cwd=REPO, capture_output=True, text=True)
+    result = run_cli("render_final_sweep.py", tmp_path / "renderings", check=False)
     assert result.returncode == 2 and "iterationX_register.pkl" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -197,7 +190,7 @@ def test_ace_zero_chains_buffers(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(ace_zero, "run_script", lambda script, arguments, threads=None:
                         commands.append((script, [str(a) for a in arguments])))
-    monkeypatch.setattr(ace_zero, "registration_focal_of", lambda folder, run_id, fallback: fallback)
+    monkeypatch.setattr(ace_zero, "registration_focal_of", lambda args, folder, run_id, fallback: fallback)
     args = ace_zero.build_parser().parse_args(["images/*.png", str(tmp_path), "--render_visualization", "True",
                                                "--render_camera_z_offset", "2"])
     state = ace_zero.RunState("images/*.png")

@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""New: check a reconstruction against independent feature matches and lower the confidence of images whose
+pose disagrees with them.
+
+A RANSAC inlier count only says that an image agrees with the scene coordinate head; with a head that fits wrong
+poses (weak texture, a focal length far off) wrong images collect inliers too. This stage asks the images
+themselves instead: XFeat matches between overlapping images, verified by a fundamental matrix (which needs
+neither poses nor a focal length), must also agree with the relative pose and the focal length of the
+reconstruction. An image whose pairs mostly disagree gets a confidence below --confidence_threshold, so every
+tool that applies the original's threshold (mapping, exports, evaluation) leaves it out. The pose file format is
+unchanged; a JSON report says per image why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import dataset_io
+from calibration import Intrinsics
+from cli_common import (POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError, add_calibration_arg, add_device_arg,
+                        atomic_write_text, make_parser, run_main, select_device, str2bool)
+
+_log = logging.getLogger("verify_poses")
+
+MIN_VERIFIED_MATCHES = 20      # fundamental-matrix inliers for a pair to be a witness
+CANDIDATE_DESCRIPTORS = 512    # per image, for ranking which images overlap
+MIN_BASELINE_ANGLE_DEG = 1.0   # below this parallax (at the median point) the pair is checked by rotation only
+POSE_NEIGHBOURS = 4            # nearest cameras of each camera in the reconstruction that must share matches
+MAX_NEIGHBOUR_ANGLE_DEG = 60   # ... among those looking in a similar direction
+MAX_ADJUSTMENT_DEG = 5.0       # an image the adjustment moves further was not where the evidence puts it
+MAX_FOCAL_CHANGE = 1.25        # ... and all of them when it changes the focal length by more than this factor
+STRONG_PAIR_FRACTION = 0.5     # of the matches of an image's best pair, for a pair to hold images together
+
+
+@dataclass
+class PairCheck:
+    first: int
+    second: int
+    matches: int        # fundamental-matrix inliers: the independent evidence
+    agreement: float    # fraction of them the reconstruction explains
+
+
+@dataclass
+class ImageVerdict:
+    path: str
+    confidence_before: float
+    confidence: float
+    witnesses: int        # verified pairs with other registered images
+    agreement: float      # median agreement over them (nan: no witness)
+    reliable: bool
+    reason: str
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("input_poses", type=Path, help="ACE pose file of the reconstruction (e.g. poses_final.txt)")
+    parser.add_argument("output_poses", type=Path, help="where to write the pose file with checked confidences")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="JSON report per image (default: output_poses with .verification.json)")
+    add_device_arg(parser)
+    parser.add_argument("--confidence_threshold", type=float, default=RELIABLE_CONFIDENCE,
+                        help="images at or above this confidence are checked; failures drop below it")
+    parser.add_argument("--min_agreement", type=float, default=0.5,
+                        help="median fraction of an image's verified matches its pose must explain")
+    parser.add_argument("--pairs_per_image", type=int, default=6,
+                        help="most overlapping images (by raw feature matches) checked for each image")
+    parser.add_argument("--tolerance", type=float, default=0.005,
+                        help="distance from the epipolar line, as a fraction of the image diagonal, within which a "
+                             "match agrees with the (bundle-adjusted) poses")
+    parser.add_argument("--adjust", type=str2bool, default=True,
+                        help="check a bundle-adjusted copy of the poses (bundle_adjust.py; the output keeps the "
+                             "input poses) and flag images the adjustment moves by more than "
+                             f"{MAX_ADJUSTMENT_DEG:g} deg; False for poses that are adjusted already")
+    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
+    add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Independent evidence: which images overlap, and their verified matches
+
+def candidate_partners(features: list, per_image: int) -> list[tuple[int, int]]:
+    """For each image the images sharing the most mutual descriptor matches (poses are not used)."""
+    import torch
+    from feature_matching import mutual_matches
+    subsets = [f.descriptors[:CANDIDATE_DESCRIPTORS] for f in features]
+    counts = np.zeros((len(features), len(features)))
+    with torch.no_grad():
+        for i in range(len(features)):
+            for j in range(i + 1, len(features)):
+                counts[i, j] = counts[j, i] = len(mutual_matches(subsets[i], subsets[j])[0])
+    pairs = set()
+    for i in range(len(features)):
+        for j in np.argsort(-counts[i])[:per_image]:
+            if j != i and counts[i, j] > 0:
+                pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Agreement of the reconstruction with one pair's matches
+
+def relative_pose(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R, t taking camera-1 coordinates to camera-2 coordinates (world-to-camera 4x4 inputs)."""
+    relative = second @ dataset_io.invert_pose(first)
+    return relative[:3, :3], relative[:3, 3]
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def sampson_distance(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """First-order geometric distance (pixels) of matches x1 <-> x2 (N x 2) from the epipolar geometry F."""
+    h1 = np.c_[x1, np.ones(len(x1))]
+    h2 = np.c_[x2, np.ones(len(x2))]
+    Fx1, Ftx2 = h1 @ F.T, h2 @ F
+    numerator = np.einsum("ij,ij->i", h2, Fx1)
+    denominator = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+    return np.abs(numerator) / np.sqrt(np.maximum(denominator, 1e-12))
+
+
+def depths_in_both(R: np.ndarray, t: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1: np.ndarray, x2: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Depths of the midpoint triangulation of each match in camera 1 and camera 2 (intrinsics K1, K2)."""
+    r1 = np.c_[x1, np.ones(len(x1))] @ np.linalg.inv(K1).T
+    r2 = (np.c_[x2, np.ones(len(x2))] @ np.linalg.inv(K2).T) @ R  # camera-2 rays in camera-1 axes
+    c2 = -R.T @ t
+    # Closest points of the rays s*r1 and c2 + u*r2 (least squares per match).
+    a, b, c = np.einsum("ij,ij->i", r1, r1), np.einsum("ij,ij->i", r1, r2), np.einsum("ij,ij->i", r2, r2)
+    d, e = r1 @ c2, r2 @ c2
+    determinant = np.maximum(a * c - b * b, 1e-12)
+    s = (c * d - b * e) / determinant
+    u = (b * d - a * e) / determinant
+    return s, u
+
+
+def pair_agreement(first: np.ndarray, second: np.ndarray, K1: np.ndarray, K2: np.ndarray, x1: np.ndarray,
+                   x2: np.ndarray, tolerance_px: float) -> float:
+    """Fraction of verified matches the reconstruction explains: on their epipolar lines with the points in front
+    of both cameras, or, for a baseline too short for that, transferred by the relative rotation. K1, K2: the
+    intrinsics of the two images."""
+    R, t = relative_pose(first, second)
+    H = K2 @ R @ np.linalg.inv(K1)
+    projected = np.c_[x1, np.ones(len(x1))] @ H.T
+    transferred = projected[:, :2] / np.where(np.abs(projected[:, 2:]) < 1e-12, 1e-12, projected[:, 2:])
+    by_rotation = (np.linalg.norm(transferred - x2, axis=1) < 2 * tolerance_px) & (projected[:, 2] > 0)
+    if np.linalg.norm(t) < 1e-12:
+        return float(by_rotation.mean())
+    F = np.linalg.inv(K2).T @ skew(t) @ R @ np.linalg.inv(K1)
+    on_lines = sampson_distance(F, x1, x2) < tolerance_px
+    s, u = depths_in_both(R, t, K1, K2, x1, x2)
+    in_front = (s > 0) & (u > 0)
+    # Parallax at the median point decides whether the epipolar test means anything.
+    depth = np.median(np.abs(s))  # along camera 1's axis (rays have z = 1)
+    parallax_deg = np.degrees(np.arctan2(np.linalg.norm(t), max(depth, 1e-12)))
+    if parallax_deg < MIN_BASELINE_ANGLE_DEG:
+        return float((by_rotation | (on_lines & in_front)).mean())
+    return float((on_lines & in_front).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def verify(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list, threshold: float,
+           min_agreement: float, per_image: int, tolerance: float) -> tuple[list[ImageVerdict], list[PairCheck], dict]:
+    """`features`: in pixels of each entry's camera (bundle_adjust.extract_features with `cameras`)."""
+    from bundle_adjust import candidate_pairs, verified_matches
+    checked = np.array([e.confidence >= threshold for e in entries])
+    index = np.flatnonzero(checked)
+    # Two sources of pairs: images that look alike (independent of the poses), and images the reconstruction puts
+    # side by side (a reconstruction folded onto itself puts images together that share nothing).
+    by_pose = {(int(index[i]), int(index[j])) for i, j in candidate_pairs(
+        np.stack([entries[k].cam_to_world for k in index]), POSE_NEIGHBOURS, MAX_NEIGHBOUR_ANGLE_DEG)} \
+        if len(index) > 1 else set()
+    by_look = {p for p in candidate_partners(features, per_image) if checked[p[0]] and checked[p[1]]}
+    checks = []
+    for i, j in sorted(by_look | by_pose):
+        diagonal = float(np.mean([np.hypot(c.width, c.height) for c in (cameras[i], cameras[j])]))
+        ia, ib = verified_matches(features[i], features[j], max(1.0, diagonal / 800))
+        agreement = 0.0
+        if len(ia) >= MIN_VERIFIED_MATCHES:
+            agreement = pair_agreement(entries[i].world_to_cam, entries[j].world_to_cam, cameras[i].matrix(),
+                                       cameras[j].matrix(), features[i].pixels[ia], features[j].pixels[ib],
+                                       tolerance * diagonal)
+        checks.append(PairCheck(i, j, len(ia), agreement))
+    strong = strong_pairs(len(entries), checks)
+    component = largest_consistent_part(len(entries), checks, strong, by_pose, min_agreement)
+    witnessed = [c for c in checks if c.matches >= MIN_VERIFIED_MATCHES]
+    contradicted = {i for c, s in zip(checks, strong) if s and c.agreement < min_agreement for i in (c.first, c.second)}
+    verdicts = [verdict(k, e, bool(checked[k]), witnessed, threshold, min_agreement, component, contradicted)
+                for k, e in enumerate(entries)]
+    pose_pairs = [c for c in checks if (c.first, c.second) in by_pose]
+    overlap = float(np.mean([c.matches >= MIN_VERIFIED_MATCHES for c in pose_pairs])) if pose_pairs else float("nan")
+    return verdicts, checks, {"neighbour_overlap": overlap, "consistent_part": int(component.sum())}
+
+
+def strong_pairs(count: int, checks: list[PairCheck]) -> list[bool]:
+    """Pairs with enough verified matches and at least STRONG_PAIR_FRACTION of those of either image's best pair:
+    true neighbours. Look-alike views (the sides of a ring that look alike, which a reconstruction may fold onto
+    each other) share fewer matches than true neighbours."""
+    best = np.zeros(count)
+    for c in checks:
+        best[c.first], best[c.second] = max(best[c.first], c.matches), max(best[c.second], c.matches)
+    return [c.matches >= max(MIN_VERIFIED_MATCHES, STRONG_PAIR_FRACTION * min(best[c.first], best[c.second]))
+            for c in checks]
+
+
+def largest_consistent_part(count: int, checks: list[PairCheck], strong: list[bool], by_pose: set[tuple[int, int]],
+                            min_agreement: float) -> np.ndarray:
+    """Mask of the largest consistent part of the reconstruction. Parts first: images linked by strong pairs whose
+    matches the reconstruction explains. Then two parts join when the other pairs between them agree more often
+    than the evidence contradicts them (a pair whose matches the reconstruction does not explain, or cameras it puts
+    side by side that share no matches). Where a ring folds onto itself the strong pair across the fold disagrees,
+    and the sides laid over each other share look-alike matches but, more often, nothing."""
+    from scipy.sparse.csgraph import connected_components
+    import scipy.sparse
+    linked = [(c.first, c.second) for c, s in zip(checks, strong) if s and c.agreement >= min_agreement]
+    part = np.zeros(count, bool)
+    if not linked:
+        return part
+    rows, cols = np.array(linked).T
+    part[rows] = part[cols] = True
+    _, labels = connected_components(scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)),
+                                                             shape=(count, count)), directed=False)
+    witnessed = [c.matches >= MIN_VERIFIED_MATCHES for c in checks]
+    while True:
+        votes: dict[tuple[int, int], int] = {}
+        for c, seen in zip(checks, witnessed):
+            a, b = labels[c.first], labels[c.second]
+            if a == b or not (part[c.first] and part[c.second]):
+                continue
+            if seen or (c.first, c.second) in by_pose:
+                key = (min(a, b), max(a, b))
+                votes[key] = votes.get(key, 0) + (1 if seen and c.agreement >= min_agreement else -1)
+        joins = [key for key, vote in votes.items() if vote > 0]
+        if not joins:
+            break
+        a, b = max(joins, key=lambda key: votes[key])
+        labels[labels == b] = a
+    return part & (labels == np.argmax(np.bincount(labels[part])))
+
+
+def verdict(k: int, entry: dataset_io.PoseEntry, checked: bool, checks: list[PairCheck], threshold: float,
+            min_agreement: float, component: np.ndarray, contradicted: set[int]) -> ImageVerdict:
+    if not checked:
+        return ImageVerdict(entry.path, entry.confidence, entry.confidence, 0, float("nan"), False,
+                            "below the confidence threshold already")
+    mine = [c.agreement for c in checks if k in (c.first, c.second)]
+    if not mine:
+        return ImageVerdict(entry.path, entry.confidence, entry.confidence, 0, float("nan"), True,
+                            "no verified matches with another registered image: not checkable")
+    agreement = float(np.median(mine))
+    if agreement < min_agreement:
+        reason = (f"its pose explains {100 * agreement:.0f}% of the verified matches with {len(mine)} "
+                  f"overlapping image(s)")
+    elif k in contradicted:
+        reason = "the reconstruction does not explain the matches with a true neighbour (strong pair)"
+    elif not component[k]:
+        reason = (f"placed inconsistently with the largest consistent part of the reconstruction "
+                  f"({int(component.sum())} images)")
+    else:
+        return ImageVerdict(entry.path, entry.confidence, entry.confidence, len(mine), agreement, True, "agrees")
+    # Below the threshold, scaled by how much of the evidence agreed: the mapping rule (>= 500 by default) drops
+    # it too unless it agreed nearly as much as required.
+    lowered = float(np.floor(min(entry.confidence, threshold - 1) * min(agreement, 1.0)))
+    return ImageVerdict(entry.path, entry.confidence, lowered, len(mine), agreement, False, reason)
+
+
+def summarise(verdicts: list[ImageVerdict], threshold: float, statistics: dict) -> dict:
+    checked = [v for v in verdicts if v.confidence_before >= threshold]
+    unreliable = [v for v in checked if not v.reliable]
+    uncheckable = [v for v in checked if v.reliable and v.witnesses == 0]
+    return {"checked": len(checked), "unreliable": len(unreliable), "uncheckable": len(uncheckable),
+            "failed": len(checked) > 0 and len(unreliable) > len(checked) / 2, **statistics}
+
+
+def write_report(path: Path, verdicts: list[ImageVerdict], checks: list[PairCheck], summary: dict) -> None:
+    def clean(value):  # JSON has no NaN
+        return None if isinstance(value, float) and not np.isfinite(value) else value
+    images = [{k: clean(v) for k, v in asdict(verdict).items()} for verdict in verdicts]
+    atomic_write_text(path, json.dumps({"summary": summary, "images": images,
+                                        "pairs": [asdict(c) for c in checks]}, indent=1))
+
+
+def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list, args, device
+                  ) -> tuple[list[dataset_io.PoseEntry], list[Intrinsics], np.ndarray]:
+    """A bundle-adjusted copy of the confident poses (self-consistent to about a pixel, so that the check can be
+    tight), its cameras, and how far each rotation moved (deg). `features`: those of every entry with `cameras`,
+    shared with the check."""
+    import bundle_adjust
+    options = bundle_adjust.build_parser().parse_args([str(args.input_poses), str(args.output_poses)])
+    options.confidence_threshold = args.confidence_threshold
+    options.image_resolution = args.image_resolution
+    try:
+        adjusted, stats = bundle_adjust.bundle_adjust(entries, options, device, features, cameras)
+    except UserError as error:
+        _log.warning("%s: checking the poses as they are", error)
+        return entries, cameras, np.zeros(len(entries))
+    from eval_poses import rotation_angle_deg
+    moved = rotation_angle_deg(np.stack([a.world_to_cam[:3, :3] @ e.world_to_cam[:3, :3].T
+                                         for a, e in zip(adjusted, entries)]))
+    before, after = entries[0].focal, adjusted[0].focal
+    if abs(np.log(after / before)) > np.log(MAX_FOCAL_CHANGE):
+        # Poses registered with a focal length that far off are wrong as a whole, not image by image.
+        _log.warning("the bundle adjustment changes the focal length from %.1f to %.1f px: every pose counts as "
+                     "moved", before, after)
+        moved = np.full(len(entries), np.inf)
+    return adjusted, stats["cameras"], moved
+
+
+def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVerdict:
+    if not verdict.reliable or angle <= MAX_ADJUSTMENT_DEG:
+        return verdict
+    reason = ("the bundle adjustment changes the focal length too much" if np.isinf(angle) else
+              f"the bundle adjustment moves it by {angle:.1f} deg")
+    return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
+                        verdict.witnesses, verdict.agreement, False, reason)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.min_agreement <= 1:
+        raise UserError(f"--min_agreement must be within [0, 1], got {args.min_agreement}")
+    if not 0 < args.tolerance < 1:
+        raise UserError(f"--tolerance must be within (0, 1), got {args.tolerance}")
+    if args.pairs_per_image < 1:
+        raise UserError(f"--pairs_per_image must be at least 1, got {args.pairs_per_image}")
+    entries = dataset_io.read_ace_pose_file(args.input_poses)
+    if not entries:
+        raise UserError(f"{args.input_poses}: no poses")
+    paths = [e.path for e in entries]
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
+    device = select_device(args.device)
+    from bundle_adjust import extract_features
+    _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
+    features = extract_features(paths, args.image_resolution, device, cameras)
+    checked, checked_cameras, moved = adjusted_copy(entries, cameras, features, args, device) if args.adjust else \
+        (entries, cameras, np.zeros(len(entries)))
+    verdicts, checks, statistics = verify(checked, checked_cameras, features, args.confidence_threshold,
+                                          args.min_agreement, args.pairs_per_image, args.tolerance)
+    verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
+    summary = summarise(verdicts, args.confidence_threshold, statistics)
+    # Same lines as the input but for the confidences (read_ace_pose_file skips blank lines too).
+    lines = [line for line in args.input_poses.read_text().splitlines() if line.strip()]
+    atomic_write_text(args.output_poses, "".join(dataset_io.with_confidence(line, v.confidence) + "\n"
+                                                 for line, v in zip(lines, verdicts)))
+    dataset_io.write_cameras_beside(args.output_poses, paths, cameras)  # the input's: only confidences change
+    report = args.report or args.output_poses.with_suffix(".verification.json")
+    write_report(report, verdicts, checks, summary)
+    _log.info("%d pairs checked; neighbours in the reconstruction share matches for %.0f%% of them; %d of %d "
+              "images unreliable, %d not checkable; report: %s", len(checks), 100 * summary["neighbour_overlap"],
+              summary["unreliable"], summary["checked"], summary["uncheckable"], report)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))
