@@ -164,12 +164,15 @@ class RunState:
 # ----------------------------------------------------------------------------------------------------------------
 # Sub-processes
 
-def run_script(script: str, arguments: list, threads: int | None = None) -> None:
-    """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
+def run_script(script: str, arguments: list, threads: int | None = None, label: str = "") -> None:
+    """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe).
+    Logs "stage <script> <label> took N s" (process start included; benchmarks/bench_reconstruction.py reads it)."""
     command = script_command(script, arguments)
     _log.info("running %s", " ".join(command[1:]))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.time()
     result = subprocess.run(command, env=env)
+    _log.info("stage %s %s took %.1f s", script, label or "-", time.time() - start)
     if result.returncode != 0:
         raise UserError(f"{script} failed with exit code {result.returncode} (its output is above)")
 
@@ -253,7 +256,7 @@ def register(args, network: Path, session: str, focal: float, max_estimates: int
                                        "--hypotheses", args.ransac_iterations, "--threshold", args.ransac_threshold,
                                        "--hypotheses_max_tries", 16, "--max_estimates", max_estimates,
                                        "--use_external_focal_length", focal, *(render_args(args) if render else [])],
-               threads)
+               threads, label=session)
     entries = dataset_io.read_ace_pose_file(network.parent / f"poses_{session}.txt")
     return dataset_io.registration_rate(entries, args.registration_confidence)
 
@@ -278,7 +281,7 @@ def map_seed(args, k: int, focal: float, threads: int | None = None, render: boo
                                 "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
                                 "--aug_viewpoint", args.seed_aug_viewpoint, *prior_args(args, seed=True),
                                 *focal_args(focal), *extra,
-                                *(render_args(args) if render else [])], threads)
+                                *(render_args(args) if render else [])], threads, label=network.stem)
 
 
 def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
@@ -337,7 +340,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
         command += ["--load_weights", folder / f"{previous}.pt"]
     _log.info("iteration %d: %s mapping from %s", iteration, "final refit" if refit else
               ("warm-started" if warm else "fresh"), f"poses_{previous}.txt")
-    run_script("train_ace.py", command)
+    run_script("train_ace.py", command, label=run_id)
     focal = registration_focal_of(folder, run_id, initial_focal)
     return run_id, focal
 
@@ -536,7 +539,7 @@ def final_stage(script: str, source: Path, target: Path, arguments: list, what: 
         _log.info("using the %s in %s", what, target)
         return target
     try:
-        run_script(script, [source, target, *arguments])
+        run_script(script, [source, target, *arguments], label=target.stem)
     except UserError as error:
         _log.warning("%s; %s", error, fallback_note)
         return source

@@ -100,7 +100,7 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     state.save(out)
     calls = []
 
-    def stage(script, arguments, threads=None):
+    def stage(script, arguments, threads=None, label=""):
         arguments = [str(a) for a in arguments]
         calls.append((script, arguments))
         if script == "train_ace.py":
