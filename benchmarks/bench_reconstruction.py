@@ -177,11 +177,13 @@ def stage_kind(script: str, label: str) -> str:
 
 def parse_profile(lines) -> Profile:
     """Stage times from the timestamped lines of an ace_zero.py log: each stage's total (its "stage ... took"
-    line), the buffer fill and training inside train_ace.py, and the process start of every stage (from
-    ace_zero's "running" line to the stage's first line: Python and torch imports)."""
+    line), the buffer fill and training inside train_ace.py ("mapping done in" counts from the buffer fill on),
+    and the process start of every stage (from ace_zero's "running" line to the stage's first line: Python and
+    torch imports). A stage still running at the end of the log is counted as "unfinished stage"."""
     profile = Profile()
     first = last = None
     running_at = None      # time of the last "running" line whose stage has not logged yet
+    open_since = None      # time of the last "running" line whose stage has not finished
     fills, trainings = [], []
     for line in lines:
         match = _LINE.match(line.rstrip("\n"))
@@ -194,7 +196,7 @@ def parse_profile(lines) -> Profile:
         first = now if first is None else first
         last = now
         if message.startswith("running "):
-            running_at = now
+            running_at = open_since = now
             continue
         if running_at is not None:
             profile.add("process start", now - running_at)
@@ -203,24 +205,26 @@ def parse_profile(lines) -> Profile:
             script, label, seconds = took.groups()
             kind = stage_kind(script, label)
             profile.add(kind, float(seconds))
-            if script == "train_ace.py":
+            if script == "train_ace.py" and trainings:
                 prefix = "seed" if kind == "seed mapping" else "rounds"
-                for name, values in (("buffer fill", fills), ("training", trainings)):
-                    if values:
-                        profile.add(f"{prefix}: {name}", sum(values))
+                profile.add(f"{prefix}: buffer fill", sum(fills))
+                profile.add(f"{prefix}: training", sum(trainings) - sum(fills))
             fills, trainings = [], []
+            open_since = None
         elif (fill := _BUFFER.match(message)) is not None:
             fills.append(float(fill.group(1)))
         elif (trained := _TRAINED.match(message)) is not None:
             trainings.append(float(trained.group(1)))
     if first is not None:
         profile.total = float(last - first)
+    if open_since is not None:
+        profile.add("unfinished stage", last - open_since)
     return profile
 
 
 PROFILE_ORDER = ("seed mapping", "seed: buffer fill", "seed: training", "seed scoring (registration)",
                  "mapping rounds", "rounds: buffer fill", "rounds: training", "registration", "bundle adjustment",
-                 "verification", "process start")
+                 "verification", "unfinished stage", "process start")
 
 
 def profile_table(profile: Profile) -> str:
@@ -294,7 +298,8 @@ def markdown_table(rows: list[tuple[str, ...]]) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("data_dir", type=Path, help="folder with images/ and poses/*.pose.txt (camera-to-world)")
+    parser.add_argument("data_dir", type=Path, nargs="?", default=None,
+                        help="folder with images/ and poses/*.pose.txt (camera-to-world)")
     parser.add_argument("--results", type=Path, default=None,
                         help="output folder (default: bench_results/<data folder name>)")
     parser.add_argument("--colmap", default="sequential,exhaustive",
@@ -311,8 +316,12 @@ def parse_args(argv=None):
     parser.add_argument("--conf_threshold", type=float, default=500,
                         help="ACE0 images above this confidence count as registered and drive the alignment")
     parser.add_argument("--profile", action="store_true", help="also print ace_zero.py's time by stage")
+    parser.add_argument("--profile_log", type=Path, default=None,
+                        help="only print the stage profile of this ace_zero.py log (a finished or partial run)")
     parser.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
     args = parser.parse_args(argv)
+    if args.data_dir is None and args.profile_log is None:
+        raise UserError("give DATA_DIR (or --profile_log LOG for a profile only)")
     args.matchers = [m.strip() for m in args.colmap.split(",") if m.strip()]
     unknown = [m for m in args.matchers if m not in MATCHERS]
     if unknown:
@@ -324,6 +333,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.profile_log is not None:
+        print(profile_table(parse_profile(args.profile_log.read_text(errors="replace").splitlines())))
+        return {}
     if args.matchers:
         import_pycolmap()  # fail before a 15-minute ACE0 run
     images = args.data_dir / "images"
@@ -354,7 +366,7 @@ def main(argv=None) -> dict:
             print(f"{r['method']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["times"].items()))
     output = {"data": str(args.data_dir), "images": len(image_paths), "results": results}
     if args.profile and not args.skip_ace:
-        profile = parse_profile(Path(results[0]["log"]).read_text().splitlines())
+        profile = parse_profile(Path(results[0]["log"]).read_text(errors="replace").splitlines())
         print(f"\nace_zero.py by stage (from {results[0]['log']}):\n")
         print(profile_table(profile))
         output["profile"] = {"stages": profile.stages, "counts": profile.counts, "total": profile.total}

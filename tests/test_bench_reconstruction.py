@@ -113,7 +113,7 @@ LOG = """\
 10:00:00 INFO running train_ace.py x/*.png out/iteration0_seed0.pt
 10:00:05 INFO device cpu, encoder xfeat
 10:00:20 INFO buffer filled in 14.0 s
-10:01:30 INFO mapping done: 3000 iterations in 70.0 s, final inlier fraction 0.60
+10:01:30 INFO mapping done: 3000 iterations in 84.0 s, final inlier fraction 0.60
 10:01:32 INFO stage train_ace.py iteration0_seed0 took 92.0 s
 10:01:32 INFO running register_mapping.py x/*.png out/iteration0_seed0.pt --session iteration0_seed0_fastcheck
 10:01:36 INFO registering 10 image(s)
@@ -121,7 +121,7 @@ LOG = """\
 progress bar without a time stamp
 10:01:40 INFO running train_ace.py x/*.png out/iteration1.pt
 10:01:44 INFO buffer filled in 3.0 s
-10:02:44 INFO mapping done: 3000 iterations in 59.0 s, final inlier fraction 0.70
+10:02:44 INFO mapping done: 3000 iterations in 62.0 s, final inlier fraction 0.70
 10:02:45 INFO stage train_ace.py iteration1 took 65.0 s
 10:02:45 INFO running bundle_adjust.py a b
 10:02:48 INFO 10 of 12 image pairs verified
@@ -141,12 +141,23 @@ def test_profile_from_an_ace_zero_log():
     assert profile.stages["process start"] == 5 + 4 + 4 + 3 and profile.counts["process start"] == 4
     table = bench.profile_table(profile)
     assert "| ace_zero.py itself (total minus stages) |  | 1 |  |" in table
+    assert "unfinished stage" not in profile.stages
+
+
+def test_profile_only_mode(tmp_path, capsys):
+    log = tmp_path / "ace_zero.log"
+    log.write_text(LOG)
+    assert bench.main(["--profile_log", str(log)]) == {}
+    assert "| seed: training | 1 | 70 | 39 % |" in capsys.readouterr().out
+    with pytest.raises(UserError, match="DATA_DIR"):
+        bench.parse_args([])
 
 
 def test_profile_across_midnight():
     lines = ["23:59:58 INFO running train_ace.py a", "00:00:03 INFO first", "00:00:10 INFO end"]
     profile = bench.parse_profile(lines)
     assert profile.total == 12.0 and profile.stages["process start"] == 5.0
+    assert profile.stages["unfinished stage"] == 12.0   # still running at the end of the log
 
 
 def test_missing_pycolmap_is_a_one_line_error(monkeypatch):
