@@ -129,16 +129,6 @@ def reprojection_errors(cam: torch.Tensor, focals: torch.Tensor, pixels: torch.T
     return (cam[:, :2] / depth[:, None] * focals[:, None] - pixels).abs().sum(dim=1)
 
 
-def pose_gradient_from_inliers(cam: torch.Tensor, cam_fixed: torch.Tensor, errors: torch.Tensor,
-                               inlier_px: float) -> torch.Tensor:
-    """The same values, with the poses' gradient kept only where a prediction already reprojects within
-    `inlier_px`. Early in mapping the head predicts a blend of the geometry of look-alike views; its large
-    residuals pull every camera towards that blend (the measured collapse). Predictions that already fit are
-    the evidence a pose should follow, as a registration's inliers are."""
-    keep = (errors.detach() < inlier_px)[:, None]
-    return torch.where(keep, cam, cam_fixed)
-
-
 def measured_depth(targets: torch.Tensor, initial_world_to_cam: torch.Tensor, rotations: torch.Tensor,
                    translations: torch.Tensor) -> torch.Tensor:
     """Camera depth of each depth target in its augmented view (0 = no target). Targets were built from the
@@ -276,9 +266,6 @@ class Trainer:
         cam_fixed = in_camera(batch, world_to_cam.detach(), predicted)  # for terms that regularise the head only
         focals = batch["focals"] * self.calibration.scale()
         errors = reprojection_errors(cam, focals, batch["pixels"], a.depth_min)
-        if a.pose_refinement_inlier_px > 0:
-            cam = pose_gradient_from_inliers(cam, cam_fixed, errors, a.pose_refinement_inlier_px)
-            errors = reprojection_errors(cam, focals, batch["pixels"], a.depth_min)
         rays = torch.cat([batch["pixels"] / focals.detach()[:, None], torch.ones_like(focals)[:, None]], dim=1)
         inliers, loss = self.loss.compute(LossInputs(
             predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),

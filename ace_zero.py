@@ -189,8 +189,7 @@ def mapping_args(args, refit: bool, iterations: int | None = None, passes: int |
     result = common_args(args) + [
         "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
         "--pose_refinement_lr", args.pose_refinement_lr, "--pose_refinement_gauge", args.pose_refinement_gauge,
-        "--pose_refinement_update", args.pose_refinement_update,
-        "--pose_refinement_inlier_px", args.pose_refinement_inlier_px, "--num_head_blocks", args.num_head_blocks,
+        "--pose_refinement_update", args.pose_refinement_update, "--num_head_blocks", args.num_head_blocks,
         "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
         "--iterations_output", args.iterations_output, "--max_dataset_passes", passes or args.max_dataset_passes,
         "--learning_rate_cooldown_iterations", args.cooldown_iterations,

@@ -144,9 +144,6 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
     parser.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
                         help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
                              "the original (refiner output added to the pose matrix, re-orthonormalised)")
-    parser.add_argument("--pose_refinement_inlier_px", type=float, default=0.0,
-                        help="new: poses learn only from predictions that reproject within this many pixels (the "
-                             "head still learns from all); 0 = all predictions, the original")
     parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                         help="how refined rotations are re-orthonormalised")
 
