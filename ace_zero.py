@@ -75,6 +75,9 @@ def build_parser():
     seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
     seeds.add_argument("--seed_parallel_workers", type=int, default=3,
                        help="seeds mapped in parallel (-1: all cores, 1: sequential)")
+    seeds.add_argument("--seed_early_stop", type=str2bool, default=False,
+                       help="new: with sequential seeds, try no more once one registers at least "
+                            "--registration_threshold of the checked images (False: try all, the original)")
     seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
     seeds.add_argument("--seed_network", type=Path, default=None, help="start from this head instead of seeds")
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
@@ -294,14 +297,29 @@ def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
     return rate
 
 
+def score_seeds_until_good(args, seeds: np.ndarray, focal: float) -> list[float]:
+    """Seeds one after the other, stopping at the first that registers enough: a later seed can only tie it, and
+    each costs a mapping run (about a minute on CPU)."""
+    rates = []
+    for k, seed in enumerate(seeds):
+        rates.append(map_and_score_seed(args, k, seed, focal))
+        if rates[-1] >= args.registration_threshold and k + 1 < len(seeds):
+            _log.info("seed %d registers %.1f%% (>= --registration_threshold): %d more seeds not tried "
+                      "(--seed_early_stop)", k, 100 * rates[-1], len(seeds) - k - 1)
+            break
+    return rates
+
+
 def choose_seed(args, state: RunState, focal: float) -> None:
     from joblib import Parallel, delayed
     seeds = seed_values(args)
     workers = args.seed_parallel_workers
     _log.info("trying %d seed images (%d in parallel)", len(seeds), workers if workers > 0 else len(seeds))
-    # Each seed runs in sub-processes, so threads are enough to run them side by side.
-    rates = Parallel(n_jobs=workers, backend="threading")(
-        delayed(map_and_score_seed)(args, k, s, focal) for k, s in enumerate(seeds))
+    if args.seed_early_stop and workers == 1:
+        rates = score_seeds_until_good(args, seeds, focal)
+    else:  # each seed runs in sub-processes, so threads are enough to run them side by side
+        rates = Parallel(n_jobs=workers, backend="threading")(
+            delayed(map_and_score_seed)(args, k, s, focal) for k, s in enumerate(seeds))
     best = int(np.argmax(rates))
     state.seed_id = f"iteration0_seed{best}"
     _log.info("best seed: %d (%.1f%% registered)", best, 100 * rates[best])
