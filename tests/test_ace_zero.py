@@ -140,7 +140,7 @@ def test_seed_early_stop(tmp_path, monkeypatch, early_stop, mapped):
     images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
     mapped_seeds = []
 
-    def stage(script, arguments, threads=None):
+    def stage(script, arguments, threads=None, label=""):
         arguments = [str(a) for a in arguments]
         if script == "train_ace.py":
             mapped_seeds.append(Path(arguments[1]).stem)
