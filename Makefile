@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DSAC_SOURCES := $(wildcard dsacstar/*.cpp dsacstar/*.h dsacstar/*.hpp) dsacstar/setup.py
 
-.PHONY: venv test test-fast demo clean benchmark
+.PHONY: venv test test-fast demo clean benchmark bench-reconstruction
 
 venv: $(VENV)/.deps $(VENV)/.dsacstar
 
@@ -32,6 +32,12 @@ demo: venv
 
 benchmark: venv
 	$(PY) benchmarks/bench_ransac.py
+
+# ACE0 against COLMAP (pycolmap, optional) on DATA=folder with images/ and poses/: make bench-reconstruction DATA=...
+bench-reconstruction: venv
+	@test -n "$(DATA)" || { echo "usage: make bench-reconstruction DATA=folder [BENCH_ARGS='--colmap sequential']"; exit 2; }
+	$(PIP) install -q -r requirements-bench.txt
+	$(PY) benchmarks/bench_reconstruction.py $(DATA) --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dsacstar/build dsacstar/*.egg-info

@@ -117,6 +117,20 @@ def _sample_view(view: View, index: int, count: int, encoder, device, sampler, d
     return count
 
 
+def in_camera(batch: dict, world_to_cam: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+    """B x 3 scene coordinates in the (augmented) camera of their image."""
+    cam = batch["rotations"] @ (world_to_cam[:, :, :3] @ scene[:, :, None] + world_to_cam[:, :, 3:])
+    return cam[:, :, 0] + batch["translations"]
+
+
+def reprojection_errors(cam: torch.Tensor, focals: torch.Tensor, pixels: torch.Tensor, depth_min: float
+                        ) -> torch.Tensor:
+    """L1 reprojection error in pixels, as the original (depth clamped to stay in front of the camera).
+    focals: B x 2 (fx, fy); pixels relative to the principal point."""
+    depth = cam[:, 2].clamp(min=depth_min)
+    return (cam[:, :2] / depth[:, None] * focals - pixels).abs().sum(dim=1)
+
+
 def measured_depth(targets: torch.Tensor, initial_world_to_cam: torch.Tensor, rotations: torch.Tensor,
                    translations: torch.Tensor) -> torch.Tensor:
     """Camera depth of each depth target in its augmented view (0 = no target). Targets were built from the
@@ -251,14 +265,10 @@ class Trainer:
             predicted = self.head(batch["features"])
         predicted = predicted.float()
         world_to_cam = self.pose_refiner(batch["image_ids"])
-        cam = batch["rotations"] @ (world_to_cam[:, :, :3] @ predicted[:, :, None] + world_to_cam[:, :, 3:])
-        cam = cam[:, :, 0] + batch["translations"]
+        cam = in_camera(batch, world_to_cam, predicted)
+        cam_fixed = in_camera(batch, world_to_cam.detach(), predicted)  # for terms that regularise the head only
         focals = batch["focals"] * self.calibration.scale()
-        depth = cam[:, 2].clamp(min=a.depth_min)
-        projected = cam[:, :2] / depth[:, None] * focals
-        errors = (projected - batch["pixels"]).abs().sum(dim=1)  # L1 reprojection error, as the original
-        cam_fixed = (batch["rotations"] @ (world_to_cam[:, :, :3].detach() @ predicted[:, :, None]
-                                           + world_to_cam[:, :, 3:].detach()))[:, :, 0] + batch["translations"]
+        errors = reprojection_errors(cam, focals, batch["pixels"], a.depth_min)
         rays = torch.cat([batch["pixels"] / focals.detach(), torch.ones_like(focals[:, :1])], dim=1)
         inliers, loss = self.loss.compute(LossInputs(
             predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),

@@ -76,6 +76,9 @@ def build_parser():
     seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
     seeds.add_argument("--seed_parallel_workers", type=int, default=3,
                        help="seeds mapped in parallel (-1: all cores, 1: sequential)")
+    seeds.add_argument("--seed_early_stop", type=str2bool, default=False,
+                       help="new: with sequential seeds, try no more once one registers at least "
+                            "--registration_threshold of the checked images (False: try all, the original)")
     seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
     seeds.add_argument("--seed_network", type=Path, default=None, help="start from this head instead of seeds")
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
@@ -166,12 +169,15 @@ class RunState:
 # ----------------------------------------------------------------------------------------------------------------
 # Sub-processes
 
-def run_script(script: str, arguments: list, threads: int | None = None) -> None:
-    """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe)."""
+def run_script(script: str, arguments: list, threads: int | None = None, label: str = "") -> None:
+    """Run a stage as its own process; `threads` caps its CPU threads (parallel seeds must not oversubscribe).
+    Logs "stage <script> <label> took N s" (process start included; benchmarks/bench_reconstruction.py reads it)."""
     command = script_command(script, arguments)
     _log.info("running %s", " ".join(command[1:]))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.time()
     result = subprocess.run(command, env=env)
+    _log.info("stage %s %s took %.1f s", script, label or "-", time.time() - start)
     if result.returncode != 0:
         raise UserError(f"{script} failed with exit code {result.returncode} (its output is above)")
 
@@ -260,7 +266,7 @@ def register(args, network: Path, session: str, focal: float, max_estimates: int
                                        "--hypotheses", args.ransac_iterations, "--threshold", args.ransac_threshold,
                                        "--hypotheses_max_tries", 16, "--max_estimates", max_estimates,
                                        "--use_external_focal_length", focal, *(render_args(args) if render else [])],
-               threads)
+               threads, label=session)
     entries = dataset_io.read_ace_pose_file(network.parent / f"poses_{session}.txt")
     return dataset_io.registration_rate(entries, args.registration_confidence)
 
@@ -285,7 +291,7 @@ def map_seed(args, k: int, focal: float, threads: int | None = None, render: boo
                                 "--use_pose_seed", seed_values(args)[k], "--aug_shift", args.seed_aug_shift,
                                 "--aug_viewpoint", args.seed_aug_viewpoint, *prior_args(args, seed=True),
                                 *focal_args(focal), *extra,
-                                *(render_args(args) if render else [])], threads)
+                                *(render_args(args) if render else [])], threads, label=network.stem)
 
 
 def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
@@ -298,14 +304,29 @@ def map_and_score_seed(args, k: int, seed: float, focal: float) -> float:
     return rate
 
 
+def score_seeds_until_good(args, seeds: np.ndarray, focal: float) -> list[float]:
+    """Seeds one after the other, stopping at the first that registers enough: a later seed can only tie it, and
+    each costs a mapping run (about a minute on CPU)."""
+    rates = []
+    for k, seed in enumerate(seeds):
+        rates.append(map_and_score_seed(args, k, seed, focal))
+        if rates[-1] >= args.registration_threshold and k + 1 < len(seeds):
+            _log.info("seed %d registers %.1f%% (>= --registration_threshold): %d more seeds not tried "
+                      "(--seed_early_stop)", k, 100 * rates[-1], len(seeds) - k - 1)
+            break
+    return rates
+
+
 def choose_seed(args, state: RunState, focal: float) -> None:
     from joblib import Parallel, delayed
     seeds = seed_values(args)
     workers = args.seed_parallel_workers
     _log.info("trying %d seed images (%d in parallel)", len(seeds), workers if workers > 0 else len(seeds))
-    # Each seed runs in sub-processes, so threads are enough to run them side by side.
-    rates = Parallel(n_jobs=workers, backend="threading")(
-        delayed(map_and_score_seed)(args, k, s, focal) for k, s in enumerate(seeds))
+    if args.seed_early_stop and workers == 1:
+        rates = score_seeds_until_good(args, seeds, focal)
+    else:  # each seed runs in sub-processes, so threads are enough to run them side by side
+        rates = Parallel(n_jobs=workers, backend="threading")(
+            delayed(map_and_score_seed)(args, k, s, focal) for k, s in enumerate(seeds))
     best = int(np.argmax(rates))
     state.seed_id = f"iteration0_seed{best}"
     _log.info("best seed: %d (%.1f%% registered)", best, 100 * rates[best])
@@ -352,7 +373,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
         command += ["--load_weights", folder / f"{previous}.pt"]
     _log.info("iteration %d: %s mapping from %s", iteration, "final refit" if refit else
               ("warm-started" if warm else "fresh"), f"poses_{previous}.txt")
-    run_script("train_ace.py", command)
+    run_script("train_ace.py", command, label=run_id)
     focal = registration_focal_of(args, folder, run_id, initial_focal)
     return run_id, focal
 
@@ -569,7 +590,7 @@ def final_stage(script: str, source: Path, target: Path, arguments: list, what: 
         _log.info("using the %s in %s", what, target)
         return target
     try:
-        run_script(script, [source, target, *arguments])
+        run_script(script, [source, target, *arguments], label=target.stem)
     except UserError as error:
         _log.warning("%s; %s", error, fallback_note)
         return source

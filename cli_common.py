@@ -251,6 +251,7 @@ CPU_PROFILES: dict[str, dict[str, Any]] = {
     "ace_zero.py": {
         "try_seeds": 3,
         "seed_parallel_workers": 1,
+        "seed_early_stop": True,
         "seed_iterations": 3000,
         "mapping_iterations": 3000,
         "refit_iterations": 4000,

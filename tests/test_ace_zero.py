@@ -100,7 +100,7 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     state.save(out)
     calls = []
 
-    def stage(script, arguments, threads=None):
+    def stage(script, arguments, threads=None, label=""):
         arguments = [str(a) for a in arguments]
         calls.append((script, arguments))
         if script == "train_ace.py":
@@ -128,6 +128,38 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     saved = json.loads((out / "ace_zero_state.json").read_text())
     assert saved["completed"] == ["iteration0_seed0", "iteration1", "iteration2"] and saved["finished"]
     assert saved["rates"]["iteration2"] == 1.0
+
+
+@pytest.mark.parametrize("early_stop, mapped", [(True, 2), (False, 3)])
+def test_seed_early_stop(tmp_path, monkeypatch, early_stop, mapped):
+    """Stand-in stages: the second of three seeds registers every checked image, so with --seed_early_stop the
+    third is never mapped, and the best seed is the second either way."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    mapped_seeds = []
+
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        if script == "train_ace.py":
+            mapped_seeds.append(Path(arguments[1]).stem)
+            Path(arguments[1]).write_bytes(b"head")
+            return
+        session = arguments[arguments.index("--session") + 1]
+        good = 2 if session.startswith("iteration0_seed0") else 4  # seed 0: half registered, seeds 1-2: all
+        entries = [dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0 if i < good else 10.0)
+                   for i, p in enumerate(images)]
+        dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", entries)
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([str(tmp_path / "frame_*.png"), str(out), "--try_seeds", "3",
+                                               "--seed_parallel_workers", "1", "--seed_early_stop",
+                                               str(early_stop)])
+    state = ace_zero.RunState.load_or_create(out, args.rgb_files)
+    ace_zero.choose_seed(args, state, ORBIT_FOCAL)
+    assert mapped_seeds == [f"iteration0_seed{k}" for k in range(mapped)]
+    assert state.seed_id == "iteration0_seed1"
 
 
 def test_errors(orbit_scene, tmp_path):

@@ -188,7 +188,7 @@ def test_sweep_without_renderings_is_a_clear_error(tmp_path):
 
 def test_ace_zero_chains_buffers(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(ace_zero, "run_script", lambda script, arguments, threads=None:
+    monkeypatch.setattr(ace_zero, "run_script", lambda script, arguments, threads=None, label="":
                         commands.append((script, [str(a) for a in arguments])))
     monkeypatch.setattr(ace_zero, "registration_focal_of", lambda args, folder, run_id, fallback: fallback)
     args = ace_zero.build_parser().parse_args(["images/*.png", str(tmp_path), "--render_visualization", "True",
