@@ -51,14 +51,6 @@ def import_pycolmap():
     return pycolmap
 
 
-def cam_to_world_of(rotation_w2c: np.ndarray, translation_w2c: np.ndarray) -> np.ndarray:
-    """4x4 camera-to-world of COLMAP's world-to-camera x_cam = R x_world + t (both OpenCV camera axes)."""
-    pose = np.eye(4)
-    pose[:3, :3] = rotation_w2c.T
-    pose[:3, 3] = -rotation_w2c.T @ translation_w2c
-    return pose
-
-
 def colmap_entries(image_paths: list[Path], registered: dict[str, tuple[np.ndarray, float]]) -> list:
     """Pose-file entries for every image: `registered` maps an image name to (4x4 world-to-camera, focal);
     the others are missing (identity pose, confidence 0, the median focal of the registered ones or 0)."""

@@ -17,19 +17,6 @@ def rotation_z(degrees: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def test_cam_to_world_of_inverts_colmap_world_to_camera():
-    # A camera 90 deg about z with t = (1, 2, 3): its centre is -R^T t, and it sees a world point where
-    # R x + t says.
-    rotation = rotation_z(90)
-    translation = np.array([1.0, 2.0, 3.0])
-    c2w = bench.cam_to_world_of(rotation, translation)
-    np.testing.assert_allclose(c2w[:3, 3], [-2.0, 1.0, -3.0], atol=1e-12)
-    point_world = np.array([0.5, -1.0, 4.0])
-    point_cam = rotation @ point_world + translation
-    np.testing.assert_allclose(c2w[:3, :3] @ point_cam + c2w[:3, 3], point_world, atol=1e-12)
-    np.testing.assert_allclose(c2w[3], [0, 0, 0, 1])
-
-
 def test_pycolmap_poses_read_as_world_to_camera():
     pycolmap = pytest.importorskip("pycolmap")
     rotation = rotation_z(30)
