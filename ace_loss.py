@@ -36,8 +36,9 @@ DIFFUSION_CENTROID, DIFFUSION_SCALE = 0.0, 20.0  # point normalisation when the 
 class PriorConfig:
     type: str = "none"
     weight: float = 1.0          # lambda
-    bandwidth: float = 0.1       # Laplace scale b (scene units; metres with metric depth)
-    location: float = 1.0        # Laplace location mu; not used by rgbd_laplace_nll
+    # either may be "auto" until the trainer resolves it from the mapping depth (auto_prior)
+    bandwidth: float | str = 0.1  # Laplace scale b (scene units; metres with metric depth)
+    location: float | str = 1.0   # Laplace location mu; not used by rgbd_laplace_nll
     diffusion_model_path: Path | None = None
     diffusion_start_step: int = 0
     diffusion_warmup_steps: int = -1
@@ -60,13 +61,17 @@ class LossConfig:
 
     @classmethod
     def from_args(cls, args) -> "LossConfig":
-        prior = PriorConfig(args.prior_loss_type, args.prior_loss_weight, float(args.prior_loss_bandwidth),
-                            float(args.prior_loss_location), args.prior_diffusion_model_path,
+        prior = PriorConfig(args.prior_loss_type, args.prior_loss_weight, _float_or_auto(args.prior_loss_bandwidth),
+                            _float_or_auto(args.prior_loss_location), args.prior_diffusion_model_path,
                             args.prior_diffusion_start_step, args.prior_diffusion_warmup_steps,
                             args.prior_diffusion_subsample)
         return cls(args.loss_structure, prior, args.repro_loss_type, args.repro_loss_soft_clamp,
                    args.repro_loss_soft_clamp_min, args.repro_loss_schedule, args.repro_loss_hard_clamp,
                    args.depth_min, args.depth_max, args.depth_target, args.learning_rate_cooldown_trigger_px_threshold)
+
+
+def _float_or_auto(value) -> float | str:
+    return "auto" if str(value) == "auto" else float(value)
 
 
 def check_prior_combination(structure: str, prior_type: str) -> None:

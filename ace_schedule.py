@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate flags of train_ace.py (same names: ace_util.config_from_args builds it)."""
+    learning_rate_schedule: str  # circle, constant or 1cyclepoly
+    iterations: int
+    learning_rate_min: float
+    learning_rate_max: float
+    learning_rate_warmup_iterations: int
+    learning_rate_warmup_learning_rate: float
+    learning_rate_cooldown_iterations: int
+    learning_rate_cooldown_trigger_percent_threshold: float
+
+
 class LearningRateSchedule:
     """circle (one-cycle cosine), constant, or 1cyclepoly (warm-up, plateau, linear cooldown that an
     early-stopping trigger can start before the last `cooldown` iterations)."""
 
-    def __init__(self, args, optimizer: torch.optim.Optimizer):
-        self.args, self.optimizer = args, optimizer
-        self.max_iterations = args.iterations
+    def __init__(self, config: ScheduleConfig, optimizer: torch.optim.Optimizer):
+        self.config, self.optimizer = config, optimizer
+        self.max_iterations = config.iterations
         self.cooldown_start: int | None = None
-        self.cooldown_from = args.learning_rate_max
+        self.cooldown_from = config.learning_rate_max
         self.recent_inliers: list[float] = []
 
     def learning_rate(self, iteration: int) -> float:
-        a = self.args
+        a = self.config
         if a.learning_rate_schedule == "constant":
             return a.learning_rate_min
         if a.learning_rate_schedule == "circle":
@@ -38,7 +52,7 @@ class LearningRateSchedule:
 
     def step(self, iteration: int, batch_inliers: float) -> None:
         """Set the LR for `iteration`; in 1cyclepoly, start the cooldown when mapping has converged."""
-        a = self.args
+        a = self.config
         if a.learning_rate_schedule == "1cyclepoly" and self.cooldown_start is None:
             self.recent_inliers = (self.recent_inliers + [batch_inliers])[-100:]
             past_warmup = iteration >= a.learning_rate_warmup_iterations

@@ -7,7 +7,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,73 @@ import dataset_io
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
                       reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
-from ace_schedule import LearningRateSchedule
-from ace_util import UserError, atomic_write_text, progress_bar
-from dataset import MappingData, View, load_mapping_data, make_view, median_depth_of
+from ace_schedule import LearningRateSchedule, ScheduleConfig
+from ace_util import UserError, atomic_write_text, config_from_args, progress_bar
+from ace_vis_util import RenderFlags
+from dataset import DataConfig, MappingData, View, load_mapping_data, make_view, median_depth_of
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 
 _log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: train_ace.py's flags, by module; fields have the flags' names
+
+@dataclass(frozen=True)
+class BufferConfig:
+    max_dataset_passes: int
+    samples_per_image: int
+    max_training_buffer_size: int
+    base_seed: int
+    use_half: bool           # fp16 features (CUDA only)
+    num_data_workers: int
+    image_resolution: int
+    use_aug: bool
+    aug_scale: float
+    aug_rotation: int
+    aug_shift: float
+    aug_viewpoint: float
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """What a mapping run reads. The trainer takes shared values from the part that owns them: the seed and fp16
+    from `buffer`, the iterations and learning rates from `schedule`, depth_min from `loss`."""
+    output_map_file: Path
+    encoder_path: str
+    data: DataConfig
+    buffer: BufferConfig
+    schedule: ScheduleConfig
+    loss: LossConfig
+    load_weights: Path | None
+    head_width: int
+    num_head_blocks: int
+    use_homogeneous: bool
+    pose_refinement: str
+    refinement_ortho: str
+    pose_refinement_lr: float
+    pose_refinement_weight: float
+    pose_refinement_gauge: str
+    pose_refinement_update: str
+    pose_refinement_wait: int
+    refine_calibration: bool
+    refine_calibration_lr: float
+    training_buffer_cpu: bool
+    batch_size: int
+    iterations_output: int
+    render: RenderFlags | None  # None: no frames
+    render_map_error_threshold: int
+    render_map_depth_filter: int
+    use_existing_vis_buffer: str | None
+    render_depth_hist: bool
+
+    @classmethod
+    def from_args(cls, args) -> "MappingConfig":
+        return config_from_args(cls, args, data=config_from_args(DataConfig, args),
+                                buffer=config_from_args(BufferConfig, args),
+                                schedule=config_from_args(ScheduleConfig, args), loss=LossConfig.from_args(args),
+                                render=RenderFlags.from_args(args))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,30 +110,32 @@ class TrainingBuffer:
                 "image_ids": take(self.image_ids), "targets": take(self.targets)}
 
 
-def buffer_size(args, num_images: int) -> int:
+def buffer_size(config: BufferConfig, num_images: int) -> int:
     # A seed (one image) gets max_dataset_passes differently augmented views of it, like any mapping set.
-    return min(args.max_dataset_passes * num_images * args.samples_per_image, args.max_training_buffer_size)
+    return min(config.max_dataset_passes * num_images * config.samples_per_image, config.max_training_buffer_size)
 
 
 @torch.no_grad()
-def fill_training_buffer(data: MappingData, encoder, args, device, storage_device) -> TrainingBuffer:
+def fill_training_buffer(data: MappingData, encoder, config: BufferConfig, device: torch.device,
+                         storage_device) -> TrainingBuffer:
     """Sample encoder features of augmented views until the buffer is full or the passes are used up."""
-    capacity = buffer_size(args, len(data.images))
-    per_image = args.samples_per_image
-    rng = np.random.default_rng(args.base_seed + 511)
-    order = [int(i) for _ in range(args.max_dataset_passes) for i in rng.permutation(len(data.images))]
+    capacity = buffer_size(config, len(data.images))
+    per_image = config.samples_per_image
+    rng = np.random.default_rng(config.base_seed + 511)
+    order = [int(i) for _ in range(config.max_dataset_passes) for i in rng.permutation(len(data.images))]
     view_seeds = rng.integers(0, 2 ** 31, size=len(order))
     chunks: dict[str, list] = {k: [] for k in TrainingBuffer.__dataclass_fields__}
     filled = 0
-    sampler = torch.Generator().manual_seed(args.base_seed + 4095)
-    dtype = torch.float16 if args.use_half and device.type == "cuda" else torch.float32
+    sampler = torch.Generator().manual_seed(config.base_seed + 4095)
+    dtype = torch.float16 if config.use_half and device.type == "cuda" else torch.float32
 
     def load(item):
         index, view_seed = item
-        return index, make_view(data, index, args.image_resolution, np.random.default_rng(view_seed),
-                                args.use_aug, args.aug_scale, args.aug_rotation, args.aug_shift, args.aug_viewpoint)
+        return index, make_view(data, index, config.image_resolution, np.random.default_rng(view_seed),
+                                config.use_aug, config.aug_scale, config.aug_rotation, config.aug_shift,
+                                config.aug_viewpoint)
 
-    workers = max(1, args.num_data_workers)
+    workers = max(1, config.num_data_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             progress_bar(total=capacity, desc="Filling training buffer", unit="sample", leave=False) as progress:
         for index, view in pool.map(load, zip(order, view_seeds)):
@@ -148,33 +210,33 @@ def measured_depth(targets: torch.Tensor, initial_world_to_cam: torch.Tensor, ro
 class Trainer:
     """One mapping run: buffer, optimisation loop, output files."""
 
-    def __init__(self, args, device: torch.device):
-        self.args, self.device = args, device
-        self._seed_everything(args.base_seed)
-        self.encoder = load_encoder(args.encoder_path, device)
-        self.data = load_mapping_data(args, self.encoder, device)
-        self.seed_mode = args.use_pose_seed >= 0
+    def __init__(self, config: MappingConfig, device: torch.device):
+        self.config, self.device = config, device
+        self._seed_everything(config.buffer.base_seed)
+        self.encoder = load_encoder(config.encoder_path, device)
+        self.data = load_mapping_data(config.data, self.encoder, device)
+        self.seed_mode = config.data.use_pose_seed >= 0
         first = self.data.cameras[0]
         _log.info("mapping %d image(s), the first %dx%d with focal %.1f px%s", len(self.data.images), first.width,
                   first.height, first.fx, " (seed image)" if self.seed_mode else "")
         self.loss = self._create_loss()
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
-                                        args.pose_refinement, args.refinement_ortho, args.pose_refinement_lr,
-                                        args.pose_refinement_weight, args.pose_refinement_gauge,
-                                        args.pose_refinement_update).to(device)
+                                        config.pose_refinement, config.refinement_ortho,
+                                        config.pose_refinement_lr, config.pose_refinement_weight,
+                                        config.pose_refinement_gauge, config.pose_refinement_update).to(device)
         # one relative change of every image's focal (a shared focal when they share one camera)
-        self.calibration = CalibrationRefiner(float(self.data.focals[0]), args.refine_calibration,
-                                              args.refine_calibration_lr).to(device)
-        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=args.learning_rate_min)
-        self.schedule = LearningRateSchedule(args, self.optimizer)
+        self.calibration = CalibrationRefiner(float(self.data.focals[0]), config.refine_calibration,
+                                              config.refine_calibration_lr).to(device)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.schedule.learning_rate_min)
+        self.schedule = LearningRateSchedule(config.schedule, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
         self.log_lines: list[str] = []
-        self.visualizer = self._create_visualizer() if args.render_visualization else None
+        self.visualizer = self._create_visualizer() if config.render is not None else None
 
     @property
     def _use_amp(self) -> bool:
-        return self.args.use_half and self.device.type == "cuda"
+        return self.config.buffer.use_half and self.device.type == "cuda"
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -183,22 +245,21 @@ class Trainer:
         random.seed(seed)
 
     def _create_loss(self) -> AceLoss:
-        a = self.args
-        if "auto" in (str(a.prior_loss_location), str(a.prior_loss_bandwidth)):
-            a.prior_loss_location, a.prior_loss_bandwidth = auto_prior(
-                median_depth_of(self.data), a.prior_loss_location, a.prior_loss_bandwidth)
-            _log.info("prior from the median depth: location %.3f, bandwidth %.3f", a.prior_loss_location,
-                      a.prior_loss_bandwidth)
+        config, prior = self.config.loss, self.config.loss.prior
+        if "auto" in (str(prior.location), str(prior.bandwidth)):
+            location, bandwidth = auto_prior(median_depth_of(self.data), prior.location, prior.bandwidth)
+            prior = replace(prior, location=location, bandwidth=bandwidth)
+            config = replace(config, prior=prior)
+            _log.info("prior from the median depth: location %.3f, bandwidth %.3f", location, bandwidth)
         has_depth = self.data.depth_files is not None or self.data.estimated_depth is not None or \
             self.data.constant_depth is not None
-        if a.loss_structure != "dsac*" or a.prior_loss_type != "none":
-            _log.info("loss: %s, prior %s (weight %g, bandwidth %g, location %g)", a.loss_structure,
-                      a.prior_loss_type, a.prior_loss_weight, float(a.prior_loss_bandwidth),
-                      float(a.prior_loss_location))
-        return AceLoss(LossConfig.from_args(a), has_depth, self.device)
+        if config.structure != "dsac*" or prior.type != "none":
+            _log.info("loss: %s, prior %s (weight %g, bandwidth %g, location %g)", config.structure, prior.type,
+                      prior.weight, prior.bandwidth, prior.location)
+        return AceLoss(config, has_depth, self.device)
 
     def _create_head(self) -> Head:
-        a = self.args
+        a = self.config
         if a.load_weights is not None:
             head = load_head(a.load_weights, self.encoder, self.device)
             _log.info("warm start from %s (width %d, mean kept)", a.load_weights, head.width)
@@ -210,27 +271,28 @@ class Trainer:
 
     def _create_visualizer(self):
         from ace_visualizer import MappingVisualizer, RenderSettings
-        a = self.args
-        visualizer = MappingVisualizer(RenderSettings.from_args(a, self.device.type), Path(a.output_map_file).stem,
-                                       self.pose_refiner.initial.cpu().numpy(), a.render_map_error_threshold,
-                                       a.render_map_depth_filter, a.use_existing_vis_buffer)
-        visualizer.depth_histogram = getattr(a, "render_depth_hist", False)
+        a = self.config
+        visualizer = MappingVisualizer(RenderSettings.for_device(a.render, self.device.type),
+                                       Path(a.output_map_file).stem, self.pose_refiner.initial.cpu().numpy(),
+                                       a.render_map_error_threshold, a.render_map_depth_filter,
+                                       a.use_existing_vis_buffer)
+        visualizer.depth_histogram = a.render_depth_hist
         return visualizer
 
     # -- loop ---------------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        a = self.args
+        a = self.config
         start = time.time()
         storage = torch.device("cpu") if a.training_buffer_cpu else self.device
-        buffer = fill_training_buffer(self.data, self.encoder, a, self.device, storage)
+        buffer = fill_training_buffer(self.data, self.encoder, a.buffer, self.device, storage)
         _log.info("buffer filled in %.1f s", time.time() - start)
         if len(buffer) < a.batch_size:
             _log.info("buffer smaller than --batch_size: using batches of %d", len(buffer))
         batch_size = min(a.batch_size, len(buffer))
-        generator = torch.Generator().manual_seed(a.base_seed + 8191)
+        generator = torch.Generator().manual_seed(a.buffer.base_seed + 8191)
         iteration = 0
-        progress = progress_bar(total=a.iterations, desc="Mapping", unit="it", leave=False)
+        progress = progress_bar(total=a.schedule.iterations, desc="Mapping", unit="it", leave=False)
         while iteration < self.schedule.max_iterations:
             permutation = torch.randperm(len(buffer), generator=generator)
             for begin in range(0, len(buffer) - batch_size + 1, batch_size):
@@ -256,10 +318,10 @@ class Trainer:
             from ace_network import Regressor
             regressor = Regressor(self.encoder, self.head).eval()
             cameras = [c.with_focal(e.focal) for c, e in zip(self.data.cameras, entries)]  # the refined focal
-            self.visualizer.finish_map(regressor, entries, a.image_resolution, self.device, cameras)
+            self.visualizer.finish_map(regressor, entries, a.buffer.image_resolution, self.device, cameras)
 
     def _training_step(self, batch: dict, iteration: int) -> tuple[float, float]:
-        a = self.args
+        a = self.config
         self.schedule.step(iteration, getattr(self, "_last_inliers", 0.0))
         with torch.autocast(self.device.type, enabled=self._use_amp):
             predicted = self.head(batch["features"])
@@ -268,7 +330,7 @@ class Trainer:
         cam = in_camera(batch, world_to_cam, predicted)
         cam_fixed = in_camera(batch, world_to_cam.detach(), predicted)  # for terms that regularise the head only
         focals = batch["focals"] * self.calibration.scale()
-        errors = reprojection_errors(cam, focals, batch["pixels"], a.depth_min)
+        errors = reprojection_errors(cam, focals, batch["pixels"], a.loss.depth_min)
         rays = torch.cat([batch["pixels"] / focals.detach(), torch.ones_like(focals[:, :1])], dim=1)
         inliers, loss = self.loss.compute(LossInputs(
             predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),
@@ -290,7 +352,7 @@ class Trainer:
         return float(loss.detach()), inliers
 
     def _measured_depth(self, batch: dict) -> torch.Tensor | None:
-        if batch["targets"] is None or self.args.prior_loss_type != "rgbd_laplace_nll":
+        if batch["targets"] is None or self.config.loss.prior.type != "rgbd_laplace_nll":
             return None
         return measured_depth(batch["targets"], self.pose_refiner.initial[batch["image_ids"]], batch["rotations"],
                               batch["translations"])
@@ -307,7 +369,7 @@ class Trainer:
         self.log_lines.append(" ".join(str(f) for f in fields))
 
     def _save_outputs(self) -> list[dataset_io.PoseEntry]:
-        out = Path(self.args.output_map_file)
+        out = Path(self.config.output_map_file)
         stem = out.with_suffix("")
         save_head(out, self.head, self.encoder.encoder_id)
         atomic_write_text(stem.parent / f"{stem.name}.txt", "\n".join(self.log_lines) + "\n")

@@ -1,14 +1,14 @@
 """Facts and small helpers shared by the library and the scripts, in one place and without torch (so that the
 command-line scripts can parse and check their flags before the slow imports): user errors, atomic file
-writes, the network's output stride, the confidence rules, the encoder table, the choices of the pose refiner
-and of the loss, and the messages of invalid prior combinations."""
+writes, typed configs from parsed flags, the network's output stride, the confidence rules, the encoder table,
+the choices of the pose refiner and of the loss, and the messages of invalid prior combinations."""
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,12 @@ def script_command(script: str | Path, arguments=()) -> list[str]:
     """The command line that runs one of the project's scripts (path relative to the repository root) with this
     Python: for ace_zero.py's stages, the tests, the demo and the benchmarks."""
     return [sys.executable, str(REPO_ROOT / script), *[str(a) for a in arguments]]
+
+
+def config_from_args(cls: type, args: Any, **given: Any) -> Any:
+    """The config dataclass `cls` with each field taken from the flag of the same name, except those `given`
+    (nested configs, renamed values). The library takes such configs; only the scripts see the parsed flags."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in given}, **given)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Drawing pieces shared by the visualiser (ace_visualizer.py), the camera export (export_cameras.py) and the
 synthetic test scenes (datasets/synthetic_scene.py): confidence colours, camera frustum and marker meshes,
-textured quads and headless pyrender, and the reader of visualisation buffers."""
+textured quads and headless pyrender, the reader of visualisation buffers, and the stages' rendering flags."""
 from __future__ import annotations
 
 import os
@@ -115,6 +115,27 @@ def cameras_mesh(cam_to_world_gl: list[np.ndarray], colours: np.ndarray, templat
     all_faces = [faces + i * len(vertices) for i in range(len(placed))]
     vertex_colours = np.repeat(colours, len(vertices), axis=0)
     return trimesh.Trimesh(np.vstack(placed), np.vstack(all_faces), vertex_colors=vertex_colours, process=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering flags (here, not in ace_visualizer.py: building them must not import the renderer)
+
+@dataclass(frozen=True)
+class RenderFlags:
+    """The visualisation flags of a stage (cli_common.add_render_args); ace_visualizer.RenderSettings adds the
+    frame size of the device."""
+    target_path: Path
+    flipped_portrait: bool
+    marker_size: float
+    camera_z_offset: float
+
+    @classmethod
+    def from_args(cls, args) -> "RenderFlags | None":
+        """None when --render_visualization is off."""
+        if not args.render_visualization:
+            return None
+        return cls(Path(args.render_target_path), args.render_flipped_portrait, args.render_marker_size,
+                   float(args.render_camera_z_offset))
 
 
 # ----------------------------------------------------------------------------------------------------------------

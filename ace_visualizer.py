@@ -32,9 +32,9 @@ import numpy as np
 import dataset_io
 from calibration import Intrinsics
 from ace_util import UserError, atomic_write, is_registered
-from ace_vis_util import (CONFIDENCE_CAP, FRUSTUM_HALF_HEIGHT, Quad, RenderingUnavailable, cameras_mesh,
-                          confidence_colour_table, cool_reversed, frustum_mesh, import_pyrender, pyramid_marker_mesh,
-                          read_visualization_buffer, textured_primitive)
+from ace_vis_util import (CONFIDENCE_CAP, FRUSTUM_HALF_HEIGHT, Quad, RenderFlags, RenderingUnavailable,
+                          cameras_mesh, confidence_colour_table, cool_reversed, frustum_mesh, import_pyrender,
+                          pyramid_marker_mesh, read_visualization_buffer, textured_primitive)
 
 _log = logging.getLogger(__name__)
 
@@ -220,10 +220,9 @@ class RenderSettings:
     camera_z_offset: float
 
     @classmethod
-    def from_args(cls, args, device_type: str) -> "RenderSettings":
+    def for_device(cls, flags: RenderFlags, device_type: str) -> "RenderSettings":
         size = GPU_FRAME_SIZE if device_type == "cuda" else CPU_FRAME_SIZE
-        settings = cls(Path(args.render_target_path), size, args.render_flipped_portrait, args.render_marker_size,
-                       float(args.render_camera_z_offset))
+        settings = cls(flags.target_path, size, flags.flipped_portrait, flags.marker_size, flags.camera_z_offset)
         _log.info("rendering %dx%d frames into %s", *size, settings.folder)
         return settings
 

@@ -25,7 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from ace_util import XFEAT_ENCODER_ID, in_mapping_set, progress_bar, project_pinhole
+from ace_util import XFEAT_ENCODER_ID, config_from_args, in_mapping_set, progress_bar, project_pinhole
 from calibration import Intrinsics
 from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, make_parser, run_main,
                         select_device, str2bool)
@@ -37,6 +37,20 @@ MIN_CAMERA_OBSERVATIONS = 20  # cameras seen in fewer track points keep their in
 MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded cost
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
 KEYPOINT_ACCURACY_PX = 1.0  # XFeat, at network resolution
+
+
+@dataclass(frozen=True)
+class BundleAdjustConfig:
+    """What the adjustment reads; the defaults are bundle_adjust.py's (its flags have these names)."""
+    input_poses: Path | str  # the pose file of the entries, for messages (and the cameras_X.txt beside it)
+    confidence_threshold: float = 1000  # lower entries are copied unchanged
+    refine_focal: bool = True
+    refine_principal_point: bool = False
+    calibration_file: str | None = None
+    image_resolution: int = 480  # short side for the keypoints
+    neighbours: int = 8  # images matched to each image
+    max_view_angle: float = 60  # deg
+    max_iterations: int = 500  # solver steps per round
 
 
 @dataclass
@@ -58,18 +72,20 @@ def build_parser():
     parser.add_argument("input_poses", type=Path, help="ACE pose file (e.g. poses_iteration5.txt)")
     parser.add_argument("output_poses", type=Path, help="where to write the adjusted pose file")
     add_device_arg(parser)
-    parser.add_argument("--confidence_threshold", type=float, default=1000,
+    defaults = BundleAdjustConfig
+    parser.add_argument("--confidence_threshold", type=float, default=defaults.confidence_threshold,
                         help="images with a lower confidence are copied unchanged and not used")
-    parser.add_argument("--refine_focal", type=str2bool, default=True,
+    parser.add_argument("--refine_focal", type=str2bool, default=defaults.refine_focal,
                         help="optimise the focal length (one relative change of every camera's)")
-    parser.add_argument("--refine_principal_point", type=str2bool, default=False,
+    parser.add_argument("--refine_principal_point", type=str2bool, default=defaults.refine_principal_point,
                         help="new: optimise the principal point too (one shift shared by the cameras)")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
-    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
-    parser.add_argument("--neighbours", type=int, default=8, help="images matched to each image")
-    parser.add_argument("--max_view_angle", type=float, default=60,
+    parser.add_argument("--image_resolution", type=int, default=defaults.image_resolution,
+                        help="short side for keypoint detection")
+    parser.add_argument("--neighbours", type=int, default=defaults.neighbours, help="images matched to each image")
+    parser.add_argument("--max_view_angle", type=float, default=defaults.max_view_angle,
                         help="only pair cameras whose viewing directions differ by less (deg)")
-    parser.add_argument("--max_iterations", type=int, default=500,
+    parser.add_argument("--max_iterations", type=int, default=defaults.max_iterations,
                         help="most solver steps per round (a focal length far off needs hundreds)")
     return parser
 
@@ -492,40 +508,41 @@ def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], ac
     return matches
 
 
-def bundle_adjust(entries: list[dataset_io.PoseEntry], args, device, features_of: list | None = None,
-                  cameras: list[Intrinsics] | None = None) -> tuple[list[dataset_io.PoseEntry], dict]:
+def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device,
+                  features_of: list | None = None, cameras: list[Intrinsics] | None = None
+                  ) -> tuple[list[dataset_io.PoseEntry], dict]:
     """Adjusted copies of the entries (confident ones move; every camera's focal changes by the same factor) and
-    statistics, with the adjusted cameras under "cameras". `cameras`: one per entry (default: from the flags and
-    the pose file); `features_of`: extract_features of every entry's image at args.image_resolution with those
-    cameras, when the caller has them."""
-    used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, args.confidence_threshold)]
+    statistics, with the adjusted cameras under "cameras". `cameras`: one per entry (default: from the calibration
+    file and the pose file); `features_of`: extract_features of every entry's image at config.image_resolution with
+    those cameras, when the caller has them."""
+    used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, config.confidence_threshold)]
     if len(used) < 2:
-        raise UserError(f"{args.input_poses}: {len(used)} image(s) with confidence >= {args.confidence_threshold:g}; "
-                        f"bundle adjustment needs 2")
+        raise UserError(f"{config.input_poses}: {len(used)} image(s) with confidence >= "
+                        f"{config.confidence_threshold:g}; bundle adjustment needs 2")
     paths = [entries[k].path for k in used]
     for path in paths:
         if not Path(path).is_file():
-            raise UserError(f"{args.input_poses}: image {path} not found (paths are read from the pose file)")
-    cameras = cameras or dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
+            raise UserError(f"{config.input_poses}: image {path} not found (paths are read from the pose file)")
+    cameras = cameras or dataset_io.entry_cameras(entries, config.calibration_file, config.input_poses)
     used_cameras = [cameras[k] for k in used]
     reference = used_cameras[0]
     focal, centre = reference.fx, np.array([reference.cx, reference.cy])
     world_to_cam = np.stack([entries[k].world_to_cam for k in used])
     features = [features_of[k] for k in used] if features_of is not None else \
-        extract_features(paths, args.image_resolution, device, used_cameras)
+        extract_features(paths, config.image_resolution, device, used_cameras)
     features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
                 for f, c in zip(features, used_cameras)]
-    accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / args.image_resolution
-    pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), args.neighbours,
-                            args.max_view_angle)
+    accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / config.image_resolution
+    pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), config.neighbours,
+                            config.max_view_angle)
     matches = match_images(features, pairs, accuracy)
     _log.info("%d of %d image pairs verified", len(matches), len(pairs))
     tracks = observations(build_tracks(features, matches), features) if matches else None
     if tracks is None or tracks.count < MIN_PAIR_MATCHES:
         _log.warning("too few feature tracks to adjust; poses are copied unchanged")
         return entries, {"adjusted": False, "cameras": cameras}
-    adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, args.refine_focal, accuracy,
-                                        args.max_iterations, args.refine_principal_point)
+    adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, config.refine_focal, accuracy,
+                                        config.max_iterations, config.refine_principal_point)
     shift = (stats.pop("centre") - centre) / new_focal  # in normalised coordinates, the same for every camera
     new_cameras = [moved_camera(c, new_focal / focal, shift) for c in cameras]
     result = [dataset_io.PoseEntry(e.path, e.world_to_cam, c.fx, e.confidence) for e, c in zip(entries, new_cameras)]
@@ -558,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     start = time.time()
     entries = dataset_io.read_ace_pose_file(args.input_poses)
-    adjusted, stats = bundle_adjust(entries, args, device)
+    adjusted, stats = bundle_adjust(entries, config_from_args(BundleAdjustConfig, args), device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
     dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
     if stats["adjusted"]:

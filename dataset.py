@@ -20,6 +20,22 @@ AUG_BRIGHTNESS_CONTRAST = 0.1  # +-10 % jitter of grey images
 CONSTANT_SEED_DEPTH = 2.0      # depth prior when a seed image has neither a depth file nor a depth network
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the mapping images, poses, cameras and depth come from: train_ace.py's flags of the same names."""
+    rgb_files: str
+    pose_files: str | None                  # glob of 4x4 camera-to-world files
+    use_ace_pose_file: Path | None          # or an ACE pose file (poses and focals) ...
+    ace_pose_file_conf_threshold: float     # ... of which the entries at least this confident
+    use_pose_seed: float                    # >= 0: the single seed image int(value * N) instead
+    seed_depth: str                         # auto, zoedepth, twoview or constant (a seed without depth files)
+    depth_files: str | None
+    use_external_focal_length: float | None
+    use_heuristic_focal_length: bool
+    calibration_file: str | None
+    image_resolution: int                   # network input short side (two-view seed depth)
+
+
 @dataclass
 class MappingData:
     images: list[str]
@@ -34,51 +50,51 @@ class MappingData:
         return np.array([c.fx for c in self.cameras])
 
 
-def _cameras_for(args, images: list[str], file_focals: np.ndarray | None) -> list[Intrinsics]:
-    """Intrinsics from the flags. Precedence as the original: an external focal, then a pose file's focal
+def _cameras_for(config: DataConfig, images: list[str], file_focals: np.ndarray | None) -> list[Intrinsics]:
+    """Intrinsics as the config says. Precedence as the original: an external focal, then a pose file's focal
     column (fx; the calibration file keeps the principal point and fy / fx), then the automatic focal."""
-    external = args.use_external_focal_length
+    external = config.use_external_focal_length
     if external is not None and external > 0:
-        return dataset_io.image_cameras(images, args.calibration_file, external)
-    if file_focals is not None and not args.use_heuristic_focal_length:
-        cameras = dataset_io.image_cameras(images, args.calibration_file, log=False)
+        return dataset_io.image_cameras(images, config.calibration_file, external)
+    if file_focals is not None and not config.use_heuristic_focal_length:
+        cameras = dataset_io.image_cameras(images, config.calibration_file, log=False)
         return [c.with_focal(f) for c, f in zip(cameras, file_focals)]
-    if not args.use_heuristic_focal_length and args.calibration_file is None:
+    if not config.use_heuristic_focal_length and config.calibration_file is None:
         raise UserError("no focal length: pass --use_heuristic_focal_length True, --use_external_focal_length F, "
                         "--calibration_file or --use_ace_pose_file")
-    return dataset_io.image_cameras(images, args.calibration_file)
+    return dataset_io.image_cameras(images, config.calibration_file)
 
 
-def load_mapping_data(args, encoder=None, device="cpu") -> MappingData:
-    """Images, poses and focal lengths from the flags (pose file, 4x4 pose files or a single seed image)."""
+def load_mapping_data(config: DataConfig, encoder=None, device="cpu") -> MappingData:
+    """Images, poses and focal lengths as the config says (pose file, 4x4 pose files or a single seed image)."""
     depth_files = None
-    if args.use_ace_pose_file is not None:
-        entries = dataset_io.read_ace_pose_file(args.use_ace_pose_file, args.ace_pose_file_conf_threshold)
+    if config.use_ace_pose_file is not None:
+        entries = dataset_io.read_ace_pose_file(config.use_ace_pose_file, config.ace_pose_file_conf_threshold)
         if not entries:
-            raise UserError(f"--use_ace_pose_file {args.use_ace_pose_file}: no entry with confidence >= "
-                            f"{args.ace_pose_file_conf_threshold}")
+            raise UserError(f"--use_ace_pose_file {config.use_ace_pose_file}: no entry with confidence >= "
+                            f"{config.ace_pose_file_conf_threshold}")
         images = [e.path for e in entries]
         poses = [e.cam_to_world for e in entries]
         file_focals = np.array([e.focal for e in entries])
-        if args.depth_files is not None:
-            depth_files = _depth_files_of(images, args.rgb_files, args.depth_files)
+        if config.depth_files is not None:
+            depth_files = _depth_files_of(images, config.rgb_files, config.depth_files)
     else:
-        images = dataset_io.glob_files(args.rgb_files)
+        images = dataset_io.glob_files(config.rgb_files)
         file_focals = None
-        if args.pose_files is not None:
-            pose_files = dataset_io.glob_files(args.pose_files, "--pose_files")
+        if config.pose_files is not None:
+            pose_files = dataset_io.glob_files(config.pose_files, "--pose_files")
             dataset_io.check_counts(images, pose_files, "--pose_files")
             poses = [dataset_io.load_cam_to_world(p) for p in pose_files]
         else:
             poses = [np.eye(4) for _ in images]
-        if args.depth_files is not None:
-            depth_files = dataset_io.glob_files(args.depth_files, "--depth_files")
+        if config.depth_files is not None:
+            depth_files = dataset_io.glob_files(config.depth_files, "--depth_files")
             dataset_io.check_counts(images, depth_files, "--depth_files")
         images, poses, *rest = dataset_io.drop_invalid_poses(images, poses, [depth_files] if depth_files else None)
         depth_files = rest[0] if rest else None
-    data = MappingData(images, np.stack(poses), _cameras_for(args, images, file_focals), depth_files)
-    if args.use_pose_seed >= 0:
-        data = _seed_subset(data, args, encoder, device)
+    data = MappingData(images, np.stack(poses), _cameras_for(config, images, file_focals), depth_files)
+    if config.use_pose_seed >= 0:
+        data = _seed_subset(data, config, encoder, device)
     return data
 
 
@@ -96,16 +112,16 @@ def _depth_files_of(images: list[str], rgb_files: str, depth_glob: str) -> list[
     return [by_image[str(Path(i).resolve())] for i in images]
 
 
-def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
+def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> MappingData:
     """The single seed image int(seed * N) with identity pose and a depth estimate: a depth file, ZoeDepth,
     two-view geometry with a partner image, or (last resort) a constant depth."""
-    index = min(int(args.use_pose_seed * len(data.images)), len(data.images) - 1)
+    index = min(int(config.use_pose_seed * len(data.images)), len(data.images) - 1)
     subset = MappingData([data.images[index]], np.eye(4)[None], data.cameras[index:index + 1],
                          [data.depth_files[index]] if data.depth_files else None)
     if subset.depth_files is not None:
         return subset
     import depth_estimation
-    method = args.seed_depth
+    method = config.seed_depth
     if method == "auto":
         method = "zoedepth" if depth_estimation.zoedepth_available() else "twoview"
     if method == "zoedepth":
@@ -113,7 +129,7 @@ def _seed_subset(data: MappingData, args, encoder, device) -> MappingData:
     elif method == "twoview":
         from two_view_seed import two_view_depth
         subset.estimated_depth = two_view_depth(data.images, index, data.cameras, encoder,
-                                                args.image_resolution, device, CONSTANT_SEED_DEPTH)
+                                                config.image_resolution, device, CONSTANT_SEED_DEPTH)
         if subset.estimated_depth is None:
             _log.warning("two-view seed depth failed (no partner image with enough parallax)")
     if subset.estimated_depth is None:

@@ -7,13 +7,15 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import dataset_io
 from calibration import Intrinsics
-from ace_util import is_registered, progress_bar
+from ace_util import config_from_args, is_registered, progress_bar
+from ace_vis_util import RenderFlags
 from cli_common import (UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
                         add_render_args, configure_cpu_threads, make_parser, run_main, select_device)
 
@@ -62,47 +64,74 @@ def validate(args) -> None:
         raise UserError(f"network file not found: {args.network}")
 
 
-def create_visualizer(args, device, total: int):
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """What a registration run reads: the flags of the same names."""
+    rgb_files: str
+    network: Path
+    encoder_path: str
+    image_resolution: int
+    use_external_focal_length: float
+    calibration_file: str | None
+    base_seed: int
+    max_estimates: int
+    num_data_workers: int
+    hypotheses: int
+    hypotheses_max_tries: int
+    threshold: float
+    inlieralpha: float
+    maxpixelerror: float
+    confidence_threshold: float
+    render: RenderFlags | None  # None: no frames
+    render_pose_conf_threshold: int
+    render_map_depth_filter: int
+
+    @classmethod
+    def from_args(cls, args) -> "RegistrationConfig":
+        return config_from_args(cls, args, render=RenderFlags.from_args(args))
+
+
+def create_visualizer(config: RegistrationConfig, device, total: int):
     """Frames of this registration run, continuing `<network stem>_mapping.pkl` (None without rendering)."""
-    if not args.render_visualization:
+    if config.render is None:
         return None
     from ace_visualizer import RegistrationVisualizer, RenderSettings
-    return RegistrationVisualizer(RenderSettings.from_args(args, device.type), args.network.stem, total,
-                                  args.confidence_threshold, args.render_pose_conf_threshold,
-                                  args.render_map_depth_filter)
+    return RegistrationVisualizer(RenderSettings.for_device(config.render, device.type), config.network.stem,
+                                  total, config.confidence_threshold, config.render_pose_conf_threshold,
+                                  config.render_map_depth_filter)
 
 
-def register_images(args, device) -> tuple[list[dataset_io.PoseEntry], dict[str, Intrinsics]]:
+def register_images(config: RegistrationConfig, device) -> tuple[list[dataset_io.PoseEntry], dict[str, Intrinsics]]:
     """A pose entry per registered image, and the camera of every image (for the cameras file)."""
     import torch
     import dsacstar
     from ace_network import Regressor, load_encoder, load_head
 
-    images = dataset_io.glob_files(args.rgb_files)
-    cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
-    encoder = load_encoder(args.encoder_path, device)
-    regressor = Regressor(encoder, load_head(args.network, encoder, device)).eval()
-    order = np.random.default_rng(args.base_seed).permutation(len(images))
-    if args.max_estimates > 0:
-        order = order[:args.max_estimates]
-    _log.info("registering %d image(s) against %s, %d hypotheses", len(order), args.network, args.hypotheses)
+    images = dataset_io.glob_files(config.rgb_files)
+    cameras = dataset_io.image_cameras(images, config.calibration_file, config.use_external_focal_length)
+    encoder = load_encoder(config.encoder_path, device)
+    regressor = Regressor(encoder, load_head(config.network, encoder, device)).eval()
+    order = np.random.default_rng(config.base_seed).permutation(len(images))
+    if config.max_estimates > 0:
+        order = order[:config.max_estimates]
+    _log.info("registering %d image(s) against %s, %d hypotheses", len(order), config.network, config.hypotheses)
 
-    visualizer = create_visualizer(args, device, len(order))
+    visualizer = create_visualizer(config, device, len(order))
 
     def load(index):
-        return index, dataset_io.load_network_input(images[index], args.image_resolution, cameras[index])[0]
+        return index, dataset_io.load_network_input(images[index], config.image_resolution, cameras[index])[0]
 
     entries = []
-    with ThreadPoolExecutor(max_workers=max(1, min(args.num_data_workers, 4))) as pool, \
+    with ThreadPoolExecutor(max_workers=max(1, min(config.num_data_workers, 4))) as pool, \
             torch.no_grad(), progress_bar(total=len(order), desc="Registering", unit="img", leave=False) as progress:
         for count, (index, grey) in enumerate(pool.map(load, order)):
             coords = regressor(torch.from_numpy(grey)[None, None].to(device))[0].float().cpu().numpy()
             net = cameras[index].scaled(grey.shape[1], grey.shape[0])
             inliers, cam_to_world = dsacstar.forward_rgb(
-                np.ascontiguousarray(coords), hypotheses=args.hypotheses, threshold=args.threshold,
+                np.ascontiguousarray(coords), hypotheses=config.hypotheses, threshold=config.threshold,
                 focal=net.fx, focal_y=net.fy, ppx=net.cx, ppy=net.cy,
-                inlier_alpha=args.inlieralpha, max_reproj=args.maxpixelerror, subsampling=8,
-                random_seed=args.base_seed + count, max_hypotheses_tries=args.hypotheses_max_tries)
+                inlier_alpha=config.inlieralpha, max_reproj=config.maxpixelerror, subsampling=8,
+                random_seed=config.base_seed + count, max_hypotheses_tries=config.hypotheses_max_tries)
             entries.append(dataset_io.PoseEntry(images[index], dataset_io.invert_pose(cam_to_world),
                                                 cameras[index].focal, int(inliers)))
             if visualizer is not None:
@@ -120,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     configure_cpu_threads()
     start = time.time()
-    entries, cameras = register_images(args, device)
+    entries, cameras = register_images(RegistrationConfig.from_args(args), device)
     out = args.network.parent / f"poses_{args.session}.txt"
     dataset_io.write_ace_pose_file(out, entries)
     dataset_io.write_cameras_beside(out, [e.path for e in entries], [cameras[e.path] for e in entries])

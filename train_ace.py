@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_cpu_threads()
     _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
               args.head_width, args.batch_size, args.iterations)
-    from ace_trainer import Trainer  # torch-heavy import after argument checks
-    Trainer(args, device).run()
+    from ace_trainer import MappingConfig, Trainer  # torch-heavy import after argument checks
+    Trainer(MappingConfig.from_args(args), device).run()
 
 
 if __name__ == "__main__":

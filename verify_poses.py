@@ -17,6 +17,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ import dataset_io
 from calibration import Intrinsics
 from cli_common import (POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError, add_calibration_arg, add_device_arg,
                         atomic_write_text, make_parser, run_main, select_device, str2bool)
+
+if TYPE_CHECKING:  # bundle_adjust's imports are slow: loaded when needed, not for --help
+    from bundle_adjust import BundleAdjustConfig
 
 _log = logging.getLogger("verify_poses")
 
@@ -287,17 +291,15 @@ def write_report(path: Path, verdicts: list[ImageVerdict], checks: list[PairChec
                                         "pairs": [asdict(c) for c in checks]}, indent=1))
 
 
-def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list, args, device
+def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list,
+                  config: BundleAdjustConfig, device
                   ) -> tuple[list[dataset_io.PoseEntry], list[Intrinsics], np.ndarray]:
     """A bundle-adjusted copy of the confident poses (self-consistent to about a pixel, so that the check can be
     tight), its cameras, and how far each rotation moved (deg). `features`: those of every entry with `cameras`,
     shared with the check."""
-    import bundle_adjust
-    options = bundle_adjust.build_parser().parse_args([str(args.input_poses), str(args.output_poses)])
-    options.confidence_threshold = args.confidence_threshold
-    options.image_resolution = args.image_resolution
+    from bundle_adjust import bundle_adjust
     try:
-        adjusted, stats = bundle_adjust.bundle_adjust(entries, options, device, features, cameras)
+        adjusted, stats = bundle_adjust(entries, config, device, features, cameras)
     except UserError as error:
         _log.warning("%s: checking the poses as they are", error)
         return entries, cameras, np.zeros(len(entries))
@@ -336,11 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     paths = [e.path for e in entries]
     cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
     device = select_device(args.device)
-    from bundle_adjust import extract_features
+    from bundle_adjust import BundleAdjustConfig, extract_features
     _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
     features = extract_features(paths, args.image_resolution, device, cameras)
-    checked, checked_cameras, moved = adjusted_copy(entries, cameras, features, args, device) if args.adjust else \
-        (entries, cameras, np.zeros(len(entries)))
+    # the adjustment's defaults, at this check's threshold and resolution
+    adjustment = BundleAdjustConfig(args.input_poses, args.confidence_threshold, image_resolution=args.image_resolution)
+    checked, checked_cameras, moved = adjusted_copy(entries, cameras, features, adjustment, device) if args.adjust \
+        else (entries, cameras, np.zeros(len(entries)))
     verdicts, checks, statistics = verify(checked, checked_cameras, features, args.confidence_threshold,
                                           args.min_agreement, args.pairs_per_image, args.tolerance)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]

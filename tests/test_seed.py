@@ -1,5 +1,4 @@
 """Seed geometry without a depth network: XFeat keypoints, two-view relative pose and depth, seed buffers."""
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -79,10 +78,10 @@ def test_seed_buffer_holds_several_augmented_views(orbit_scene, encoder):
     image = sorted(str(p) for p in orbit_scene.glob("images/*.png"))[0]
     data = dataset.MappingData([image], np.eye(4)[None], [Intrinsics.centred(ORBIT_FOCAL, 640, 480, "test")], None,
                                    constant_depth=2.0)
-    args = SimpleNamespace(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
-                           base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240, use_aug=True,
-                           aug_scale=1.5, aug_rotation=15, aug_shift=0.0, aug_viewpoint=0.0)
-    buffer = ace_trainer.fill_training_buffer(data, encoder, args, __import__("torch").device("cpu"), "cpu")
+    config = ace_trainer.BufferConfig(max_dataset_passes=6, samples_per_image=256, max_training_buffer_size=8_000_000,
+                                      base_seed=2089, use_half=True, num_data_workers=1, image_resolution=240,
+                                      use_aug=True, aug_scale=1.5, aug_rotation=15, aug_shift=0.0, aug_viewpoint=0.0)
+    buffer = ace_trainer.fill_training_buffer(data, encoder, config, __import__("torch").device("cpu"), "cpu")
     assert len(buffer) == 6 * 256
     distinct = {tuple(np.round(r.numpy().ravel(), 5)) for r in buffer.rotations[::256]}
     assert len(distinct) == 6
