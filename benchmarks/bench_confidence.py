@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import numpy as np  # noqa: E402
 
 import dataset_io  # noqa: E402
+from ace_util import REPO_ROOT as REPO  # noqa: E402
 from cli_common import RELIABLE_CONFIDENCE  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import dataset_io  # noqa: E402
-from ace_util import script_command  # noqa: E402
+from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 
 CROP_CELLS = 8
 INTERIOR_CELLS = 4

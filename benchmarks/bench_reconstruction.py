@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import dataset_io  # noqa: E402
 import eval_poses  # noqa: E402
-from ace_util import atomic_write_text, script_command  # noqa: E402
+from ace_util import REPO_ROOT as REPO, atomic_write_text, script_command  # noqa: E402
 from cli_common import UserError, run_main  # noqa: E402
 
 COLMAP_CONFIDENCE = 10000.0   # a registered COLMAP image: above any registration threshold

@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import dataset_io  # noqa: E402
 from benchmarks.bench_encoder import symlinked_glob  # noqa: E402
-from ace_util import DEFAULT_ENCODER, is_registered, script_command  # noqa: E402
+from ace_util import DEFAULT_ENCODER, REPO_ROOT as REPO, is_registered, script_command  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
 

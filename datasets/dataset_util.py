@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -15,10 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: cli_common is at the root
-
-from ace_util import progress_bar  # noqa: E402
-from cli_common import UserError, atomic_write_text  # noqa: E402
+from ace_util import progress_bar
+from cli_common import UserError, atomic_write_text
 
 CHUNK = 1 << 20
 

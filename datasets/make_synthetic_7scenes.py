@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 from cli_common import UserError, atomic_write_text, make_parser, run_main  # noqa: E402
 from datasets.synthetic_scene import RenderingUnavailable, render_scene  # noqa: E402

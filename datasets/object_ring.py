@@ -19,8 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 from datasets.synthetic_scene import (Quad, RenderingUnavailable, SceneRenderer, _prepare_output, _write_atomic,
                                       box_faces, import_pyrender, look_rotation, textured_primitive, write_calibration,

@@ -15,12 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import numpy as np  # noqa: E402
 
-import dataset_util as du  # noqa: E402
 from cli_common import UserError, make_parser, run_main  # noqa: E402
+from datasets import dataset_util as du  # noqa: E402
 
 SCENES = ["chess", "fire", "heads", "office", "pumpkin", "redkitchen", "stairs"]
 URL_BASE = "http://download.microsoft.com/download/2/8/5/28564B23-0828-408F-8631-23B1EFF1DAC8"

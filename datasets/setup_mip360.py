@@ -14,11 +14,11 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
-import dataset_util as du  # noqa: E402
 from cli_common import UserError, make_parser, run_main  # noqa: E402
-from colmap_model import ColmapError, read_model  # noqa: E402
+from datasets import dataset_util as du  # noqa: E402
+from datasets.colmap_model import ColmapError, read_model  # noqa: E402
 
 SCENES = ["bicycle", "bonsai", "counter", "garden", "kitchen", "room", "stump"]
 URL = "https://storage.googleapis.com/gresearch/refraw360/360_v2.zip"

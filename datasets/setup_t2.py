@@ -18,14 +18,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 import numpy as np  # noqa: E402
 
-import dataset_util as du  # noqa: E402
 from cli_common import UserError, make_parser, run_main  # noqa: E402
-from colmap_model import ColmapError, read_model  # noqa: E402
-from video_to_dataset import extraction_command  # noqa: E402
+from datasets import dataset_util as du  # noqa: E402
+from datasets.colmap_model import ColmapError, read_model  # noqa: E402
+from datasets.video_to_dataset import extraction_command  # noqa: E402
 
 GROUPS = ["training", "intermediate", "advanced"]
 SPLITS = GROUPS + [f"{g}_videos" for g in GROUPS]

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file too: the shared modules are at the root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 from ace_vis_util import (Quad, RenderingUnavailable, import_pyrender, platform_hint,  # noqa: E402,F401
                           textured_primitive)
 from dataset_io import FLIP_YZ  # noqa: E402

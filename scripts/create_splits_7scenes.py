@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
 from cli_common import UserError, atomic_write_text, make_parser, run_main  # noqa: E402
 from datasets.setup_7scenes import split_sequences  # noqa: E402

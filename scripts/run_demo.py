@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
 
-from ace_util import script_command  # noqa: E402
+from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 from datasets.synthetic_scene import render_scene  # noqa: E402
 
 SCENE_SETTINGS = dict(num_images=16, width=480, height=360, seed=7, trajectory="orbit", yaw_step_deg=6.0)

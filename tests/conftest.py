@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ace_util import REPO_ROOT as REPO  # importable: pytest.ini puts the root on sys.path
 
 
 # Fixtures that train a head or run ACE0: every test using one (directly or through another fixture) is slow.

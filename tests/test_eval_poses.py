@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import eval_poses  # noqa: E402
-from dataset_io import PoseEntry, invert_pose, write_ace_pose_file  # noqa: E402
+import eval_poses
+from conftest import REPO
+from dataset_io import PoseEntry, invert_pose, write_ace_pose_file
 
 PYTHON = Path(sys.executable)
 TEMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "temple"  # ../shared beside the repo

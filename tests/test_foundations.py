@@ -246,3 +246,29 @@ def test_confidence_rules_and_encoder_table():
     assert ace_util.ACE_ENCODER.seed_augmentation is None and not ace_util.ACE_ENCODER.has_detector
     assert np.allclose(ace_util.project_pinhole(np.array([[1.0, -2.0, 4.0]]), 100.0, np.array([50.0, 40.0])),
                        [[75.0, -10.0]])
+
+
+ROOT_PATH_LINE = "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules " \
+    "(README, Layout)"
+
+
+def test_one_way_to_the_root_modules(tmp_path):
+    """Files in scripts/, datasets/ and benchmarks/ that run as files reach the root modules through one identical
+    line (the tests through pytest.ini); they start from any folder."""
+    import subprocess
+    import sys
+    from ace_util import REPO_ROOT
+    found = {}
+    for path in sorted(REPO_ROOT.glob("*/*.py")) + sorted(REPO_ROOT.glob("*.py")):
+        if path.parts[-2] in (".venv", "dsacstar"):
+            continue
+        lines = [line.strip() for line in path.read_text().splitlines()
+                 if line.lstrip().startswith(("sys.path.insert", "sys.path.append"))]
+        if lines:
+            found[path.relative_to(REPO_ROOT).as_posix()] = lines
+    assert all(lines == [ROOT_PATH_LINE] for lines in found.values()), found
+    assert {name.split("/")[0] for name in found} <= {"scripts", "datasets", "benchmarks"}
+    for script in ("scripts/run_demo.py", "datasets/setup_7scenes.py", "benchmarks/bench_reconstruction.py"):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path,
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "usage" in result.stdout, (script, result.stderr[-500:])

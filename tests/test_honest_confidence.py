@@ -8,19 +8,15 @@ off."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
-
-from conftest import REPO
 
 pytestmark = pytest.mark.skipif(os.environ.get("ACE_HEAVY_TESTS") != "1",
                                 reason="heavy ACE0 run on the rendered ring: set ACE_HEAVY_TESTS=1")
 
 
 def test_no_confident_image_is_far_off_on_the_ring(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_confidence import GOAL_DEG, confident_errors
+    from benchmarks.bench_confidence import GOAL_DEG, confident_errors
     from conftest import run_cli
     from datasets.object_ring import render_object_ring
     scene = render_object_ring(tmp_path / "ring")

@@ -23,8 +23,6 @@ from PIL import Image
 from ace_util import script_command
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "datasets"))
-
 FOCAL, SIZE, FRAMES = 131.25, (160, 120), 8
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -122,7 +120,7 @@ def seven_scenes_zip(scene_dir: Path, name: str) -> bytes:
 @pytest.fixture(scope="session")
 def seven_scenes(rendered, tmp_path_factory, http_server):
     """setup_7scenes.py run in a work folder: chess from a placed archive, fire downloaded (resumed)."""
-    from make_synthetic_7scenes import write_7scenes_scene
+    from datasets.make_synthetic_7scenes import write_7scenes_scene
     source = tmp_path_factory.mktemp("7scenes_source") / "scene"
     write_7scenes_scene(rendered, source, 2)
     work = tmp_path_factory.mktemp("7scenes_work")
@@ -207,7 +205,7 @@ def test_create_splits_7scenes(seven_scenes):
 # Mip-NeRF 360
 
 def colmap_images(rendered: Path, names: list[str], skip: set[int] = frozenset()):
-    from colmap_model import Image as ColmapImage
+    from datasets.colmap_model import Image as ColmapImage
     from dataset_io import invert_pose, pose_to_quat_t
     images = []
     for index, (pose, name) in enumerate(zip(gt_poses(rendered), names)):
@@ -218,7 +216,7 @@ def colmap_images(rendered: Path, names: list[str], skip: set[int] = frozenset()
 
 
 def mip360_scene(rendered: Path, root: Path) -> None:
-    from colmap_model import Camera, write_binary_model
+    from datasets.colmap_model import Camera, write_binary_model
     pngs = sorted((rendered / "images").glob("*.png"))
     names = [f"DSC{i:05d}.JPG" for i in range(len(pngs))]
     for folder, factor in (("images", 1), ("images_2", 2), ("images_4", 4), ("images_8", 8)):
@@ -289,7 +287,7 @@ def mp4_bytes(pngs: list[Path], path: Path) -> bytes:
 
 @pytest.fixture(scope="session")
 def tanks(rendered, tmp_path_factory):
-    from colmap_model import Camera, write_binary_model
+    from datasets.colmap_model import Camera, write_binary_model
     pngs = sorted((rendered / "images").glob("*.png"))
     names = [f"{i + 1:06d}.jpg" for i in range(len(pngs))]
     work = tmp_path_factory.mktemp("t2_work")
