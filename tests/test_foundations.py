@@ -272,3 +272,22 @@ def test_one_way_to_the_root_modules(tmp_path):
         result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path,
                                 capture_output=True, text=True)
         assert result.returncode == 0 and "usage" in result.stdout, (script, result.stderr[-500:])
+
+
+def test_configs_take_their_fields_from_the_flags():
+    """Every config field has its flag (a renamed flag fails here, not in a slow run); the adjustment's defaults
+    are its flags' defaults."""
+    import bundle_adjust
+    import register_mapping
+    import train_ace
+    from ace_trainer import MappingConfig
+    from ace_util import config_from_args
+    mapping = MappingConfig.from_args(train_ace.build_parser().parse_args(
+        ["a/*.png", "out/map.pt", "--prior_loss_location", "auto", "--render_visualization", "True"]))
+    assert mapping.loss.prior.location == "auto" and mapping.loss.prior.bandwidth == 0.1
+    assert mapping.render is not None and mapping.data.rgb_files == "a/*.png"
+    registration = register_mapping.RegistrationConfig.from_args(register_mapping.build_parser().parse_args(
+        ["a/*.png", "map.pt"]))
+    assert registration.render is None and registration.hypotheses == 64
+    args = bundle_adjust.build_parser().parse_args(["in.txt", "out.txt"])
+    assert config_from_args(bundle_adjust.BundleAdjustConfig, args) == bundle_adjust.BundleAdjustConfig(args.input_poses)
