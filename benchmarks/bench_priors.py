@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import dataset_io  # noqa: E402
 from ace_util import atomic_write_text  # noqa: E402
-from bench_reconstruction import run_ace  # noqa: E402
+from benchmarks.bench_reconstruction import run_ace  # noqa: E402
 from cli_common import UserError, run_main  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
