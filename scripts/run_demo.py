@@ -16,6 +16,11 @@ from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 from datasets.synthetic_scene import render_scene  # noqa: E402
 
 SCENE_SETTINGS = dict(num_images=16, width=480, height=360, seed=7, trajectory="orbit", yaw_step_deg=6.0)
+# The images are 480x360; the network sees them at 320x240 (short side 240), so the registration threshold
+# scales with the number of cells (500 of 4800 in the original, 150 of 1200 here). ACE0 does not get
+# the focal length: it starts from the 70 %-of-diagonal heuristic and refines it.
+DEMO_CONFIDENCE = 150
+DEMO_ACE_FLAGS = ["--image_resolution", 240, "--registration_confidence", DEMO_CONFIDENCE, "--try_seeds", 2]
 
 
 def run(script: str, *args) -> None:
@@ -35,15 +40,12 @@ def main() -> None:
     if not (scene / "calibration.txt").exists():
         print(f"rendering the demo scene into {scene}", flush=True)
         render_scene(scene, **SCENE_SETTINGS)
-    # The images are 480x360; the network sees them at 320x240 (short side 240), so the registration threshold
-    # scales with the number of cells (500 of 4800 in the original, 150 of 1200 here). ACE0 does not get
-    # the focal length: it starts from the 70 %-of-diagonal heuristic and refines it. Seed depth comes from the
-    # renderer's depth maps, standing in for the monocular depth network that needs internet access.
-    run("ace_zero.py", f"{scene}/images/*.png", results, "--image_resolution", 240,
-        "--registration_confidence", 150, "--try_seeds", 2, "--depth_files", f"{scene}/depth/*.png")
+    # Seed depth comes from the renderer's depth maps, standing in for the monocular depth network that needs
+    # internet access.
+    run("ace_zero.py", f"{scene}/images/*.png", results, *DEMO_ACE_FLAGS, "--depth_files", f"{scene}/depth/*.png")
     summary_file = results / "evaluation.json"
     run("eval_poses.py", results / "poses_final.txt", f"{scene}/poses/*.pose.txt", "--json", summary_file,
-        "--estimate_alignment_conf_threshold", 150, "--pose_error_thresh_t", 0.05, "--pose_error_thresh_r", 5)
+        "--estimate_alignment_conf_threshold", DEMO_CONFIDENCE, "--pose_error_thresh_t", 0.05, "--pose_error_thresh_r", 5)
     summary = json.loads(summary_file.read_text())
     true_focal = float((scene / "calibration.txt").read_text().split()[0])
     focal = float((results / "poses_final.txt").read_text().split()[8])

@@ -25,7 +25,9 @@ from eval_poses import evaluate
 pytestmark = pytest.mark.skipif(os.environ.get("ACE_HEAVY_TESTS") != "1",
                                 reason="heavy RGB-D ACE0 test: set ACE_HEAVY_TESTS=1 (see the module docstring)")
 
-SIZE, FOCAL, VIEWS = (320, 240), 262.5, 8
+# 12 views: the similarity to the ground truth is then fitted by RANSAC (it needs 10); with 8 views on a 42 deg
+# arc the least-squares fit mis-rotated everything by ~116 deg (2026-12-02), which says nothing about the scale.
+SIZE, FOCAL, VIEWS = (320, 240), 262.5, 12
 SHORT = ["--device", "cpu", "--image_resolution", 240, "--use_external_focal_length", FOCAL,
          "--refine_calibration", "False", "--registration_confidence", 100, "--mapping_iterations", 400,
          "--refit_iterations", 500, "--final_refit_posewait", 200, "--cooldown_iterations", 150,
