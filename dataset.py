@@ -125,7 +125,9 @@ def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> Mapp
     if method == "auto":
         method = "zoedepth" if depth_estimation.zoedepth_available() else "twoview"
     if method == "zoedepth":
-        subset.estimated_depth = depth_estimation.estimate_depth(dataset_io.load_image_rgb(subset.images[0]))
+        # undistorted like every other input, so the depth lines up with the pinhole pixels it supervises
+        rgb = dataset_io.undistort(dataset_io.load_image_rgb(subset.images[0]), subset.cameras[0])
+        subset.estimated_depth = depth_estimation.estimate_depth(rgb)
     elif method == "twoview":
         from two_view_seed import two_view_depth
         subset.estimated_depth = two_view_depth(data.images, index, data.cameras, encoder,

@@ -123,3 +123,26 @@ def test_verification_uses_each_images_camera(orbit_scene, tmp_path):
     centred = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(tmp_path / "centred.txt")}
     assert all(c == 2000 for c in true.values())
     assert all(centred[i] < 1000 for i in images if Image.open(i).width == CROP_WIDTH)
+
+
+def test_zoedepth_seed_sees_the_undistorted_image(tmp_path, monkeypatch):
+    """The depth network gets the seed image undistorted (OpenCV's own cv2.undistort as the reference), like
+    every other input, so its depth lines up with the pinhole pixels it supervises."""
+    import cv2
+    import depth_estimation
+    from calibration import Intrinsics
+    rng = np.random.default_rng(0)
+    image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "seed.png"
+    Image.fromarray(image).save(path)
+    camera = Intrinsics(60.0, 58.0, 31.0, 25.0, 64, 48, (0.2, -0.1, 0.001, 0.002), "file")
+    seen = []
+    monkeypatch.setattr(depth_estimation, "estimate_depth", lambda rgb: seen.append(rgb) or np.ones(rgb.shape[:2]))
+    data = dataset.MappingData([str(path)], np.eye(4)[None], [camera], None)
+    config = dataset.DataConfig(str(path), None, None, 0.0, 0.0, "zoedepth", None, None, False, None, 48)
+    subset = dataset._seed_subset(data, config, encoder=None, device="cpu")
+    K = np.array([[60.0, 0, 30.5], [0, 58.0, 24.5], [0, 0, 1]])  # cv2's pixel-centre convention
+    expected = cv2.undistort(image, K, np.array([0.2, -0.1, 0.001, 0.002]), None, K)
+    assert subset.estimated_depth is not None
+    assert np.abs(seen[0].astype(int) - image.astype(int)).mean() > 5, "the image must change"
+    assert np.array_equal(seen[0], expected)
