@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ace_util import (DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
+from ace_util import (DIFFUSION_NEEDS_MODEL, float_or_auto, DSAC_ONLY_DIFFUSION, LOSS_STRUCTURES, PRIOR_TYPES,  # noqa: F401
                       PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UserError)
 
 
@@ -61,17 +61,13 @@ class LossConfig:
 
     @classmethod
     def from_args(cls, args) -> "LossConfig":
-        prior = PriorConfig(args.prior_loss_type, args.prior_loss_weight, _float_or_auto(args.prior_loss_bandwidth),
-                            _float_or_auto(args.prior_loss_location), args.prior_diffusion_model_path,
+        prior = PriorConfig(args.prior_loss_type, args.prior_loss_weight, float_or_auto(args.prior_loss_bandwidth),
+                            float_or_auto(args.prior_loss_location), args.prior_diffusion_model_path,
                             args.prior_diffusion_start_step, args.prior_diffusion_warmup_steps,
                             args.prior_diffusion_subsample)
         return cls(args.loss_structure, prior, args.repro_loss_type, args.repro_loss_soft_clamp,
                    args.repro_loss_soft_clamp_min, args.repro_loss_schedule, args.repro_loss_hard_clamp,
                    args.depth_min, args.depth_max, args.depth_target, args.learning_rate_cooldown_trigger_px_threshold)
-
-
-def _float_or_auto(value) -> float | str:
-    return "auto" if str(value) == "auto" else float(value)
 
 
 def check_prior_combination(structure: str, prior_type: str) -> None:

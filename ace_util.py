@@ -246,3 +246,14 @@ RGBD_NEEDS_DEPTH = "--prior_loss_type rgbd_laplace_nll needs depth maps (--depth
 DIFFUSION_NEEDS_MODEL = ("--prior_loss_type diffusion needs --prior_diffusion_model_path: a point-cloud diffusion "
                          "checkpoint (scr-priors' published diffusion_prior.pt cannot be downloaded here, and none "
                          "ships with this project)")
+
+
+def float_or_auto(value: Any) -> float | str:
+    """A number, or 'auto' (resolved later from the seed's depth): the flags' type and the loss config's reading."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        import argparse
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{value}'") from None

@@ -406,9 +406,10 @@ def seed_median_depth(args, state: RunState) -> float:
     if depth_files is not None:
         return dataset_io.median_valid_depth([dataset_io.load_depth_png(depth_files[index])], AUTO_PRIOR_FLAG)
     if args.seed_depth == "zoedepth":
-        import depth_estimation
-        return dataset_io.median_valid_depth([depth_estimation.estimate_depth(
-            dataset_io.load_image_rgb(images[index]))], AUTO_PRIOR_FLAG)
+        from dataset import zoedepth_of
+        camera = dataset_io.image_cameras([images[index]], args.calibration_file, args.use_external_focal_length,
+                                          log=False)[0]
+        return dataset_io.median_valid_depth([zoedepth_of(images[index], camera)], AUTO_PRIOR_FLAG)
     from dataset import CONSTANT_SEED_DEPTH  # two-view seed depth is normalised to this median too
     return CONSTANT_SEED_DEPTH
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 # Facts shared with the library live in ace_util (torch-free); the scripts take some of them from here too.
 from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
-                      GAUGE_CHOICES, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
+                      GAUGE_CHOICES, float_or_auto, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
                       PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write,
                       atomic_write_text)
 
@@ -158,16 +158,6 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
                              "the original (refiner output added to the pose matrix, re-orthonormalised)")
     parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                         help="how refined rotations are re-orthonormalised")
-
-
-def float_or_auto(value: str) -> float | str:
-    """A number, or 'auto' (resolved later from the seed's depth)."""
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{value}'") from None
 
 
 def add_prior_args(parser) -> None:

@@ -125,9 +125,7 @@ def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> Mapp
     if method == "auto":
         method = "zoedepth" if depth_estimation.zoedepth_available() else "twoview"
     if method == "zoedepth":
-        # undistorted like every other input, so the depth lines up with the pinhole pixels it supervises
-        rgb = dataset_io.undistort(dataset_io.load_image_rgb(subset.images[0]), subset.cameras[0])
-        subset.estimated_depth = depth_estimation.estimate_depth(rgb)
+        subset.estimated_depth = zoedepth_of(subset.images[0], subset.cameras[0])
     elif method == "twoview":
         from two_view_seed import two_view_depth
         subset.estimated_depth = two_view_depth(data.images, index, data.cameras, encoder,
@@ -138,6 +136,13 @@ def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> Mapp
         subset.constant_depth = CONSTANT_SEED_DEPTH
         _log.warning("seed image without depth: constant-depth prior of %.1f (scene units)", CONSTANT_SEED_DEPTH)
     return subset
+
+
+def zoedepth_of(path: str, camera: Intrinsics) -> np.ndarray:
+    """ZoeDepth of an image, undistorted like every other input so that the depth lines up with the pinhole
+    pixels it supervises."""
+    import depth_estimation
+    return depth_estimation.estimate_depth(dataset_io.undistort(dataset_io.load_image_rgb(path), camera))
 
 
 def median_depth_of(data: MappingData) -> float:

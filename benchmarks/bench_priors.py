@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the root modules (README, Layout)
@@ -95,9 +94,7 @@ def run_variant(images_glob: str, folder: Path, flags: list[str]) -> float:
     if minutes_file.exists() and (folder / "poses_final.txt").exists():
         print(f"reusing the finished run in {folder}", flush=True)
         return float(minutes_file.read_text())
-    start = time.time()
-    run_ace(images_glob, folder, flags)
-    minutes = (time.time() - start) / 60
+    minutes = run_ace(images_glob, folder, flags)["seconds"] / 60
     atomic_write_text(minutes_file, f"{minutes:.3f}\n")
     return minutes
 
