@@ -296,9 +296,17 @@ class AceLoss:
         self.prior = PriorLoss(config.prior, use_depth, device)
 
     def _scale(self, inputs: LossInputs) -> float:
+        return self.scale_at(inputs.iteration, inputs.max_iterations)
+
+    def scale_at(self, iteration: int, max_iterations: int) -> float:
+        """The robust loss's scale (px) at this point of training."""
         c = self.config
         return soft_clamp_scale(c.repro_loss_type, c.soft_clamp, c.soft_clamp_min, c.soft_clamp_schedule,
-                                inputs.iteration / max(1, inputs.max_iterations))
+                                iteration / max(1, max_iterations))
+
+    def robust(self, errors: torch.Tensor, iteration: int, max_iterations: int) -> torch.Tensor:
+        """Robust sum of pixel errors, as the reprojection term weighs them at this point of training."""
+        return reprojection_loss(errors, self.config.repro_loss_type, self.scale_at(iteration, max_iterations))
 
     def _prior_term(self, inputs: LossInputs) -> torch.Tensor:
         if self.config.prior.type == "none":

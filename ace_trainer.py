@@ -20,11 +20,14 @@ from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_he
 from ace_schedule import LearningRateSchedule, ScheduleConfig
 from ace_util import UserError, atomic_write_text, config_from_args, progress_bar
 from ace_vis_util import RenderFlags
+from match_loss import MatchSet, build_match_set, match_loss
 from dataset import DataConfig, MappingData, View, load_mapping_data, make_view, median_depth_of
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 
 _log = logging.getLogger(__name__)
+
+MATCH_BATCH_DIVISOR = 4  # matches per step: a quarter of the batch size (each gives two transfers)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,6 +70,7 @@ class MappingConfig:
     pose_refinement_gauge: str
     pose_refinement_update: str
     pose_refinement_wait: int
+    match_loss_weight: float
     refine_calibration: bool
     refine_calibration_lr: float
     training_buffer_cpu: bool
@@ -231,6 +235,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.schedule.learning_rate_min)
         self.schedule = LearningRateSchedule(config.schedule, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
+        self.matches = self._create_matches()
         self.log_lines: list[str] = []
         self.visualizer = self._create_visualizer() if config.render is not None else None
 
@@ -268,6 +273,26 @@ class Trainer:
         centres = self.data.cam_to_world[:, :3, 3].mean(axis=0)
         head.mean.copy_(torch.from_numpy(centres).float().view(1, 3, 1, 1))
         return head.to(self.device)
+
+    def _create_matches(self) -> MatchSet | None:
+        a = self.config
+        if a.match_loss_weight <= 0 or self.seed_mode:
+            return None
+        matches = build_match_set(self.data.images, self.data.cameras, self.data.cam_to_world, self.encoder,
+                                  a.buffer.image_resolution, self.device, a.buffer.base_seed)
+        self._match_generator = torch.Generator().manual_seed(a.buffer.base_seed + 16383)
+        return None if matches is None else matches.to(self.device)
+
+    def _match_term(self, iteration: int) -> tuple[torch.Tensor, float]:
+        """The multi-view term (match_loss.py) on a random batch of matches, a quarter of the batch size."""
+        count = max(1, self.config.batch_size // MATCH_BATCH_DIVISOR)
+        indices = torch.randint(len(self.matches), (count,), generator=self._match_generator).to(self.device)
+        with torch.autocast(self.device.type, enabled=self._use_amp):
+            loss, fraction = match_loss(
+                self.head, self.matches.take(indices), self.pose_refiner, self.calibration.scale(),
+                lambda errors: self.loss.robust(errors, iteration, self.schedule.max_iterations),
+                self.config.loss.depth_min)
+        return self.config.match_loss_weight * loss.float(), fraction
 
     def _create_visualizer(self):
         from ace_visualizer import MappingVisualizer, RenderSettings
@@ -310,9 +335,10 @@ class Trainer:
                 iteration += 1
         progress.close()
         self._log_stats(iteration, time.time() - start, loss, inliers)
-        _log.info("mapping done: %d iterations in %.1f s, final inlier fraction %.2f%s", iteration,
+        _log.info("mapping done: %d iterations in %.1f s, final inlier fraction %.2f%s%s", iteration,
                   time.time() - start, inliers,
-                  f", focal {self.calibration.focal():.1f} px" if self.calibration.refining else "")
+                  f", focal {self.calibration.focal():.1f} px" if self.calibration.refining else "",
+                  f", match transfers within 10 px {self._match_inliers:.2f}" if self.matches is not None else "")
         entries = self._save_outputs()
         if self.visualizer is not None:
             from ace_network import Regressor
@@ -335,6 +361,9 @@ class Trainer:
         inliers, loss = self.loss.compute(LossInputs(
             predicted, cam, cam_fixed, errors, rays, batch["targets"], self._measured_depth(batch),
             iteration, self.schedule.max_iterations))
+        if self.matches is not None:
+            term, self._match_inliers = self._match_term(iteration)
+            loss = loss + term
         if not torch.isfinite(loss):
             raise RuntimeError(f"training diverged at iteration {iteration} (loss {float(loss)})")
         self.optimizer.zero_grad(set_to_none=True)

@@ -158,6 +158,10 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
                              "the original (refiner output added to the pose matrix, re-orthonormalised)")
     parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                         help="how refined rotations are re-orthonormalised")
+    parser.add_argument("--match_loss_weight", type=float, default=0.0,
+                        help="new: weight of a multi-view term on verified XFeat matches between mapping images "
+                             "(the head's point at a keypoint must reproject onto its match in the other image); "
+                             "0 = the original's loss")
 
 
 def add_prior_args(parser) -> None:
