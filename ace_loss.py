@@ -96,6 +96,14 @@ def soft_clamp_scale(loss_type: str, soft_clamp: float, soft_clamp_min: float, s
     return (1.0 - shaped) * soft_clamp + soft_clamp_min
 
 
+def reprojection_errors(cam: torch.Tensor, focals: torch.Tensor, pixels: torch.Tensor, depth_min: float
+                        ) -> torch.Tensor:
+    """L1 reprojection error in pixels of camera-frame points, as the original (depth clamped to stay in front
+    of the camera). focals: B x 2 (fx, fy); pixels relative to the principal point."""
+    depth = cam[:, 2].clamp(min=depth_min)
+    return (cam[:, :2] / depth[:, None] * focals - pixels).abs().sum(dim=1)
+
+
 def reprojection_loss(errors: torch.Tensor, loss_type: str, scale: float) -> torch.Tensor:
     """Robust sum of reprojection errors (pixels)."""
     if loss_type in ("tanh", "dyntanh"):

@@ -15,7 +15,7 @@ import torch
 
 import dataset_io
 from ace_loss import (TARGET_PRESENT_L1, AceLoss, LossConfig, LossInputs, auto_prior,  # noqa: F401 (re-exported)
-                      reprojection_loss, soft_clamp_scale)
+                      reprojection_errors, reprojection_loss, soft_clamp_scale)
 from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_head
 from ace_schedule import LearningRateSchedule, ScheduleConfig
 from ace_util import UserError, atomic_write_text, config_from_args, progress_bar
@@ -187,14 +187,6 @@ def in_camera(batch: dict, world_to_cam: torch.Tensor, scene: torch.Tensor) -> t
     """B x 3 scene coordinates in the (augmented) camera of their image."""
     cam = batch["rotations"] @ (world_to_cam[:, :, :3] @ scene[:, :, None] + world_to_cam[:, :, 3:])
     return cam[:, :, 0] + batch["translations"]
-
-
-def reprojection_errors(cam: torch.Tensor, focals: torch.Tensor, pixels: torch.Tensor, depth_min: float
-                        ) -> torch.Tensor:
-    """L1 reprojection error in pixels, as the original (depth clamped to stay in front of the camera).
-    focals: B x 2 (fx, fy); pixels relative to the principal point."""
-    depth = cam[:, 2].clamp(min=depth_min)
-    return (cam[:, :2] / depth[:, None] * focals - pixels).abs().sum(dim=1)
 
 
 def measured_depth(targets: torch.Tensor, initial_world_to_cam: torch.Tensor, rotations: torch.Tensor,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ace_loss import reprojection_errors
 from ace_util import OUTPUT_SUBSAMPLE, XFEAT_ENCODER_ID, progress_bar
 from calibration import Intrinsics
 
@@ -141,9 +142,7 @@ def transfer_errors(scene: torch.Tensor, world_to_cam: torch.Tensor, focals: tor
     """L1 pixel errors of scene points projected into other cameras (3 x 4 world-to-camera each) against the
     matched keypoints (relative to the principal point), and whether each point lies in front of that camera."""
     cam = (world_to_cam[:, :, :3] @ scene[:, :, None] + world_to_cam[:, :, 3:])[:, :, 0]
-    ahead = cam[:, 2] > depth_min
-    depth = cam[:, 2].clamp(min=depth_min)
-    return (cam[:, :2] / depth[:, None] * focals - pixels).abs().sum(dim=1), ahead
+    return reprojection_errors(cam, focals, pixels, depth_min), cam[:, 2] > depth_min
 
 
 def match_loss(head, matches: MatchSet, poses_of, focal_scale: torch.Tensor, robust, depth_min: float
