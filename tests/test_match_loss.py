@@ -114,9 +114,10 @@ def test_matches_of_a_rendered_scene_agree_with_its_geometry(orbit_scene):
         a, b = int(matches.image_a[k]), int(matches.image_b[k])
         depth = dataset_io.load_depth_png(str(depth_files[a]))
         u, v = (matches.pixels_a[k].numpy() + [camera.cx, camera.cy])
-        z = depth[int(v), int(u)]
-        if z <= 0:
+        row, col = int(v), int(u)
+        if not (0 <= row < depth.shape[0] and 0 <= col < depth.shape[1]) or depth[row, col] <= 0:
             continue
+        z = depth[row, col]
         ray = np.array([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, 1.0]) * z
         world = poses[a][:3, :3] @ ray + poses[a][:3, 3]
         projected = _project(np.linalg.inv(poses[b])[:3], world[None], camera.fx)[0]
