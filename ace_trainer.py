@@ -20,8 +20,8 @@ from ace_network import Head, OUTPUT_SUBSAMPLE, load_encoder, load_head, save_he
 from ace_schedule import LearningRateSchedule, ScheduleConfig
 from ace_util import UserError, atomic_write_text, config_from_args, progress_bar
 from ace_vis_util import RenderFlags
-from match_loss import MatchSet, build_match_set, match_loss
 from dataset import DataConfig, MappingData, View, load_mapping_data, make_view, median_depth_of
+from match_loss import MatchSet, build_match_set, match_loss
 from refine_calibration import CalibrationRefiner
 from refine_poses import PoseRefiner
 

@@ -19,8 +19,8 @@ import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
 from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
-                        add_render_args, apply_cpu_profile, atomic_write_text, check_prior_flags,
-                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+                        add_render_args, apply_cpu_profile, atomic_write_text, check_match_loss_weight,
+                        check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("ace_zero")
 
@@ -491,6 +491,7 @@ def validate(args) -> float:
         load_head(args.seed_network, load_encoder(args.encoder_path))
     if args.try_seeds < 1 and args.seed_network is None:
         raise UserError("--try_seeds must be at least 1")
+    check_match_loss_weight(args)
     check_prior_flags(args, has_depth=args.depth_files is not None)
     if args.loss_structure == "probabilistic" and args.prior_loss_type == "none":
         raise UserError(PROBABILISTIC_NEEDS_PRIOR)  # train_ace.py would raise it at its first step

@@ -164,6 +164,11 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
                              "0 = the original's loss")
 
 
+def check_match_loss_weight(args) -> None:
+    if args.match_loss_weight < 0:
+        raise UserError(f"--match_loss_weight {args.match_loss_weight:g}: must be 0 (off) or positive")
+
+
 def add_prior_args(parser) -> None:
     """Loss structure and scene coordinate priors (Bian et al., ICCV 2025), shared by train_ace.py and
     ace_zero.py; all off by default."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES
 from cli_common import (CPU_PROFILES, UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
-                        add_pose_refiner_args, add_prior_args, add_render_args, apply_cpu_profile, check_prior_flags,
-                        configure_cpu_threads, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+                        add_pose_refiner_args, add_prior_args, add_render_args, apply_cpu_profile,
+                        check_match_loss_weight, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
+                        make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("train_ace")
 
@@ -113,6 +114,7 @@ def validate(args) -> None:
                         "--calibration_file or --use_ace_pose_file")
     if args.batch_size < 1 or args.iterations < 1 or args.head_width < 1:
         raise UserError("--batch_size, --iterations and --head_width must be positive")
+    check_match_loss_weight(args)
     check_prior_flags(args, has_depth=args.depth_files is not None or args.use_pose_seed >= 0)
     if "auto" in (args.prior_loss_location, args.prior_loss_bandwidth) and args.use_pose_seed < 0 and \
             args.depth_files is None:

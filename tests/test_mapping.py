@@ -76,6 +76,10 @@ def test_train_errors(orbit_scene, tmp_path):
                                   f"{orbit_scene}/poses/*[02468].pose.txt", "--use_heuristic_focal_length", "True",
                                   check=False))
     assert "counts must match" in msg
+    msg = _one_line_error(run_cli("train_ace.py", images, tmp_path / "m.pt", "--pose_files",
+                                  f"{orbit_scene}/poses/*.txt", "--use_heuristic_focal_length", "True",
+                                  "--match_loss_weight", "-1", check=False))
+    assert "--match_loss_weight -1" in msg
 
 
 def test_register_errors(orbit_head, orbit_scene, tmp_path):
