@@ -279,12 +279,18 @@ class Trainer:
         """The multi-view term (match_loss.py) on a random batch of matches, a quarter of the batch size."""
         count = max(1, self.config.batch_size // MATCH_BATCH_DIVISOR)
         indices = torch.randint(len(self.matches), (count,), generator=self._match_generator).to(self.device)
+        loss, fraction = match_loss(
+            self._predict, self.matches.take(indices), self.pose_refiner, self.calibration.scale(),
+            lambda errors: self.loss.robust(errors, iteration, self.schedule.max_iterations),
+            self.config.loss.depth_min)
+        return self.config.match_loss_weight * loss, fraction
+
+    def _predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Scene coordinates of N x C features: the head under autocast (fp16 on CUDA), the result in fp32 so
+        that projections stay exact."""
         with torch.autocast(self.device.type, enabled=self._use_amp):
-            loss, fraction = match_loss(
-                self.head, self.matches.take(indices), self.pose_refiner, self.calibration.scale(),
-                lambda errors: self.loss.robust(errors, iteration, self.schedule.max_iterations),
-                self.config.loss.depth_min)
-        return self.config.match_loss_weight * loss.float(), fraction
+            predicted = self.head(features)
+        return predicted.float()
 
     def _create_visualizer(self):
         from ace_visualizer import MappingVisualizer, RenderSettings
@@ -341,9 +347,7 @@ class Trainer:
     def _training_step(self, batch: dict, iteration: int) -> tuple[float, float]:
         a = self.config
         self.schedule.step(iteration, getattr(self, "_last_inliers", 0.0))
-        with torch.autocast(self.device.type, enabled=self._use_amp):
-            predicted = self.head(batch["features"])
-        predicted = predicted.float()
+        predicted = self._predict(batch["features"])
         world_to_cam = self.pose_refiner(batch["image_ids"])
         cam = in_camera(batch, world_to_cam, predicted)
         cam_fixed = in_camera(batch, world_to_cam.detach(), predicted)  # for terms that regularise the head only

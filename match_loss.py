@@ -91,6 +91,7 @@ def build_match_set(images: list[str], cameras: list[Intrinsics], cam_to_world: 
         return None
     from ace_network import load_encoder
     from bundle_adjust import ImageFeatures, candidate_pairs, verified_matches
+    from feature_matching import KEYPOINT_ACCURACY_PX
     detector = encoder if encoder.encoder_id == XFEAT_ENCODER_ID else load_encoder(XFEAT_ENCODER_ID, device)
     points = [_image_keypoints(p, c, short_side, encoder, detector, device)
               for p, c in zip(progress_bar(images, desc="keypoints for the match loss", leave=False), cameras)]
@@ -101,7 +102,7 @@ def build_match_set(images: list[str], cameras: list[Intrinsics], cam_to_world: 
     for i, j in pairs:
         a, b = points[i], points[j]
         ia, ib = verified_matches(ImageFeatures(a.pixels, a.descriptors), ImageFeatures(b.pixels, b.descriptors),
-                                  accuracy_px=1.0)
+                                  KEYPOINT_ACCURACY_PX)
         if len(ia) == 0:
             continue
         verified += 1
@@ -145,12 +146,13 @@ def transfer_errors(scene: torch.Tensor, world_to_cam: torch.Tensor, focals: tor
     return reprojection_errors(cam, focals, pixels, depth_min), cam[:, 2] > depth_min
 
 
-def match_loss(head, matches: MatchSet, poses_of, focal_scale: torch.Tensor, robust, depth_min: float
+def match_loss(predict, matches: MatchSet, poses_of, focal_scale: torch.Tensor, robust, depth_min: float
                ) -> tuple[torch.Tensor, float]:
-    """Mean robust transfer error of a batch of matches, both directions: the head's point at the keypoint of
-    image a seen in image b against its match there, and the other way. Points behind the other camera get no
-    loss (the main loss deals with them). Also returns the fraction of transfers within 10 px."""
-    scene = head(torch.cat([matches.features_a, matches.features_b])).float()
+    """Mean robust transfer error of a batch of matches, both directions: the point `predict` (features -> scene
+    coordinates, fp32) gives at the keypoint of image a, seen in image b against its match there, and the other
+    way. Points behind the other camera get no loss (the main loss deals with them). Also returns the fraction
+    of transfers within 10 px."""
+    scene = predict(torch.cat([matches.features_a, matches.features_b]))
     count = len(matches)
     scene_a, scene_b = scene[:count], scene[count:]
     errors_ab, ahead_ab = transfer_errors(scene_a, poses_of(matches.image_b), matches.focals_b * focal_scale,

@@ -98,8 +98,7 @@ def test_match_term_prefers_true_poses_to_one_shared_pose():
 @pytest.mark.slow
 def test_matches_of_a_rendered_scene_agree_with_its_geometry(orbit_scene):
     """Verified matches between rendered orbit views: transferred through the true depth and poses, most land
-    within 2 px of their match (the term's targets are right), and the features are the encoder's at the
-    keypoint (checked against sampling the dense map by hand)."""
+    within 2 px of their match (the term's targets are right)."""
     from ace_network import load_encoder
     images = sorted(str(p) for p in (orbit_scene / "images").iterdir())[:6]
     poses = np.stack([dataset_io.load_cam_to_world(p) for p in sorted((orbit_scene / "poses").iterdir())[:6]])
@@ -128,8 +127,8 @@ def test_matches_of_a_rendered_scene_agree_with_its_geometry(orbit_scene):
 @pytest.mark.slow
 def test_refinement_with_the_match_term_improves_noisy_poses(orbit_scene, tmp_path):
     """One 3000-iteration mapping round from the rendered orbit's poses perturbed by 3 deg / 5 cm: with the match
-    term and the rotation update, the refined poses come out better than their input (measured 3.48 -> 1.51 deg,
-    spread 29.7 deg against the truth's 31.6), where the original's refiner collapses them (README)."""
+    term and the rotation update, the refined poses come out better than their input (measured 3.48 -> 0.98 deg,
+    spread 30.6 deg against the truth's 31.6; without the term 7.93 deg, README)."""
     data = posed_folder(orbit_scene)
     noisy = write_noisy_poses(data, tmp_path / "noisy", 3.0, 0.05, seed=0)
     run_cli("train_ace.py", symlinked_glob(tmp_path / "images", data.images), tmp_path / "map.pt",
