@@ -7,7 +7,8 @@ scene leaves errors of a few degrees. This step polishes the poses of a pose fil
 keypoints of every registered image are matched to its nearest cameras (as the input poses place them), matches
 are verified with a fundamental matrix (MAGSAC), chained into tracks, triangulated with the input poses, and
 poses, points and (optionally) the shared focal length are optimised for reprojection error with a robust loss;
-cameras registered far off are re-seated by PnP between rounds. The best-observed camera is held fixed and the
+cameras registered far off are re-seated by PnP between rounds. The pairs are then chosen again from the adjusted
+poses and the adjustment repeated while that brings new pairs. The best-observed camera is held fixed and the
 result keeps the input's scale.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ MIN_CAMERA_OBSERVATIONS = 20  # cameras seen in fewer track points keep their in
 MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded cost
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
 KEYPOINT_ACCURACY_PX = 1.0  # XFeat, at network resolution
+MAX_PAIR_PASSES = 3         # adjustments with pairs chosen again from the adjusted poses
+MAX_FINAL_ROUNDS = 2        # rounds at the keypoint accuracy: a second one only after a camera was re-seated
 
 
 @dataclass(frozen=True)
@@ -419,12 +422,13 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
     poses = world_to_cam.copy()
     fixed = int(np.argmax(np.bincount(all_tracks.camera, minlength=len(poses))))
     f_scale, stats = None, {"points": all_tracks.count, "observations": len(all_tracks.camera)}
+    final_rounds = 0
     while True:
         points, usable = triangulate(all_tracks, poses, focal, centre)
         errors = observation_errors(all_tracks, poses, points, focal, centre)
         keep = usable[all_tracks.point]
         if f_scale is None:
-            f_scale = max(float(np.median(errors[keep])), accuracy_px)
+            f_scale = max(starting_scale(errors[keep], all_tracks.camera[keep]), accuracy_px)
             stats["median_error_before"] = f_scale
         else:
             keep &= errors < 3 * f_scale
@@ -440,16 +444,27 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
         _log.info("error scale %.1f px: median reprojection error %.2f px, %d steps", f_scale,
                   np.median(round_errors), steps)
         poses, focal, centre = problem.poses(x), float(problem.unpack(x)[3]), problem.centre_of(x).copy()
-        if final:
+        final_rounds += final
+        if final_rounds == MAX_FINAL_ROUNDS:
             break
         f_scale = max(accuracy_px, min(f_scale / 2, float(np.median(round_errors))))
         solved = np.full((all_tracks.count, 3), np.nan)
         solved[ids] = problem.unpack(x)[2]
-        poses = reseat_cameras(all_tracks, poses, solved, focal, centre, 3 * f_scale, fixed)
+        # Also after a final round: a few cameras far off barely move the median error, which can start at the
+        # keypoint accuracy; one more round follows only when some camera was re-seated.
+        poses, reseated = reseat_cameras(all_tracks, poses, solved, focal, centre, 3 * f_scale, fixed)
+        if final and not reseated:
+            break
     stats["median_error_after"] = float(np.median(round_errors))
     stats["inlier_observations"] = len(tracks.camera)
     stats["centre"] = centre
     return keep_input_scale(world_to_cam, poses, fixed), focal, stats
+
+
+def starting_scale(errors: np.ndarray, camera: np.ndarray) -> float:
+    """The loss scale of the first round: the median error of the worst camera (not of all observations, where a
+    few cameras far off vanish, and a loss at the keypoint accuracy would leave them where they are)."""
+    return max(float(np.median(errors[camera == c])) for c in np.unique(camera))
 
 
 def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float,
@@ -461,27 +476,53 @@ def observation_errors(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndar
 
 
 def reseat_cameras(tracks: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
-                   threshold_px: float, fixed: int) -> np.ndarray:
-    """Cameras that agree with few of their points (a registration far off, which the adjustment cannot pull
-    back) placed again by RANSAC PnP on the points, when that agrees with at least twice as many."""
-    camera_matrix = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
+                   threshold_px: float, fixed: int) -> tuple[np.ndarray, int]:
+    """Cameras that agree with fewer than half of their points (registered far off, beyond what the adjustment
+    pulls back) placed again by RANSAC PnP, when that agrees with at least twice as many points; and how many
+    were. The PnP points are triangulated from the agreeing cameras alone: a few neighbouring cameras far off
+    bend the points they share, and PnP on bent points cannot find the true pose."""
     errors = observation_errors(tracks, world_to_cam, points, focal, centre)
     known = np.isfinite(points[tracks.point]).all(axis=1)
-    result = world_to_cam.copy()
-    for camera in range(len(world_to_cam)):
-        mine = known & (tracks.camera == camera)
-        if camera == fixed or mine.sum() < MIN_CAMERA_OBSERVATIONS:
-            continue
-        agreeing = int((errors[mine] < threshold_px).sum())
-        found, rotation, translation, inliers = cv2.solvePnPRansac(
-            points[tracks.point[mine]], tracks.pixels[mine], camera_matrix, None, iterationsCount=1000,
-            reprojectionError=threshold_px, flags=cv2.SOLVEPNP_SQPNP)
-        if found and inliers is not None and len(inliers) > max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
-            result[camera, :3, :3] = cv2.Rodrigues(rotation)[0]
-            result[camera, :3, 3] = translation.ravel()
-            _log.info("camera %d re-seated by PnP: %d -> %d of %d points agree", camera, agreeing, len(inliers),
-                      mine.sum())
-    return result
+    count = len(world_to_cam)
+    seen = np.bincount(tracks.camera[known], minlength=count)
+    agreeing = np.bincount(tracks.camera[known & (errors < threshold_px)], minlength=count)
+    suspect = (agreeing < seen / 2) & (seen >= MIN_CAMERA_OBSERVATIONS)
+    suspect[fixed] = False
+    if not suspect.any():
+        return world_to_cam, 0
+    trusted, ids = keep_observations(tracks, ~suspect[tracks.camera])
+    trusted_points = np.full((tracks.count, 3), np.nan)
+    triangulated, usable = triangulate(trusted, world_to_cam, focal, centre)
+    trusted_points[ids[usable]] = triangulated[usable]
+    result, reseated = world_to_cam.copy(), 0
+    for camera in np.flatnonzero(suspect):
+        pose = pnp_pose(tracks, trusted_points, camera, world_to_cam[camera], focal, centre, threshold_px)
+        if pose is not None:
+            result[camera] = pose
+            reseated += 1
+    return result, reseated
+
+
+def pnp_pose(tracks: Tracks, points: np.ndarray, camera: int, world_to_cam: np.ndarray, focal: float,
+             centre: np.ndarray, threshold_px: float) -> np.ndarray | None:
+    """The camera's pose by RANSAC PnP on its known points, when that agrees with at least twice as many of them
+    as its current pose."""
+    mine = (tracks.camera == camera) & np.isfinite(points[tracks.point]).all(axis=1)
+    if mine.sum() < MIN_CAMERA_OBSERVATIONS:
+        return None
+    own = Tracks(np.zeros(int(mine.sum()), int), tracks.point[mine], tracks.pixels[mine], tracks.count)
+    agreeing = int((observation_errors(own, world_to_cam[None], points, focal, centre) < threshold_px).sum())
+    camera_matrix = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
+    found, rotation, translation, inliers = cv2.solvePnPRansac(
+        points[own.point], own.pixels, camera_matrix, None, iterationsCount=1000, reprojectionError=threshold_px,
+        flags=cv2.SOLVEPNP_SQPNP)
+    if not found or inliers is None or len(inliers) <= max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
+        return None
+    _log.info("camera %d re-seated by PnP: %d -> %d of %d points agree", camera, agreeing, len(inliers), mine.sum())
+    pose = np.eye(4)
+    pose[:3, :3] = cv2.Rodrigues(rotation)[0]
+    pose[:3, 3] = translation.ravel()
+    return pose
 
 
 def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.ndarray:
@@ -500,12 +541,9 @@ def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.nd
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
                  ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    matches = {}
-    for i, j in progress_bar(pairs, desc="matching image pairs", leave=False):
-        ia, ib = verified_matches(features[i], features[j], accuracy_px)
-        if len(ia):
-            matches[(i, j)] = (ia, ib)
-    return matches
+    """Verified matches of every pair (empty arrays for a pair that failed verification)."""
+    return {(i, j): verified_matches(features[i], features[j], accuracy_px)
+            for i, j in progress_bar(pairs, desc="matching image pairs", leave=False)}
 
 
 def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device,
@@ -533,24 +571,48 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
     features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
                 for f, c in zip(features, used_cameras)]
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / config.image_resolution
-    pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in world_to_cam]), config.neighbours,
-                            config.max_view_angle)
-    matches = match_images(features, pairs, accuracy)
-    _log.info("%d of %d image pairs verified", len(matches), len(pairs))
-    tracks = observations(build_tracks(features, matches), features) if matches else None
-    if tracks is None or tracks.count < MIN_PAIR_MATCHES:
+    found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy)
+    if found is None:
         _log.warning("too few feature tracks to adjust; poses are copied unchanged")
         return entries, {"adjusted": False, "cameras": cameras}
-    adjusted, new_focal, stats = adjust(world_to_cam, focal, centre, tracks, config.refine_focal, accuracy,
-                                        config.max_iterations, config.refine_principal_point)
+    adjusted, new_focal, stats = found
     shift = (stats.pop("centre") - centre) / new_focal  # in normalised coordinates, the same for every camera
     new_cameras = [moved_camera(c, new_focal / focal, shift) for c in cameras]
     result = [dataset_io.PoseEntry(e.path, e.world_to_cam, c.fx, e.confidence) for e, c in zip(entries, new_cameras)]
     for k, pose in zip(used, adjusted):
         result[k].world_to_cam = pose
     stats["cameras"] = new_cameras
-    return result, {"adjusted": True, "pairs": len(matches), "focal_before": focal, "focal_after": new_focal,
-                    **stats}
+    return result, {"adjusted": True, "focal_before": focal, "focal_after": new_focal, **stats}
+
+
+def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.ndarray,
+                            features: list[ImageFeatures], config: BundleAdjustConfig, accuracy: float
+                            ) -> tuple[np.ndarray, float, dict] | None:
+    """Match the nearest cameras as the poses place them and adjust; then choose the pairs again from the adjusted
+    poses and adjust once more while that brings new pairs. A camera registered far off is first matched with the
+    wrong neighbours and can settle in a bent corner of the scene; its true neighbours pull it out. None when the
+    first pass has too few tracks."""
+    matched: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # every pair tried; empty when rejected
+    poses, stats = world_to_cam, None
+    for passes in range(1, MAX_PAIR_PASSES + 1):
+        pairs = candidate_pairs(np.stack([dataset_io.invert_pose(p) for p in poses]), config.neighbours,
+                                config.max_view_angle)
+        new = [pair for pair in pairs if pair not in matched]
+        if stats is not None and not new:
+            break
+        matched.update(match_images(features, new, accuracy))
+        matches = {pair: matched[pair] for pair in pairs if len(matched[pair][0])}
+        _log.info("pass %d: %d of %d image pairs verified (%d newly matched)", passes, len(matches), len(pairs),
+                  len(new))
+        tracks = observations(build_tracks(features, matches), features) if matches else None
+        if tracks is None or tracks.count < MIN_PAIR_MATCHES:
+            break
+        poses, focal, pass_stats = adjust(poses, focal, centre, tracks, config.refine_focal, accuracy,
+                                          config.max_iterations, config.refine_principal_point)
+        centre = pass_stats["centre"]
+        first_error = pass_stats["median_error_before"] if stats is None else stats["median_error_before"]
+        stats = {**pass_stats, "median_error_before": first_error, "pairs": len(matches), "passes": passes}
+    return None if stats is None else (poses, focal, stats)
 
 
 def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:
