@@ -13,6 +13,7 @@ result keeps the input's scale.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -26,7 +27,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from ace_util import XFEAT_ENCODER_ID, config_from_args, in_mapping_set, progress_bar, project_pinhole
+from ace_util import (XFEAT_ENCODER_ID, atomic_write_text, config_from_args, in_mapping_set, progress_bar,
+                      project_pinhole)
 from calibration import Intrinsics
 from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, make_parser, run_main,
                         select_device, str2bool)
@@ -457,8 +459,16 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
             break
     stats["median_error_after"] = float(np.median(round_errors))
     stats["inlier_observations"] = len(tracks.camera)
+    stats["kept_fraction"] = kept_fraction(all_tracks.camera, keep, len(poses))
     stats["centre"] = centre
     return keep_input_scale(world_to_cam, poses, fixed), focal, stats
+
+
+def kept_fraction(camera: np.ndarray, keep: np.ndarray, count: int) -> np.ndarray:
+    """Per camera, the share of its observations that the last round kept (NaN for a camera in no track)."""
+    seen = np.bincount(camera, minlength=count).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(camera[keep], minlength=count) / seen
 
 
 def starting_scale(errors: np.ndarray, camera: np.ndarray) -> float:
@@ -550,7 +560,8 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
                   features_of: list | None = None, cameras: list[Intrinsics] | None = None
                   ) -> tuple[list[dataset_io.PoseEntry], dict]:
     """Adjusted copies of the entries (confident ones move; every camera's focal changes by the same factor) and
-    statistics, with the adjusted cameras under "cameras". `cameras`: one per entry (default: from the calibration
+    statistics, with the adjusted cameras under "cameras" and per entry the share of its feature observations that
+    the adjustment kept under "kept_fraction" (NaN where not adjusted). `cameras`: one per entry (default: from the calibration
     file and the pose file); `features_of`: extract_features of every entry's image at config.image_resolution with
     those cameras, when the caller has them."""
     used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, config.confidence_threshold)]
@@ -582,6 +593,9 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
     for k, pose in zip(used, adjusted):
         result[k].world_to_cam = pose
     stats["cameras"] = new_cameras
+    kept = np.full(len(entries), np.nan)
+    kept[used] = stats.pop("kept_fraction")
+    stats["kept_fraction"] = kept
     return result, {"adjusted": True, "focal_before": focal, "focal_after": new_focal, **stats}
 
 
@@ -615,6 +629,29 @@ def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.n
     return None if stats is None else (poses, focal, stats)
 
 
+def kept_fractions_beside(pose_file: Path | str) -> Path:
+    """Where bundle_adjust.py puts the share of each image's observations it kept (read by verify_poses.py)."""
+    return Path(pose_file).with_suffix(".kept.json")
+
+
+def write_kept_fractions(pose_file: Path | str, entries: list[dataset_io.PoseEntry], kept: np.ndarray) -> None:
+    images = {e.path: None if np.isnan(k) else round(float(k), 4) for e, k in zip(entries, kept)}
+    atomic_write_text(kept_fractions_beside(pose_file), json.dumps(images, indent=1))
+
+
+def read_kept_fractions(pose_file: Path | str, entries: list[dataset_io.PoseEntry]) -> np.ndarray | None:
+    """The kept shares of the entries' images from the file beside the pose file (NaN for an image it lacks), or
+    None without that file."""
+    path = kept_fractions_beside(pose_file)
+    if not path.is_file():
+        return None
+    try:
+        images = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: unreadable ({error})") from error
+    return np.array([np.nan if images.get(e.path) is None else float(images[e.path]) for e in entries])
+
+
 def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:
     """A camera after the adjustment: focal scaled; principal point shifted by `shift` (normalised units of the
     reference camera, which equal this camera's own up to its focal)."""
@@ -641,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
     dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
     if stats["adjusted"]:
+        write_kept_fractions(args.output_poses, adjusted, stats["kept_fraction"])
         _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
                   "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],
                   stats["median_error_before"], stats["median_error_after"], stats["focal_before"],

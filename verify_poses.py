@@ -8,7 +8,8 @@ themselves instead: XFeat matches between overlapping images, verified by a fund
 neither poses nor a focal length), must also agree with the relative pose and the focal length of the
 reconstruction. An image whose pairs mostly disagree gets a confidence below --confidence_threshold, so every
 tool that applies the original's threshold (mapping, exports, evaluation) leaves it out. The pose file format is
-unchanged; a JSON report says per image why.
+unchanged; a JSON report says per image why. Images whose feature observations the bundle adjustment mostly
+rejects are flagged too: a chain of images can bend with every pair consistent, but not its tracks.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ MIN_BASELINE_ANGLE_DEG = 1.0   # below this parallax (at the median point) the p
 POSE_NEIGHBOURS = 4            # nearest cameras of each camera in the reconstruction that must share matches
 MAX_NEIGHBOUR_ANGLE_DEG = 60   # ... among those looking in a similar direction
 MAX_ADJUSTMENT_DEG = 5.0       # an image the adjustment moves further was not where the evidence puts it
+MIN_KEPT_FRACTION = 0.5        # an image whose observations the adjustment mostly rejects does not fit the scene
 MAX_FOCAL_CHANGE = 1.25        # ... and all of them when it changes the focal length by more than this factor
 STRONG_PAIR_FRACTION = 0.5     # of the matches of an image's best pair, for a pair to hold images together
 
@@ -79,7 +81,9 @@ def build_parser():
     parser.add_argument("--adjust", type=str2bool, default=True,
                         help="check a bundle-adjusted copy of the poses (bundle_adjust.py; the output keeps the "
                              "input poses) and flag images the adjustment moves by more than "
-                             f"{MAX_ADJUSTMENT_DEG:g} deg; False for poses that are adjusted already")
+                             f"{MAX_ADJUSTMENT_DEG:g} deg or whose feature observations it mostly rejects (under "
+                             f"{100 * MIN_KEPT_FRACTION:g}%% kept); False for poses that are adjusted already (the "
+                             "shares kept are then read from the .kept.json that bundle_adjust.py wrote beside them)")
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     return parser
@@ -302,7 +306,7 @@ def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics]
         adjusted, stats = bundle_adjust(entries, config, device, features, cameras)
     except UserError as error:
         _log.warning("%s: checking the poses as they are", error)
-        return entries, cameras, np.zeros(len(entries))
+        return entries, cameras, np.zeros(len(entries)), np.full(len(entries), np.nan)
     from eval_poses import rotation_angle_deg
     moved = rotation_angle_deg(np.stack([a.world_to_cam[:3, :3] @ e.world_to_cam[:3, :3].T
                                          for a, e in zip(adjusted, entries)]))
@@ -312,7 +316,18 @@ def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics]
         _log.warning("the bundle adjustment changes the focal length from %.1f to %.1f px: every pose counts as "
                      "moved", before, after)
         moved = np.full(len(entries), np.inf)
-    return adjusted, stats["cameras"], moved
+    kept = stats.get("kept_fraction", np.full(len(entries), np.nan))
+    return adjusted, stats["cameras"], moved, kept
+
+
+def flag_rejected(verdict: ImageVerdict, kept: float, threshold: float) -> ImageVerdict:
+    """An image whose feature observations the bundle adjustment mostly rejects does not fit the reconstruction
+    that its neighbours agree on, even when each pair of images looks consistent (a slowly bending chain)."""
+    if not verdict.reliable or not kept < MIN_KEPT_FRACTION:
+        return verdict
+    reason = f"the bundle adjustment rejects {100 * (1 - kept):.0f}% of its feature observations"
+    return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
+                        verdict.witnesses, verdict.agreement, False, reason)
 
 
 def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVerdict:
@@ -338,16 +353,23 @@ def main(argv: list[str] | None = None) -> None:
     paths = [e.path for e in entries]
     cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
     device = select_device(args.device)
-    from bundle_adjust import BundleAdjustConfig, extract_features
+    from bundle_adjust import BundleAdjustConfig, extract_features, kept_fractions_beside, read_kept_fractions
+    kept_beside = None if args.adjust else read_kept_fractions(args.input_poses, entries)
+    if kept_beside is not None:
+        _log.info("shares of observations the adjustment kept: %s", kept_fractions_beside(args.input_poses))
     _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
     features = extract_features(paths, args.image_resolution, device, cameras)
     # the adjustment's defaults, at this check's threshold and resolution
     adjustment = BundleAdjustConfig(args.input_poses, args.confidence_threshold, image_resolution=args.image_resolution)
-    checked, checked_cameras, moved = adjusted_copy(entries, cameras, features, adjustment, device) if args.adjust \
-        else (entries, cameras, np.zeros(len(entries)))
+    if args.adjust:
+        checked, checked_cameras, moved, kept = adjusted_copy(entries, cameras, features, adjustment, device)
+    else:
+        checked, checked_cameras, moved = entries, cameras, np.zeros(len(entries))
+        kept = np.full(len(entries), np.nan) if kept_beside is None else kept_beside
     verdicts, checks, statistics = verify(checked, checked_cameras, features, args.confidence_threshold,
                                           args.min_agreement, args.pairs_per_image, args.tolerance)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
+    verdicts = [flag_rejected(v, share, args.confidence_threshold) for v, share in zip(verdicts, kept)]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
     # Same lines as the input but for the confidences (read_ace_pose_file skips blank lines too).
     lines = [line for line in args.input_poses.read_text().splitlines() if line.strip()]

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from bundle_adjust import Problem, Tracks, reseat_cameras
+from bundle_adjust import Problem, Tracks, kept_fraction, read_kept_fractions, reseat_cameras
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -99,6 +99,15 @@ def test_bent_end_of_the_arc_is_straightened(orbit_scene, tmp_path):
     run_cli("bundle_adjust.py", bent, adjusted, "--device", "cpu", "--refine_focal", "False")
     worst = max(frame["rot_err_deg"] for frame in _errors(adjusted, orbit_scene)["frames"])
     assert worst < 1.0
+    # straightened, every camera keeps most of its observations (verify_poses flags those under half)
+    kept = read_kept_fractions(adjusted, dataset_io.read_ace_pose_file(adjusted))
+    assert kept.min() > 0.8
+
+
+def test_kept_fraction_per_camera():
+    camera = np.array([0, 0, 0, 0, 1, 1, 3])
+    keep = np.array([True, False, True, True, False, False, True])
+    np.testing.assert_array_equal(kept_fraction(camera, keep, 4), [0.75, 0.0, np.nan, 1.0])
 
 def test_far_off_camera_is_reseated():
     """A camera registered far off (as ACE0 can at the edge of a reconstruction), beyond what the adjustment

@@ -91,6 +91,32 @@ def test_wrong_images_fall_below_the_threshold(orbit_scene, tmp_path):
     assert report["summary"]["unreliable"] == len(wrong) and not report["summary"]["failed"]
 
 
+@pytest.mark.slow  # feature extraction and matching
+def test_images_the_adjustment_rejects_fall_below_the_threshold(orbit_scene, tmp_path):
+    """Poses adjusted already (--adjust False): the shares of observations that bundle_adjust.py kept, read from
+    the file beside the poses, flag an image under half, even though its pose (the true one here) agrees with
+    every pair; the others keep their confidence."""
+    entries = _gt_pose_file(orbit_scene, tmp_path / "in.txt", set())
+    from bundle_adjust import kept_fractions_beside, write_kept_fractions
+    write_kept_fractions(tmp_path / "in.txt", entries, np.array([0.2 if k == 5 else 0.95 for k in range(len(entries))]))
+    assert kept_fractions_beside(tmp_path / "in.txt").is_file()
+    run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust", "False")
+    confidences = [e.confidence for e in sorted(dataset_io.read_ace_pose_file(tmp_path / "out.txt"),
+                                                key=lambda e: e.path)]
+    assert confidences[5] < 1000 and all(c == 2500 for k, c in enumerate(confidences) if k != 5)
+    report = json.loads((tmp_path / "out.verification.json").read_text())
+    assert [i["reason"] for i in report["images"] if not i["reliable"]] == [
+        "the bundle adjustment rejects 80% of its feature observations"]
+
+
+def test_unreadable_kept_shares_are_a_clear_error(orbit_scene, tmp_path):
+    _gt_pose_file(orbit_scene, tmp_path / "in.txt", set())
+    (tmp_path / "in.kept.json").write_text("{not json")
+    result = run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust",
+                     "False", check=False)
+    assert result.returncode == 2 and "in.kept.json" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_flags_are_clear_errors(tmp_path):
     result = run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--min_agreement", 2, check=False)
     assert result.returncode == 2 and "--min_agreement" in result.stderr
