@@ -677,12 +677,14 @@ def main(argv: list[str] | None = None) -> None:
     adjusted, stats = bundle_adjust(entries, config_from_args(BundleAdjustConfig, args), device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
     dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
-    if stats["adjusted"]:
-        write_kept_fractions(args.output_poses, adjusted, stats["kept_fraction"])
-        _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
-                  "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],
-                  stats["median_error_before"], stats["median_error_after"], stats["focal_before"],
-                  stats["focal_after"], time.time() - start, args.output_poses)
+    if not stats["adjusted"]:  # an earlier run's shares would describe other poses
+        kept_fractions_beside(args.output_poses).unlink(missing_ok=True)
+        return
+    write_kept_fractions(args.output_poses, adjusted, stats["kept_fraction"])
+    _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
+              "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],
+              stats["median_error_before"], stats["median_error_after"], stats["focal_before"],
+              stats["focal_after"], time.time() - start, args.output_poses)
 
 
 if __name__ == "__main__":

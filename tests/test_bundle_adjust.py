@@ -7,7 +7,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from bundle_adjust import Problem, Tracks, kept_fraction, read_kept_fractions, reseat_cameras
+from bundle_adjust import (Problem, Tracks, kept_fraction, kept_fractions_beside, read_kept_fractions,
+                           reseat_cameras)
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -145,6 +146,21 @@ def test_unconfident_images_are_copied(orbit_scene, tmp_path):
     np.testing.assert_allclose(result[3].world_to_cam, entries[3].world_to_cam, atol=1e-9)
     assert not np.allclose(result[4].world_to_cam, entries[4].world_to_cam, atol=1e-4)
     assert [e.confidence for e in result] == [e.confidence for e in entries]
+
+
+def test_without_tracks_the_poses_are_copied_and_no_shares_kept(orbit_scene, tmp_path):
+    """The first and last orbit views share no verified matches (90 deg apart, no pairs): the poses are copied
+    unchanged, and a shares file left by an earlier run at that output is removed, not passed on."""
+    source, out = tmp_path / "two.txt", tmp_path / "out.txt"
+    _perturbed_pose_file(orbit_scene, source, 0.0, 0.0, ORBIT_FOCAL)
+    entries = dataset_io.read_ace_pose_file(source)
+    dataset_io.write_ace_pose_file(source, [entries[0], entries[-1]])
+    kept_fractions_beside(out).write_text("{}")
+    result = run_cli("bundle_adjust.py", source, out, "--device", "cpu")
+    assert "copied unchanged" in result.stderr
+    np.testing.assert_allclose([e.world_to_cam for e in dataset_io.read_ace_pose_file(out)],
+                               [entries[0].world_to_cam, entries[-1].world_to_cam], atol=1e-12)
+    assert not kept_fractions_beside(out).exists()
 
 
 def test_too_few_confident_images_is_a_clear_error(orbit_scene, tmp_path):
