@@ -39,7 +39,6 @@ MIN_PAIR_MATCHES = 30       # verified matches for a pair to count
 MIN_CAMERA_OBSERVATIONS = 20  # cameras seen in fewer track points keep their input pose
 MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded cost
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
-KEYPOINT_ACCURACY_PX = 1.0  # XFeat, at network resolution
 MAX_PAIR_PASSES = 3         # adjustments with pairs chosen again from the adjusted poses
 MAX_FINAL_ROUNDS = 2        # rounds at the keypoint accuracy: a second one only after a camera was re-seated
 
@@ -561,9 +560,9 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
                   ) -> tuple[list[dataset_io.PoseEntry], dict]:
     """Adjusted copies of the entries (confident ones move; every camera's focal changes by the same factor) and
     statistics, with the adjusted cameras under "cameras" and per entry the share of its feature observations that
-    the adjustment kept under "kept_fraction" (NaN where not adjusted). `cameras`: one per entry (default: from the calibration
-    file and the pose file); `features_of`: extract_features of every entry's image at config.image_resolution with
-    those cameras, when the caller has them."""
+    the adjustment kept under "kept_fraction" (NaN where not adjusted). `cameras`: one per entry (default: from
+    the calibration file and the pose file); `features_of`: extract_features of every entry's image at
+    config.image_resolution with those cameras, when the caller has them."""
     used = [k for k, e in enumerate(entries) if in_mapping_set(e.confidence, config.confidence_threshold)]
     if len(used) < 2:
         raise UserError(f"{config.input_poses}: {len(used)} image(s) with confidence >= "
@@ -581,6 +580,7 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
         extract_features(paths, config.image_resolution, device, used_cameras)
     features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
                 for f, c in zip(features, used_cameras)]
+    from feature_matching import KEYPOINT_ACCURACY_PX  # at network resolution
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / config.image_resolution
     found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy)
     if found is None:
@@ -594,7 +594,7 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
         result[k].world_to_cam = pose
     stats["cameras"] = new_cameras
     kept = np.full(len(entries), np.nan)
-    kept[used] = stats.pop("kept_fraction")
+    kept[used] = stats["kept_fraction"]  # per used camera -> per entry
     stats["kept_fraction"] = kept
     return result, {"adjusted": True, "focal_before": focal, "focal_after": new_focal, **stats}
 

@@ -325,9 +325,8 @@ def flag_rejected(verdict: ImageVerdict, kept: float, threshold: float) -> Image
     that its neighbours agree on, even when each pair of images looks consistent (a slowly bending chain)."""
     if not verdict.reliable or not kept < MIN_KEPT_FRACTION:
         return verdict
-    reason = f"the bundle adjustment rejects {100 * (1 - kept):.0f}% of its feature observations"
-    return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
-                        verdict.witnesses, verdict.agreement, False, reason)
+    return unreliable(verdict, f"the bundle adjustment rejects {100 * (1 - kept):.0f}% of its feature observations",
+                      threshold)
 
 
 def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVerdict:
@@ -335,6 +334,11 @@ def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVe
         return verdict
     reason = ("the bundle adjustment changes the focal length too much" if np.isinf(angle) else
               f"the bundle adjustment moves it by {angle:.1f} deg")
+    return unreliable(verdict, reason, threshold)
+
+
+def unreliable(verdict: ImageVerdict, reason: str, threshold: float) -> ImageVerdict:
+    """The verdict turned unreliable for `reason`, its confidence lowered below the threshold."""
     return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
                         verdict.witnesses, verdict.agreement, False, reason)
 

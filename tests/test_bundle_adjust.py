@@ -78,7 +78,6 @@ def test_adjustment_recovers_poses_and_focal(orbit_scene, tmp_path):
     assert focal == pytest.approx(ORBIT_FOCAL, rel=0.015)
 
 
-
 @pytest.mark.slow
 def test_bent_end_of_the_arc_is_straightened(orbit_scene, tmp_path):
     """The first three cameras of the orbit swung 60, 40 and 20 deg further round the scene's vertical axis, as a
@@ -109,6 +108,7 @@ def test_kept_fraction_per_camera():
     camera = np.array([0, 0, 0, 0, 1, 1, 3])
     keep = np.array([True, False, True, True, False, False, True])
     np.testing.assert_array_equal(kept_fraction(camera, keep, 4), [0.75, 0.0, np.nan, 1.0])
+
 
 def test_far_off_camera_is_reseated():
     """A camera registered far off (as ACE0 can at the edge of a reconstruction), beyond what the adjustment
