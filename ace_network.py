@@ -351,12 +351,20 @@ class Head(nn.Module):
             res = res + x
         x = F.relu(_linear(self.fc1, res))
         x = F.relu(_linear(self.fc2, x))
-        out = _linear(self.fc3, x)
+        out = self._output_layer(x)
         if self.use_homogeneous:
             h = F.softplus(out[:, 3:4], beta=float(self.h_beta)) + self.max_inv_scale
             h = h.clamp(max=self.min_inv_scale)
             out = out[:, :3] / h
         return out + self.mean.view(1, 3)
+
+    def _output_layer(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16:
+            return _linear(self.fc3, x)
+        # bfloat16 keeps 8 bits of mantissa: millimetres at a few metres would be pixels of reprojection error,
+        # so the coordinates themselves come from an fp32 layer (CPU autocast; fp16 on CUDA keeps 11 bits)
+        with torch.autocast(x.device.type, enabled=False):
+            return _linear(self.fc3, x.float())
 
     def forward_map(self, feature_map: torch.Tensor) -> torch.Tensor:
         """B x C x H x W features -> B x 3 x H x W scene coordinates."""

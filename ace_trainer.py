@@ -39,7 +39,7 @@ class BufferConfig:
     samples_per_image: int
     max_training_buffer_size: int
     base_seed: int
-    use_half: bool           # fp16 features (CUDA only)
+    use_half: bool           # fp16 features and autocast on CUDA; bfloat16 autocast of the head on CPU
     num_data_workers: int
     image_resolution: int
     use_aug: bool
@@ -226,14 +226,19 @@ class Trainer:
                                               config.refine_calibration_lr).to(device)
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.schedule.learning_rate_min)
         self.schedule = LearningRateSchedule(config.schedule, self.optimizer)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp and device.type == "cuda")
         self.matches = self._create_matches()
         self.log_lines: list[str] = []
         self.visualizer = self._create_visualizer() if config.render is not None else None
 
     @property
     def _use_amp(self) -> bool:
-        return self.config.buffer.use_half and self.device.type == "cuda"
+        return self.config.buffer.use_half and self.device.type in ("cuda", "cpu")
+
+    @property
+    def _amp_dtype(self) -> torch.dtype:
+        # CPUs multiply bfloat16 (AVX-512 BF16) but not fp16 faster than fp32; bfloat16 needs no loss scaling
+        return torch.float16 if self.device.type == "cuda" else torch.bfloat16
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -286,9 +291,9 @@ class Trainer:
         return self.config.match_loss_weight * loss, fraction
 
     def _predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Scene coordinates of N x C features: the head under autocast (fp16 on CUDA), the result in fp32 so
-        that projections stay exact."""
-        with torch.autocast(self.device.type, enabled=self._use_amp):
+        """Scene coordinates of N x C features: the head under autocast (fp16 on CUDA, bfloat16 on CPU), the
+        result in fp32 so that projections stay exact."""
+        with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self._use_amp):
             predicted = self.head(features)
         return predicted.float()
 

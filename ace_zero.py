@@ -113,6 +113,8 @@ def build_parser():
     mapping.add_argument("--cooldown_threshold", type=float, default=0.7,
                          help="inlier fraction (< 10 px) that triggers the cooldown")
     mapping.add_argument("--num_head_blocks", type=int, default=1, help="extra residual blocks in the head")
+    mapping.add_argument("--use_half", type=str2bool, default=True,
+                         help="half precision in mapping: fp16 on CUDA (the original), bfloat16 head layers on CPU")
     mapping.add_argument("--head_width", type=int, default=None, help="head channels (train_ace default if unset)")
     mapping.add_argument("--max_dataset_passes", type=int, default=10, help="most passes when filling the buffer")
     mapping.add_argument("--repro_loss_type", type=str, default="tanh",
@@ -203,7 +205,7 @@ def mapping_args(args, refit: bool, iterations: int | None = None, passes: int |
         "--refinement_ortho", args.refinement_ortho, "--ace_pose_file_conf_threshold", args.registration_confidence,
         "--pose_refinement_lr", args.pose_refinement_lr, "--pose_refinement_gauge", args.pose_refinement_gauge,
         "--pose_refinement_update", args.pose_refinement_update, "--match_loss_weight", args.match_loss_weight,
-        "--num_head_blocks", args.num_head_blocks,
+        "--num_head_blocks", args.num_head_blocks, "--use_half", args.use_half,
         "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
         "--iterations_output", args.iterations_output, "--max_dataset_passes", passes or args.max_dataset_passes,
         "--learning_rate_cooldown_iterations", args.cooldown_iterations,
