@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -158,3 +159,34 @@ def test_missing_pycolmap_is_a_one_line_error(monkeypatch):
 def test_unknown_matcher_is_refused():
     with pytest.raises(UserError, match="unknown matcher"):
         bench.parse_args(["data", "--colmap", "vocab"])
+
+
+def test_scaling_table_and_plot(tmp_path):
+    """benchmarks/bench_scaling.py: seconds per image in the table, and one line per method in the PNG, drawn in
+    that method's colour through its points (log axes: the slower method lies higher)."""
+    from benchmarks import bench_scaling
+    summary = {"median_rot_err_deg": 0.5, "median_trans_err": 0.01, "num_registered": 48, "num_images": 48,
+               "accuracy_percent": 100.0}
+    rows = [{"views": n, "method": m, "seconds": s, "summary": summary}
+            for n, m, s in [(48, "ACE0", 480.0), (96, "ACE0", 600.0), (48, "COLMAP exhaustive", 48.0),
+                            (96, "COLMAP exhaustive", 192.0)]]
+    table = bench_scaling.scaling_rows(rows)
+    assert table[1][:4] == ("48", "ACE0", "8.0 min", "10.00") and table[4][3] == "2.00"
+    path = tmp_path / "scaling.png"
+    bench_scaling.plot_time_per_image(rows, path)
+    image = cv2.imread(str(path))
+    assert image.shape[:2] == bench_scaling.PLOT_SIZE[::-1]
+
+    def rows_in_colour(method):
+        mask = np.all(np.abs(image.astype(int) - bench_scaling.METHOD_COLOURS[method]) < 30, axis=2)
+        return np.nonzero(mask[:, : bench_scaling.PLOT_SIZE[0] - 250])[0]  # left of the legend
+    ace, colmap = rows_in_colour("ACE0"), rows_in_colour("COLMAP exhaustive")
+    assert len(ace) and len(colmap) and ace.mean() < colmap.mean()  # 10 and 6.25 s / image above 1 and 2
+
+
+def test_scaling_views_are_checked():
+    from benchmarks import bench_scaling
+    with pytest.raises(UserError, match="--views"):
+        bench_scaling.parse_args(["--views", "48,abc"])
+    with pytest.raises(UserError, match="at least 3"):
+        bench_scaling.parse_args(["--views", "2"])
