@@ -24,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 from ace_util import REPO_ROOT as REPO, atomic_write_text  # noqa: E402
 from benchmarks import bench_reconstruction  # noqa: E402
 from cli_common import UserError, run_main  # noqa: E402
+from scripts.run_demo import DEMO_CONFIDENCE  # noqa: E402
 
 PLOT_SIZE = (900, 560)            # width, height of the PNG
 PLOT_MARGIN = (90, 40, 40, 70)    # left, top, right, bottom
+CONFIDENCE = DEMO_CONFIDENCE      # the demo renders the same image size
 METHOD_COLOURS = {"ACE0": (40, 40, 220), "COLMAP sequential": (40, 160, 40), "COLMAP exhaustive": (200, 120, 30)}
 
 
@@ -40,8 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scene_seed", type=int, default=3, help="scene and trajectory seed")
     parser.add_argument("--results", type=Path, default=REPO / "bench_results" / "scaling", help="output folder")
     parser.add_argument("--colmap", default="sequential,exhaustive", help="COLMAP matchers (empty: none)")
-    parser.add_argument("--ace_args", default="--image_resolution 240",
-                        help="extra ace_zero.py flags (CPU defaults otherwise)")
+    parser.add_argument("--ace_args", default=f"--image_resolution 240 --registration_confidence {CONFIDENCE}",
+                        help="extra ace_zero.py flags (CPU defaults otherwise); the default is the demo's: the "
+                             "network sees 320x240 (1200 cells), so the threshold scales like 500 of 4800")
+    parser.add_argument("--conf_threshold", type=float, default=CONFIDENCE,
+                        help="ACE0 images above this confidence count as registered")
     parser.add_argument("--skip_ace", action="store_true", help="COLMAP only")
     parser.add_argument("--thresh_t", type=float, default=0.05, help="translation threshold (m)")
     parser.add_argument("--thresh_r", type=float, default=5.0, help="rotation threshold (deg)")
@@ -70,7 +75,8 @@ def render_collection(folder: Path, views: int, args) -> Path:
 def run_size(views: int, args) -> list[dict]:
     folder = render_collection(args.results / f"{args.trajectory}_{views}", views, args)
     argv = [str(folder), "--results", str(args.results / f"run_{args.trajectory}_{views}"), "--colmap", args.colmap,
-            "--ace_args", args.ace_args, "--thresh_t", str(args.thresh_t), "--thresh_r", str(args.thresh_r)]
+            "--ace_args", args.ace_args, "--thresh_t", str(args.thresh_t), "--thresh_r", str(args.thresh_r),
+            "--conf_threshold", str(args.conf_threshold)]
     if args.skip_ace:
         argv.append("--skip_ace")
     output = bench_reconstruction.main(argv)
