@@ -215,6 +215,7 @@ class Trainer:
         first = self.data.cameras[0]
         _log.info("mapping %d image(s), the first %dx%d with focal %.1f px%s", len(self.data.images), first.width,
                   first.height, first.fx, " (seed image)" if self.seed_mode else "")
+        _log.info("head precision: %s", str(self._amp_dtype).removeprefix("torch.") if self._use_amp else "float32")
         self.loss = self._create_loss()
         self.head = self._create_head()
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),

@@ -49,8 +49,9 @@ def build_parser():
     net.add_argument("--load_weights", type=Path, default=None, help="initialise the head from this file")
     net.add_argument("--num_head_blocks", type=int, default=1, help="extra residual blocks in the head")
     net.add_argument("--head_width", type=int, default=512, help="channels of the head layers")
-    net.add_argument("--use_half", type=str2bool, default=True, help="half precision: fp16 buffer and autocast on CUDA (the original); on CPU "
-                          "(new) bfloat16 autocast of the head's hidden layers, its output layer in fp32")
+    net.add_argument("--use_half", type=str2bool, default=True,
+                     help="half precision: fp16 buffer and autocast on CUDA (the original); on CPU (new) bfloat16 "
+                          "autocast of the head's hidden layers, its output layer in fp32")
     net.add_argument("--use_homogeneous", type=str2bool, default=True, help="homogeneous 4-channel head output")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--learning_rate_min", type=float, default=0.0005, help="lowest learning rate")
@@ -131,9 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     apply_cpu_profile(args, parser, CPU_PROFILES["train_ace.py"], device, argv)
     configure_cpu_threads()
-    precision = "fp32" if not args.use_half else "fp16" if device.type == "cuda" else "bfloat16"
-    _log.info("device %s, encoder %s, head width %d (%s), batch %d, at most %d iterations", device,
-              args.encoder_path, args.head_width, precision, args.batch_size, args.iterations)
+    _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,
+              args.head_width, args.batch_size, args.iterations)
     from ace_trainer import MappingConfig, Trainer  # torch-heavy import after argument checks
     Trainer(MappingConfig.from_args(args), device).run()
 
