@@ -66,6 +66,10 @@ def build_parser():
                       help="new: polish the final registration by bundle adjustment on XFeat feature tracks "
                            "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
                            "default on CPU, where rounds are too short for the pose refiner")
+    loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
+                      help="new: bundle-adjust every registration in the loop (poses, and the focal length unless "
+                           "--refine_calibration False, which the rounds then keep fixed) before the next round "
+                           "maps from it; the final one is left to --bundle_adjustment (False: the original's loop)")
     loop.add_argument("--verify_poses", type=str2bool, default=True,
                       help="new: check the final poses against independent feature matches (verify_poses.py); "
                            "registered images that disagree drop below --registration_confidence in "
@@ -363,9 +367,10 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     run_id = f"iteration{iteration}"
     refit = state.stop_scheduled and args.final_refit
     location, bandwidth = resolved_prior(args, state)
+    source = round_input(args, previous)
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
-               "--use_ace_pose_file", folder / f"poses_{previous}.txt", "--pose_refinement", args.refinement,
-               "--refine_calibration", args.refine_calibration, *prior_args(args, False, location, bandwidth),
+               "--use_ace_pose_file", source, "--pose_refinement", args.refinement,
+               "--refine_calibration", refines_focal_in_rounds(args), *prior_args(args, False, location, bandwidth),
                *render_args(args)]
     if args.depth_use_always:
         command += ["--depth_files", args.depth_files]
@@ -375,10 +380,27 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     if warm:
         command += ["--load_weights", folder / f"{previous}.pt"]
     _log.info("iteration %d: %s mapping from %s", iteration, "final refit" if refit else
-              ("warm-started" if warm else "fresh"), f"poses_{previous}.txt")
+              ("warm-started" if warm else "fresh"), source.name)
     run_script("train_ace.py", command, label=run_id)
     focal = registration_focal_of(args, folder, run_id, initial_focal)
     return run_id, focal
+
+
+def refines_focal_in_rounds(args) -> bool:
+    """Under --round_bundle_adjustment the adjustment owns the focal length: with the poses fixed, the rounds' own
+    refinement pulled it 7-20 % short of the adjustment's on temple (README, "Bundle adjustment in the loop")."""
+    return args.refine_calibration and not args.round_bundle_adjustment
+
+
+def round_input(args, previous: str) -> Path:
+    """The pose file a mapping round maps from: the previous registration, bundle-adjusted first under
+    --round_bundle_adjustment (the adjustment's multi-view tracks move a heuristic focal length that the
+    rounds' own refinement barely changes; README, "Bundle adjustment")."""
+    registered = args.results_folder / f"poses_{previous}.txt"
+    if not args.round_bundle_adjustment:
+        return registered
+    return adjust_poses(args, registered, "round bundle adjustment",
+                        f"the next round maps from the unadjusted {registered.name}")
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -581,16 +603,15 @@ def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     (which checks a bundle-adjusted copy unless the poses are adjusted already)."""
     verified = source.with_name(source.stem + "_verified.txt")
     # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
-    return final_stage("verify_poses.py", source, verified, [
+    return optional_stage("verify_poses.py", source, verified, [
         "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
         "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
         "verification", "poses_final.txt holds unverified confidences")
 
 
-def final_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:
-    """`script source target *arguments` after the loop: `target`, reused when a rerun finds it newer than
-    `source`, or `source` itself (with a warning) when the stage fails: the reconstruction is done, and a last
-    polish or check must not end the run."""
+def optional_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:
+    """`script source target *arguments`: `target`, reused when a rerun finds it newer than `source`, or `source`
+    itself (with a warning) when the stage fails: a polish or a check must not end a reconstruction."""
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         _log.info("using the %s in %s", what, target)
         return target
@@ -639,10 +660,14 @@ def adjust_final_poses(args, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
-    return final_stage("bundle_adjust.py", registered, args.results_folder / f"poses_{last}_adjusted.txt", [
+    return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}")
+
+
+def adjust_poses(args, registered: Path, what: str, fallback_note: str) -> Path:
+    """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails."""
+    return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), "--confidence_threshold", args.registration_confidence,
-        "--refine_focal", args.refine_calibration],
-        "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}")
+        "--refine_focal", args.refine_calibration], what, fallback_note)
 
 
 def render_video(args) -> None:

@@ -2,6 +2,7 @@
 README's "Start From a Partial Reconstruction"), accuracy after alignment, resumption, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -128,6 +129,53 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     saved = json.loads((out / "ace_zero_state.json").read_text())
     assert saved["completed"] == ["iteration0_seed0", "iteration1", "iteration2"] and saved["finished"]
     assert saved["rates"]["iteration2"] == 1.0
+
+
+@pytest.mark.parametrize("adjustment_fails", [False, True])
+def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
+    """--round_bundle_adjustment with stand-in stages: round 2 maps from round 1's registration after
+    bundle_adjust.py (with the focal length it refined, which the round keeps), the adjustment reruns only when the
+    registration is newer, and a failed adjustment leaves the round mapping from the registration itself."""
+    import ace_zero
+    from cli_common import UserError
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    pattern = str(tmp_path / "frame_*.png")
+    registered = [dataset_io.PoseEntry(p, np.eye(4), 300.0, 2000.0) for p in images]
+    dataset_io.write_ace_pose_file(out / "poses_iteration1.txt", registered)
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if script == "bundle_adjust.py":
+            if adjustment_fails:
+                raise UserError("bundle_adjust.py failed with exit code 1")
+            entries = dataset_io.read_ace_pose_file(Path(arguments[0]))
+            dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, focal=400.0) for e in entries])
+        elif script == "train_ace.py":
+            source = Path(arguments[arguments.index("--use_ace_pose_file") + 1])
+            head = Path(arguments[1])
+            entries = dataset_io.read_ace_pose_file(source)
+            dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", entries)
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([pattern, str(out), "--device", "cpu", "--round_bundle_adjustment",
+                                               "True", "--registration_confidence", "700"])
+    run_id, focal = ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
+    adjustment, mapping = calls[0][1], calls[1][1]
+    assert calls[0][0] == "bundle_adjust.py" and adjustment[:2] == [str(out / "poses_iteration1.txt"),
+                                                                    str(out / "poses_iteration1_adjusted.txt")]
+    assert adjustment[adjustment.index("--refine_focal") + 1] == "True"
+    assert mapping[mapping.index("--refine_calibration") + 1] == "False"  # the adjustment owns the focal
+    assert adjustment[adjustment.index("--confidence_threshold") + 1] == "700"
+    expected = "poses_iteration1.txt" if adjustment_fails else "poses_iteration1_adjusted.txt"
+    assert mapping[mapping.index("--use_ace_pose_file") + 1] == str(out / expected)
+    assert (run_id, focal) == ("iteration2", 300.0 if adjustment_fails else 400.0)
+    calls.clear()
+    ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
+    assert [script for script, _ in calls] == (["bundle_adjust.py"] if adjustment_fails else []) + ["train_ace.py"]
 
 
 @pytest.mark.parametrize("early_stop, mapped", [(True, 2), (False, 3)])
