@@ -41,6 +41,7 @@ MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded 
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
 MAX_PAIR_PASSES = 3         # adjustments with pairs chosen again from the adjusted poses
 MAX_FINAL_ROUNDS = 2        # rounds at the keypoint accuracy: a second one only after a camera was re-seated
+FRAME_FIT_MIN_ANGLE_DEG = 2.0  # cameras turned by less count in the fit back to the input's frame
 
 
 @dataclass(frozen=True)
@@ -460,7 +461,7 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
     stats["inlier_observations"] = len(tracks.camera)
     stats["kept_fraction"] = kept_fraction(all_tracks.camera, keep, len(poses))
     stats["centre"] = centre
-    return keep_input_scale(world_to_cam, poses, fixed), focal, stats
+    return keep_input_frame(world_to_cam, poses), focal, stats
 
 
 def kept_fraction(camera: np.ndarray, keep: np.ndarray, count: int) -> np.ndarray:
@@ -534,18 +535,40 @@ def pnp_pose(tracks: Tracks, points: np.ndarray, camera: int, world_to_cam: np.n
     return pose
 
 
-def keep_input_scale(before: np.ndarray, after: np.ndarray, fixed: int) -> np.ndarray:
-    """Undo the scale drift (the one gauge freedom left with one camera fixed), about the fixed camera."""
-    centres_before = np.stack([dataset_io.invert_pose(p)[:3, 3] for p in before])
-    centres_after = np.stack([dataset_io.invert_pose(p)[:3, 3] for p in after])
-    spread_before = np.linalg.norm(centres_before - centres_before[fixed], axis=1).sum()
-    spread_after = np.linalg.norm(centres_after - centres_after[fixed], axis=1).sum()
-    if spread_after < 1e-12:
-        return after
-    scaled = centres_after[fixed] + (centres_after - centres_after[fixed]) * (spread_before / spread_after)
+def keep_input_frame(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The adjusted world-to-camera poses moved by the similarity that best maps them onto the input poses, so
+    that the result stays in the input's frame on average (one camera held fixed during the solve would carry
+    its own registration error into every pose). Cameras whose orientation the adjustment changed far more than
+    most (re-seated, bent) do not count."""
+    rotations_in, centres_in = camera_frames(before)
+    rotations_out, centres_out = camera_frames(after)
+    offsets = rotations_in @ rotations_out.transpose(0, 2, 1)
+    used = np.ones(len(before), bool)
+    for _ in range(2):
+        rotation = nearest_rotation(offsets[used].sum(axis=0))
+        cosine = (np.trace(offsets @ rotation.T, axis1=1, axis2=2) - 1) / 2
+        angles = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+        used = angles <= max(3 * np.median(angles), FRAME_FIT_MIN_ANGLE_DEG)
+    mean_in, mean_out = centres_in[used].mean(axis=0), centres_out[used].mean(axis=0)
+    spread_out = np.linalg.norm(centres_out[used] - mean_out, axis=1).sum()
+    scale = np.linalg.norm(centres_in[used] - mean_in, axis=1).sum() / spread_out if spread_out > 1e-12 else 1.0
+    centres = (scale * (centres_out - mean_out)) @ rotation.T + mean_in
     result = after.copy()
-    result[:, :3, 3] = -np.einsum("nij,nj->ni", after[:, :3, :3], scaled)
+    result[:, :3, :3] = after[:, :3, :3] @ rotation.T
+    result[:, :3, 3] = -np.einsum("nij,nj->ni", result[:, :3, :3], centres)
     return result
+
+
+def camera_frames(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-to-world rotations and camera centres of world-to-camera poses."""
+    rotations = world_to_cam[:, :3, :3].transpose(0, 2, 1)
+    return rotations, -np.einsum("nij,nj->ni", rotations, world_to_cam[:, :3, 3])
+
+
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The rotation closest to `matrix` (Frobenius): the chordal mean of the rotations summed into it."""
+    u, _, vt = np.linalg.svd(matrix)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
 
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float

@@ -7,8 +7,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from bundle_adjust import (Problem, Tracks, kept_fraction, kept_fractions_beside, read_kept_fractions,
-                           reseat_cameras)
+from bundle_adjust import (Problem, Tracks, keep_input_frame, kept_fraction, kept_fractions_beside,
+                           read_kept_fractions, reseat_cameras)
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -108,6 +108,29 @@ def test_kept_fraction_per_camera():
     camera = np.array([0, 0, 0, 0, 1, 1, 3])
     keep = np.array([True, False, True, True, False, False, True])
     np.testing.assert_array_equal(kept_fraction(camera, keep, 4), [0.75, 0.0, np.nan, 1.0])
+
+
+def test_adjusted_poses_return_to_the_input_frame():
+    """The adjustment's gauge is arbitrary: poses moved by a similarity (plus small noise, and one camera turned
+    30 deg, as a re-seated one) are mapped back onto the input's frame; the turned camera does not tilt the rest."""
+    rng = np.random.default_rng(5)
+    count = 8
+    cam_to_world = np.tile(np.eye(4), (count, 1, 1))
+    cam_to_world[:, :3, :3] = Rotation.from_rotvec(rng.normal(size=(count, 3)) * 0.3).as_matrix()
+    cam_to_world[:, :3, 3] = rng.normal(size=(count, 3))
+    before = np.stack([dataset_io.invert_pose(p) for p in cam_to_world])
+    rotation, scale, shift = Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix(), 2.5, np.array([1.0, -2.0, 0.5])
+    moved = cam_to_world.copy()
+    moved[:, :3, :3] = rotation @ cam_to_world[:, :3, :3] @ Rotation.from_rotvec(
+        rng.normal(size=(count, 3)) * 1e-3).as_matrix()
+    moved[:, :3, 3] = scale * cam_to_world[:, :3, 3] @ rotation.T + shift
+    moved[3, :3, :3] = dataset_io.rotation_about([0, 1, 0], np.radians(30)) @ moved[3, :3, :3]
+    after = np.stack([dataset_io.invert_pose(p) for p in moved])
+    result = keep_input_frame(before, after)
+    others = np.arange(count) != 3
+    np.testing.assert_allclose(result[others, :3, :3], before[others, :3, :3], atol=5e-3)
+    centres_of = [np.stack([dataset_io.invert_pose(p)[:3, 3] for p in poses]) for poses in (result, before)]
+    np.testing.assert_allclose(*centres_of, atol=5e-3)
 
 
 def test_far_off_camera_is_reseated():
