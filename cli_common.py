@@ -267,8 +267,8 @@ CPU_PROFILES: dict[str, dict[str, Any]] = {
         # adjustment"): fox 2.65 -> 0.6 deg.
         "bundle_adjustment": True,
         # Rounds mapped from adjusted registrations (README, "Bundle adjustment in the loop"): temple with the
-        # heuristic focal 560 px came out bent (focal 433 px) and now 1.15 deg with 19/19 (focal 1467, true 1520);
-        # fox's loop result 1.96 -> 0.72 deg in fewer rounds.
+        # heuristic focal 560 px came out bent (six frames 6-43 deg off), now 19/19 at 1.74 deg; fox's loop
+        # result 1.96 -> 0.96 deg with its focal 1516 -> 1377 px (true 1375.5).
         "round_bundle_adjustment": True,
         "use_half": False,
     },
