@@ -68,8 +68,9 @@ def build_parser():
                            "default on CPU, where rounds are too short for the pose refiner")
     loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
                       help="new: bundle-adjust every registration in the loop (poses, and the focal length unless "
-                           "--refine_calibration False, which the rounds then keep fixed) before the next round "
-                           "maps from it; the final one is left to --bundle_adjustment (False: the original's loop)")
+                           "--refine_calibration False) before the next round maps from it, the rounds keeping "
+                           "that focal fixed; the final one is left to --bundle_adjustment (False: the original's "
+                           "loop)")
     loop.add_argument("--verify_poses", type=str2bool, default=True,
                       help="new: check the final poses against independent feature matches (verify_poses.py); "
                            "registered images that disagree drop below --registration_confidence in "
