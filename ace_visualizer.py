@@ -113,16 +113,6 @@ def opengl_cam_to_world(world_to_cam_cv: np.ndarray) -> np.ndarray:
     return np.stack(result) if result else np.zeros((0, 4, 4))
 
 
-def orthonormalise(rotation: np.ndarray) -> np.ndarray:
-    """Closest rotation matrix (SVD), so that averaged rotations stay rotations."""
-    u, _, vt = np.linalg.svd(rotation)
-    fixed = u @ vt
-    if np.linalg.det(fixed) < 0:
-        u[:, -1] *= -1
-        fixed = u @ vt
-    return fixed
-
-
 class ObserverCamera:
     """A camera that trails its targets: each target is pushed back along its viewing axis and the camera shows
     the mean of the recent ones, so cuts between targets become slow, smooth moves."""
@@ -138,7 +128,7 @@ class ObserverCamera:
 
     def pose(self) -> np.ndarray:
         mean = np.mean(np.stack(self.history), axis=0)
-        mean[:3, :3] = orthonormalise(mean[:3, :3])
+        mean[:3, :3] = dataset_io.nearest_rotation(mean[:3, :3])
         mean[3] = (0, 0, 0, 1)
         return mean
 

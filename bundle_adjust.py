@@ -32,6 +32,7 @@ from ace_util import (XFEAT_ENCODER_ID, atomic_write_text, config_from_args, in_
 from calibration import Intrinsics
 from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, make_parser, run_main,
                         select_device, str2bool)
+from eval_poses import rotation_angle_deg
 
 _log = logging.getLogger("bundle_adjust")
 
@@ -545,9 +546,8 @@ def keep_input_frame(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     offsets = rotations_in @ rotations_out.transpose(0, 2, 1)
     used = np.ones(len(before), bool)
     for _ in range(2):
-        rotation = nearest_rotation(offsets[used].sum(axis=0))
-        cosine = (np.trace(offsets @ rotation.T, axis1=1, axis2=2) - 1) / 2
-        angles = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+        rotation = dataset_io.nearest_rotation(offsets[used].sum(axis=0))
+        angles = rotation_angle_deg(offsets @ rotation.T)
         used = angles <= max(3 * np.median(angles), FRAME_FIT_MIN_ANGLE_DEG)
     mean_in, mean_out = centres_in[used].mean(axis=0), centres_out[used].mean(axis=0)
     spread_out = np.linalg.norm(centres_out[used] - mean_out, axis=1).sum()
@@ -563,12 +563,6 @@ def camera_frames(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Camera-to-world rotations and camera centres of world-to-camera poses."""
     rotations = world_to_cam[:, :3, :3].transpose(0, 2, 1)
     return rotations, -np.einsum("nij,nj->ni", rotations, world_to_cam[:, :3, 3])
-
-
-def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
-    """The rotation closest to `matrix` (Frobenius): the chordal mean of the rotations summed into it."""
-    u, _, vt = np.linalg.svd(matrix)
-    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
 
 
 def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float

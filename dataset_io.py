@@ -137,6 +137,12 @@ def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
     return Rotation.from_rotvec(axis / max(np.linalg.norm(axis), 1e-12) * angle).as_matrix()
 
 
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The rotation closest to `matrix` (Frobenius, SVD): a sum or mean of rotations becomes their chordal mean."""
+    u, _, vt = np.linalg.svd(matrix)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
 def pose_to_quat_t(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quaternion (w, x, y, z) and translation of a world-to-camera matrix."""
     from scipy.spatial.transform import Rotation
