@@ -25,6 +25,7 @@ from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR
 _log = logging.getLogger("ace_zero")
 
 STATE_FILE = "ace_zero_state.json"
+FEATURE_CACHE_FOLDER = "feature_cache"  # keypoints and matches shared by bundle_adjust.py and verify_poses.py
 INITIAL_CALIBRATION_FILE = "cameras_initial.txt"  # written when one focal length cannot describe the cameras
 RENDER_FOLDER = "renderings"
 VIDEO_FILE = "reconstruction.mp4"
@@ -77,6 +78,10 @@ def build_parser():
                            "poses_final.txt, and so out of the exports (False: the original's output)")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
                       help="new: exit with an error when most images fail that check")
+    loop.add_argument("--feature_cache", type=str2bool, default=True,
+                      help=f"new: keep the XFeat keypoints and verified matches of the bundle adjustments and the "
+                           f"check in <results>/{FEATURE_CACHE_FOLDER} (about 1 MB per image), so that each image is "
+                           f"detected and each pair matched once (False: every stage starts afresh)")
     seeds = parser.add_argument_group("seeds")
     seeds.add_argument("--try_seeds", type=int, default=5, help="random seed images to try")
     seeds.add_argument("--seed_parallel_workers", type=int, default=3,
@@ -606,7 +611,7 @@ def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
     return optional_stage("verify_poses.py", source, verified, [
         "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
-        "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
+        *feature_cache_args(args), "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
         "verification", "poses_final.txt holds unverified confidences")
 
 
@@ -667,8 +672,12 @@ def adjust_final_poses(args, last: str) -> Path:
 def adjust_poses(args, registered: Path, what: str, fallback_note: str) -> Path:
     """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails."""
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
-        "--device", args.device, *calibration_args(args), "--confidence_threshold", args.registration_confidence,
-        "--refine_focal", args.refine_calibration], what, fallback_note)
+        "--device", args.device, *calibration_args(args), *feature_cache_args(args), "--confidence_threshold",
+        args.registration_confidence, "--refine_focal", args.refine_calibration], what, fallback_note)
+
+
+def feature_cache_args(args) -> list:
+    return ["--feature_cache", args.results_folder / FEATURE_CACHE_FOLDER] if args.feature_cache else []
 
 
 def render_video(args) -> None:

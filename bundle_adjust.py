@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -30,9 +31,10 @@ import dataset_io
 from ace_util import (XFEAT_ENCODER_ID, atomic_write_text, config_from_args, in_mapping_set, progress_bar,
                       project_pinhole)
 from calibration import Intrinsics
-from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, make_parser, run_main,
-                        select_device, str2bool)
+from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, add_feature_cache_arg,
+                        make_parser, run_main, select_device, str2bool)
 from eval_poses import rotation_angle_deg
+from feature_cache import FeatureCache
 
 _log = logging.getLogger("bundle_adjust")
 
@@ -57,12 +59,14 @@ class BundleAdjustConfig:
     neighbours: int = 8  # images matched to each image
     max_view_angle: float = 60  # deg
     max_iterations: int = 500  # solver steps per round
+    feature_cache: str | None = None  # folder of a FeatureCache shared with other stages (None: no cache)
 
 
 @dataclass
 class ImageFeatures:
     pixels: np.ndarray       # N x 2, original image pixels
     descriptors: "torch.Tensor"  # N x 64, unit length
+    cache_key: str | None = None  # the image's FeatureCache key (None: not cached)
 
 
 @dataclass
@@ -93,24 +97,37 @@ def build_parser():
                         help="only pair cameras whose viewing directions differ by less (deg)")
     parser.add_argument("--max_iterations", type=int, default=defaults.max_iterations,
                         help="most solver steps per round (a focal length far off needs hundreds)")
+    add_feature_cache_arg(parser)
     return parser
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tracks
 
-def extract_features(paths: list[str], short_side: int, device, cameras: list[Intrinsics]) -> list[ImageFeatures]:
+def extract_features(paths: list[str], short_side: int, device, cameras: list[Intrinsics],
+                     cache: FeatureCache | None = None) -> list[ImageFeatures]:
     """XFeat keypoints of every image (whatever encoder mapped the scene: BA needs pixel-accurate points), in
-    pixels of its camera (the original image, undistorted when the camera has distortion)."""
+    pixels of its camera (the original image, undistorted when the camera has distortion); from the cache for
+    images detected before."""
+    import torch
     from ace_network import load_encoder
     from feature_matching import keypoints
-    encoder = load_encoder(XFEAT_ENCODER_ID, device)
-    features = []
-    for path, camera in zip(paths, cameras):
+    cache = cache or FeatureCache(None)
+    encoder = None
+
+    def detect(path: str, camera: Intrinsics) -> dict[str, np.ndarray]:
+        nonlocal encoder
+        encoder = encoder or load_encoder(XFEAT_ENCODER_ID, device)
         grey, _ = dataset_io.load_network_input(path, short_side, camera)
         descriptors, pixels = keypoints(encoder, grey, device, subpixel=True)
         scale = np.array([camera.width / grey.shape[1], camera.height / grey.shape[0]])
-        features.append(ImageFeatures(pixels * scale, descriptors))
+        return {"pixels": pixels * scale, "descriptors": descriptors.numpy()}
+
+    features = []
+    for path, camera in zip(paths, cameras):
+        key = cache.image_key(path, short_side, camera)
+        found = cache.keypoints(key, lambda: detect(path, camera))
+        features.append(ImageFeatures(found["pixels"], torch.from_numpy(found["descriptors"]), key))
     return features
 
 
@@ -133,8 +150,18 @@ def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: fl
     return sorted(pairs)
 
 
-def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed)."""
+def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float, cache: FeatureCache | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual-nearest-neighbour matches consistent with one fundamental matrix (no focal length needed); from the
+    cache for a pair verified before at this threshold."""
+    if cache is None:
+        return _verify(a, b, accuracy_px)
+    found = cache.matches(a.cache_key, b.cache_key, accuracy_px,
+                          lambda: dict(zip(("first", "second"), _verify(a, b, accuracy_px))))
+    return found["first"], found["second"]
+
+
+def _verify(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
     from feature_matching import mutual_matches
     ia, ib = mutual_matches(a.descriptors, b.descriptors)
     if len(ia) < MIN_PAIR_MATCHES:
@@ -565,10 +592,10 @@ def camera_frames(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rotations, -np.einsum("nij,nj->ni", rotations, world_to_cam[:, :3, 3])
 
 
-def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float
-                 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+def match_images(features: list[ImageFeatures], pairs: list[tuple[int, int]], accuracy_px: float,
+                 cache: FeatureCache | None = None) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """Verified matches of every pair (empty arrays for a pair that failed verification)."""
-    return {(i, j): verified_matches(features[i], features[j], accuracy_px)
+    return {(i, j): verified_matches(features[i], features[j], accuracy_px, cache)
             for i, j in progress_bar(pairs, desc="matching image pairs", leave=False)}
 
 
@@ -593,13 +620,20 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
     reference = used_cameras[0]
     focal, centre = reference.fx, np.array([reference.cx, reference.cy])
     world_to_cam = np.stack([entries[k].world_to_cam for k in used])
-    features = [features_of[k] for k in used] if features_of is not None else \
-        extract_features(paths, config.image_resolution, device, used_cameras)
-    features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
-                for f, c in zip(features, used_cameras)]
+    cache = FeatureCache(config.feature_cache)
+    own = [features_of[k] for k in used] if features_of is not None else \
+        extract_features(paths, config.image_resolution, device, used_cameras, cache)
     from feature_matching import KEYPOINT_ACCURACY_PX  # at network resolution
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / config.image_resolution
-    found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy)
+
+    def match(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+        return match_images(own, pairs, accuracy, cache)  # in each image's own pixels: cacheable
+
+    features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
+                for f, c in zip(own, used_cameras)]
+    found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy, match)
+    if config.feature_cache is not None:
+        _log.info(cache.summary())
     if found is None:
         _log.warning("too few feature tracks to adjust; poses are copied unchanged")
         return entries, {"adjusted": False, "cameras": cameras}
@@ -617,12 +651,12 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
 
 
 def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.ndarray,
-                            features: list[ImageFeatures], config: BundleAdjustConfig, accuracy: float
-                            ) -> tuple[np.ndarray, float, dict] | None:
+                            features: list[ImageFeatures], config: BundleAdjustConfig, accuracy: float,
+                            match: Callable[[list[tuple[int, int]]], dict]) -> tuple[np.ndarray, float, dict] | None:
     """Match the nearest cameras as the poses place them and adjust; then choose the pairs again from the adjusted
     poses and adjust once more while that brings new pairs. A camera registered far off is first matched with the
-    wrong neighbours and can settle in a bent corner of the scene; its true neighbours pull it out. None when the
-    first pass has too few tracks."""
+    wrong neighbours and can settle in a bent corner of the scene; its true neighbours pull it out. `match`: the
+    verified matches of a list of pairs. None when the first pass has too few tracks."""
     matched: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # every pair tried; empty when rejected
     poses, stats = world_to_cam, None
     for passes in range(1, MAX_PAIR_PASSES + 1):
@@ -631,7 +665,7 @@ def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.n
         new = [pair for pair in pairs if pair not in matched]
         if stats is not None and not new:
             break
-        matched.update(match_images(features, new, accuracy))
+        matched.update(match(new))
         matches = {pair: matched[pair] for pair in pairs if len(matched[pair][0])}
         _log.info("pass %d: %d of %d image pairs verified (%d newly matched)", passes, len(matches), len(pairs),
                   len(new))

@@ -125,6 +125,12 @@ def add_calibration_arg(parser: argparse.ArgumentParser, unset: str = CALIBRATIO
                              f"(+ images.txt beside it); distortion is undone on load. {unset}")
 
 
+def add_feature_cache_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--feature_cache", type=str, default=None,
+                        help="new: folder where XFeat keypoints and verified matches are kept for the next stage "
+                             "(feature_cache.py; ace_zero.py passes <results>/feature_cache); default: none kept")
+
+
 def add_render_args(parser, what: str = "render frames of the process into --render_target_path",
                     target_path: bool = True, depth_hist: bool = False) -> None:
     """The visualisation flags of the stages (train_ace.py, register_mapping.py) and of ace_zero.py, which chooses

@@ -25,7 +25,8 @@ import numpy as np
 import dataset_io
 from calibration import Intrinsics
 from cli_common import (POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError, add_calibration_arg, add_device_arg,
-                        atomic_write_text, make_parser, run_main, select_device, str2bool)
+                        add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device, str2bool)
+from feature_cache import FeatureCache
 
 if TYPE_CHECKING:  # bundle_adjust's imports are slow: loaded when needed, not for --help
     from bundle_adjust import BundleAdjustConfig
@@ -86,6 +87,7 @@ def build_parser():
                              "shares kept are then read from the .kept.json that bundle_adjust.py wrote beside them)")
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
+    add_feature_cache_arg(parser)
     return parser
 
 
@@ -175,8 +177,10 @@ def pair_agreement(first: np.ndarray, second: np.ndarray, K1: np.ndarray, K2: np
 # ----------------------------------------------------------------------------------------------------------------
 
 def verify(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list, threshold: float,
-           min_agreement: float, per_image: int, tolerance: float) -> tuple[list[ImageVerdict], list[PairCheck], dict]:
-    """`features`: in pixels of each entry's camera (bundle_adjust.extract_features with `cameras`)."""
+           min_agreement: float, per_image: int, tolerance: float, cache: FeatureCache | None = None
+           ) -> tuple[list[ImageVerdict], list[PairCheck], dict]:
+    """`features`: in pixels of each entry's camera (bundle_adjust.extract_features with `cameras`); `cache`: where
+    verified matches of earlier checks are kept."""
     from bundle_adjust import candidate_pairs, verified_matches
     checked = np.array([e.confidence >= threshold for e in entries])
     index = np.flatnonzero(checked)
@@ -189,7 +193,7 @@ def verify(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], featu
     checks = []
     for i, j in sorted(by_look | by_pose):
         diagonal = float(np.mean([np.hypot(c.width, c.height) for c in (cameras[i], cameras[j])]))
-        ia, ib = verified_matches(features[i], features[j], max(1.0, diagonal / 800))
+        ia, ib = verified_matches(features[i], features[j], max(1.0, diagonal / 800), cache)
         agreement = 0.0
         if len(ia) >= MIN_VERIFIED_MATCHES:
             agreement = pair_agreement(entries[i].world_to_cam, entries[j].world_to_cam, cameras[i].matrix(),
@@ -362,16 +366,18 @@ def main(argv: list[str] | None = None) -> None:
     if kept_beside is not None:
         _log.info("shares of observations the adjustment kept: %s", kept_fractions_beside(args.input_poses))
     _log.info("verifying %d poses of %s against XFeat matches", len(entries), args.input_poses)
-    features = extract_features(paths, args.image_resolution, device, cameras)
+    cache = FeatureCache(args.feature_cache)
+    features = extract_features(paths, args.image_resolution, device, cameras, cache)
     # the adjustment's defaults, at this check's threshold and resolution
-    adjustment = BundleAdjustConfig(args.input_poses, args.confidence_threshold, image_resolution=args.image_resolution)
+    adjustment = BundleAdjustConfig(args.input_poses, args.confidence_threshold, image_resolution=args.image_resolution,
+                                    feature_cache=args.feature_cache)
     if args.adjust:
         checked, checked_cameras, moved, kept = adjusted_copy(entries, cameras, features, adjustment, device)
     else:
         checked, checked_cameras, moved = entries, cameras, np.zeros(len(entries))
         kept = np.full(len(entries), np.nan) if kept_beside is None else kept_beside
     verdicts, checks, statistics = verify(checked, checked_cameras, features, args.confidence_threshold,
-                                          args.min_agreement, args.pairs_per_image, args.tolerance)
+                                          args.min_agreement, args.pairs_per_image, args.tolerance, cache)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
     verdicts = [flag_rejected(v, share, args.confidence_threshold) for v, share in zip(verdicts, kept)]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
