@@ -46,7 +46,7 @@ def build_parser():
                         help="glob of depth PNGs (mm) for the seed images, instead of a depth network")
     parser.add_argument("--depth_use_always", type=str2bool, default=False,
                         help="use --depth_files in every mapping round, not only for the seed (RGB-D ACE0; "
-                             "registration stays RGB-only)")
+                             "registration stays RGB-only; the bundle adjustments take their scale from them)")
     loop = parser.add_argument_group("reconstruction loop")
     loop.add_argument("--iterations_max", type=int, default=100, help="most mapping/registration rounds")
     loop.add_argument("--registration_threshold", type=float, default=0.99,
@@ -672,12 +672,18 @@ def adjust_final_poses(args, last: str) -> Path:
 def adjust_poses(args, registered: Path, what: str, fallback_note: str) -> Path:
     """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails."""
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
-        "--device", args.device, *calibration_args(args), *feature_cache_args(args), "--confidence_threshold",
-        args.registration_confidence, "--refine_focal", args.refine_calibration], what, fallback_note)
+        "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),
+        "--confidence_threshold", args.registration_confidence, "--refine_focal", args.refine_calibration], what,
+        fallback_note)
 
 
 def feature_cache_args(args) -> list:
     return ["--feature_cache", args.results_folder / FEATURE_CACHE_FOLDER] if args.feature_cache else []
+
+
+def depth_scale_args(args) -> list:
+    """RGB-D ACE0: the adjustments take the scale of the depth maps, which every round maps with."""
+    return ["--depth_files", args.depth_files] if args.depth_use_always else []
 
 
 def render_video(args) -> None:

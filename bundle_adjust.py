@@ -40,6 +40,7 @@ _log = logging.getLogger("bundle_adjust")
 
 MIN_PAIR_MATCHES = 30       # verified matches for a pair to count
 MIN_CAMERA_OBSERVATIONS = 20  # cameras seen in fewer track points keep their input pose
+MIN_DEPTH_OBSERVATIONS = 50  # track observations with sensor depth needed to take the scale from it
 MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded cost
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
 MAX_PAIR_PASSES = 3         # adjustments with pairs chosen again from the adjusted poses
@@ -60,6 +61,7 @@ class BundleAdjustConfig:
     max_view_angle: float = 60  # deg
     max_iterations: int = 500  # solver steps per round
     feature_cache: str | None = None  # folder of a FeatureCache shared with other stages (None: no cache)
+    depth_files: str | None = None  # glob of sensor depth maps, one per pose-file image: the metric scale
 
 
 @dataclass
@@ -98,6 +100,10 @@ def build_parser():
     parser.add_argument("--max_iterations", type=int, default=defaults.max_iterations,
                         help="most solver steps per round (a focal length far off needs hundreds)")
     add_feature_cache_arg(parser)
+    parser.add_argument("--depth_files", type=str, default=None,
+                        help="new: sensor depth maps (16-bit PNG, millimetres), one per image of the pose file in "
+                             "sorted order (RGB-D): the adjusted poses take their scale from them (the median ratio "
+                             "of measured to triangulated depth) instead of keeping the input's")
     return parser
 
 
@@ -136,6 +142,56 @@ def to_reference(pixels: np.ndarray, camera: Intrinsics, reference: Intrinsics) 
     rays: every image then shares one focal and one centre, which the adjustment below assumes."""
     normalised = (pixels - [camera.cx, camera.cy]) / [camera.fx, camera.fy]
     return normalised * reference.fx + [reference.cx, reference.cy]
+
+
+def from_reference(pixels: np.ndarray, camera: Intrinsics, reference: Intrinsics) -> np.ndarray:
+    """Inverse of to_reference: reference pixels back in the camera's own."""
+    normalised = (pixels - [reference.cx, reference.cy]) / reference.fx
+    return normalised * [camera.fx, camera.fy] + [camera.cx, camera.cy]
+
+
+@dataclass
+class DepthMaps:
+    """Sensor depth of the adjusted images (RGB-D), which fixes the adjustment's scale."""
+    maps: list[np.ndarray]       # per adjusted camera: metres, 0 where unknown
+    cameras: list[Intrinsics]    # the images' own cameras
+    reference: Intrinsics        # the camera whose pixels the tracks are in
+
+    def at(self, camera: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Measured depth at observations (camera index, reference pixels); 0 where unknown."""
+        depth = np.zeros(len(camera))
+        for c in np.unique(camera):
+            mine = np.flatnonzero(camera == c)
+            own, values = self.cameras[c], self.maps[c]
+            xy = from_reference(pixels[mine], own, self.reference)
+            u = np.floor(xy[:, 0] * values.shape[1] / own.width).astype(int)
+            v = np.floor(xy[:, 1] * values.shape[0] / own.height).astype(int)
+            inside = (u >= 0) & (u < values.shape[1]) & (v >= 0) & (v < values.shape[0])
+            depth[mine[inside]] = values[v[inside], u[inside]]
+        return depth
+
+
+def load_depth_maps(pattern: str, entries: list[dataset_io.PoseEntry], used: list[int], cameras: list[Intrinsics],
+                    reference: Intrinsics) -> DepthMaps:
+    """The depth maps of the used entries: the depth files pair with the pose file's images in sorted order."""
+    files = dataset_io.glob_files(pattern, "--depth_files")
+    images = sorted(e.path for e in entries)
+    dataset_io.check_counts(images, files, "--depth_files")
+    by_image = dict(zip(images, files))
+    return DepthMaps([dataset_io.load_depth_png(by_image[entries[k].path]) for k in used], cameras, reference)
+
+
+def metric_scale(tracks: Tracks, points: np.ndarray, world_to_cam: np.ndarray, depth: DepthMaps) -> float | None:
+    """The factor that brings the triangulated depths to the measured ones (median over the observations with
+    a measurement; depth edges and outliers do not move a median), or None with too few measurements."""
+    rotation = world_to_cam[tracks.camera, :3, :3]
+    estimated = (np.einsum("mij,mj->mi", rotation, points[tracks.point]) + world_to_cam[tracks.camera, :3, 3])[:, 2]
+    measured = depth.at(tracks.camera, tracks.pixels)
+    valid = (measured > 0) & (estimated > 0)
+    if valid.sum() < MIN_DEPTH_OBSERVATIONS:
+        _log.warning("only %d track observations have a measured depth: the input's scale is kept", valid.sum())
+        return None
+    return float(np.median(measured[valid] / estimated[valid]))
 
 
 def candidate_pairs(cam_to_world: np.ndarray, neighbours: int, max_angle_deg: float) -> list[tuple[int, int]]:
@@ -443,12 +499,13 @@ class NormalEquations:
 
 
 def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_tracks: Tracks, refine_focal: bool,
-           accuracy_px: float, max_iterations: int, refine_centre: bool = False
+           accuracy_px: float, max_iterations: int, refine_centre: bool = False, depth: DepthMaps | None = None
            ) -> tuple[np.ndarray, float, dict]:
     """Robust bundle adjustment in rounds of shrinking error scale. Errors start far above the keypoint accuracy
     (poses a few degrees off), so the loss scale follows the median error down: most observations keep pulling,
     and those far beyond the scale are left out of the next round. Between rounds, badly registered cameras
-    are re-seated by PnP and the points are triangulated again."""
+    are re-seated by PnP and the points are triangulated again. The result is in the input's frame, at the scale
+    of `depth` when given."""
     poses = world_to_cam.copy()
     fixed = int(np.argmax(np.bincount(all_tracks.camera, minlength=len(poses))))
     f_scale, stats = None, {"points": all_tracks.count, "observations": len(all_tracks.camera)}
@@ -489,7 +546,10 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
     stats["inlier_observations"] = len(tracks.camera)
     stats["kept_fraction"] = kept_fraction(all_tracks.camera, keep, len(poses))
     stats["centre"] = centre
-    return keep_input_frame(world_to_cam, poses), focal, stats
+    scale = None if depth is None else metric_scale(tracks, problem.unpack(x)[2], poses, depth)
+    if scale is not None:
+        stats["metric_scale"] = scale
+    return keep_input_frame(world_to_cam, poses, scale), focal, stats
 
 
 def kept_fraction(camera: np.ndarray, keep: np.ndarray, count: int) -> np.ndarray:
@@ -563,11 +623,11 @@ def pnp_pose(tracks: Tracks, points: np.ndarray, camera: int, world_to_cam: np.n
     return pose
 
 
-def keep_input_frame(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+def keep_input_frame(before: np.ndarray, after: np.ndarray, scale: float | None = None) -> np.ndarray:
     """The adjusted world-to-camera poses moved by the similarity that best maps them onto the input poses, so
     that the result stays in the input's frame on average (one camera held fixed during the solve would carry
     its own registration error into every pose). Cameras whose orientation the adjustment changed far more than
-    most (re-seated, bent) do not count."""
+    most (re-seated, bent) do not count. `scale`: the similarity's scale when known otherwise (metric depth)."""
     rotations_in, centres_in = camera_frames(before)
     rotations_out, centres_out = camera_frames(after)
     offsets = rotations_in @ rotations_out.transpose(0, 2, 1)
@@ -577,8 +637,9 @@ def keep_input_frame(before: np.ndarray, after: np.ndarray) -> np.ndarray:
         angles = rotation_angle_deg(offsets @ rotation.T)
         used = angles <= max(3 * np.median(angles), FRAME_FIT_MIN_ANGLE_DEG)
     mean_in, mean_out = centres_in[used].mean(axis=0), centres_out[used].mean(axis=0)
-    spread_out = np.linalg.norm(centres_out[used] - mean_out, axis=1).sum()
-    scale = np.linalg.norm(centres_in[used] - mean_in, axis=1).sum() / spread_out if spread_out > 1e-12 else 1.0
+    if scale is None:
+        spread_out = np.linalg.norm(centres_out[used] - mean_out, axis=1).sum()
+        scale = np.linalg.norm(centres_in[used] - mean_in, axis=1).sum() / spread_out if spread_out > 1e-12 else 1.0
     centres = (scale * (centres_out - mean_out)) @ rotation.T + mean_in
     result = after.copy()
     result[:, :3, :3] = after[:, :3, :3] @ rotation.T
@@ -631,7 +692,9 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
 
     features = [ImageFeatures(to_reference(f.pixels, c, reference), f.descriptors)
                 for f, c in zip(own, used_cameras)]
-    found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy, match)
+    depth = None if config.depth_files is None else \
+        load_depth_maps(config.depth_files, entries, used, used_cameras, reference)
+    found = adjust_with_pair_passes(world_to_cam, focal, centre, features, config, accuracy, match, depth)
     if config.feature_cache is not None:
         _log.info(cache.summary())
     if found is None:
@@ -652,11 +715,13 @@ def bundle_adjust(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfi
 
 def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.ndarray,
                             features: list[ImageFeatures], config: BundleAdjustConfig, accuracy: float,
-                            match: Callable[[list[tuple[int, int]]], dict]) -> tuple[np.ndarray, float, dict] | None:
+                            match: Callable[[list[tuple[int, int]]], dict], depth: DepthMaps | None = None
+                            ) -> tuple[np.ndarray, float, dict] | None:
     """Match the nearest cameras as the poses place them and adjust; then choose the pairs again from the adjusted
     poses and adjust once more while that brings new pairs. A camera registered far off is first matched with the
     wrong neighbours and can settle in a bent corner of the scene; its true neighbours pull it out. `match`: the
-    verified matches of a list of pairs. None when the first pass has too few tracks."""
+    verified matches of a list of pairs; `depth`: sensor depth that sets the scale. None when the first pass has too
+    few tracks."""
     matched: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # every pair tried; empty when rejected
     poses, stats = world_to_cam, None
     for passes in range(1, MAX_PAIR_PASSES + 1):
@@ -673,7 +738,7 @@ def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.n
         if tracks is None or tracks.count < MIN_PAIR_MATCHES:
             break
         poses, focal, pass_stats = adjust(poses, focal, centre, tracks, config.refine_focal, accuracy,
-                                          config.max_iterations, config.refine_principal_point)
+                                          config.max_iterations, config.refine_principal_point, depth)
         centre = pass_stats["centre"]
         first_error = pass_stats["median_error_before"] if stats is None else stats["median_error_before"]
         stats = {**pass_stats, "median_error_before": first_error, "pairs": len(matches), "passes": passes}
@@ -725,6 +790,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     start = time.time()
     entries = dataset_io.read_ace_pose_file(args.input_poses)
+    _log.info("adjusting the poses of %s (%d images)", args.input_poses, len(entries))
     adjusted, stats = bundle_adjust(entries, config_from_args(BundleAdjustConfig, args), device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
     dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
@@ -732,6 +798,8 @@ def main(argv: list[str] | None = None) -> None:
         kept_fractions_beside(args.output_poses).unlink(missing_ok=True)
         return
     write_kept_fractions(args.output_poses, adjusted, stats["kept_fraction"])
+    if "metric_scale" in stats:
+        _log.info("scale from the depth maps: the input's distances times %.4f", stats["metric_scale"])
     _log.info("%d points, %d of %d observations kept; median reprojection error %.2f -> %.2f px; focal %.1f -> "
               "%.1f px; %.0f s; wrote %s", stats["points"], stats["inlier_observations"], stats["observations"],
               stats["median_error_before"], stats["median_error_after"], stats["focal_before"],

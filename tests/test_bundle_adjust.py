@@ -222,3 +222,29 @@ def test_principal_point_refinement(orbit_scene, tmp_path):
             "--calibration_file", tmp_path / "wrong.txt", "--refine_principal_point", "True", "--refine_focal", "False")
     camera = dataset_io.read_calibration(tmp_path / "cameras_out.txt")
     assert np.hypot(camera.cx - 320, camera.cy - 240) < 40 / 5
+
+
+def test_depth_maps_set_the_scale(orbit_scene, tmp_path):
+    """RGB-D: poses at half the true scale (and 1 deg off) come out metric with the rendered depth maps, and keep
+    the input's half scale without them."""
+    count = 6
+    (tmp_path / "depth").mkdir()
+    for depth in sorted(orbit_scene.glob("depth/*.png"))[:count]:
+        (tmp_path / "depth" / depth.name).write_bytes(depth.read_bytes())
+    halved = tmp_path / "halved.txt"
+    _perturbed_pose_file(orbit_scene, halved, 1.0, 0.0, ORBIT_FOCAL)
+    entries = dataset_io.read_ace_pose_file(halved)[:count]
+    for entry in entries:
+        entry.world_to_cam[:3, 3] *= 0.5
+    dataset_io.write_ace_pose_file(halved, entries)
+    gt = [dataset_io.load_cam_to_world(str(p)) for p in sorted(orbit_scene.glob("poses/*.pose.txt"))[:count]]
+
+    def scale(*flags) -> float:
+        out = tmp_path / f"out{len(flags)}.txt"
+        run_cli("bundle_adjust.py", halved, out, "--device", "cpu", "--refine_focal", "False", *flags)
+        result = evaluate(dataset_io.read_ace_pose_file(out), gt, thresh_t=0.05, thresh_r=1.0)
+        assert result["median_rot_err_deg"] < 0.5
+        return result["alignment"]["scale"]
+
+    assert scale() == pytest.approx(0.5, rel=0.03)
+    assert scale("--depth_files", f"{tmp_path}/depth/*.png") == pytest.approx(1.0, rel=0.02)
