@@ -30,6 +30,8 @@ INITIAL_CALIBRATION_FILE = "cameras_initial.txt"  # written when one focal lengt
 RENDER_FOLDER = "renderings"
 VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
+REFOCUS_MIN_RATIO = 1.5  # --seed_refocus: a focal moved less than this by the seed's adjustment is kept
+REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted focal
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
 
@@ -90,6 +92,12 @@ def build_parser():
                        help="new: with sequential seeds, try no more once one registers at least "
                             "--registration_threshold of the checked images (False: try all, the original)")
     seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
+    seeds.add_argument("--seed_refocus", type=str2bool, default=False,
+                       help=f"new: when the focal length is only the heuristic's guess and the adjustment of the "
+                            f"seed's registration (bundle_adjust.py) moves it by more than a factor "
+                            f"{REFOCUS_MIN_RATIO:g}, map the seed again with the adjusted focal and go on from the "
+                            f"seed whose registration the adjustment finds consistent for more images (False: the "
+                            f"heuristic's seed, as the original)")
     seeds.add_argument("--seed_network", type=Path, default=None, help="start from this head instead of seeds")
     seeds.add_argument("--random_seed", type=int, default=1305, help="numpy seed drawing the seed images")
     seeds.add_argument("--seed_aug_shift", type=float, default=None,
@@ -159,6 +167,7 @@ class RunState:
     max_rate: float = 0.0
     stop_scheduled: bool = False
     finished: bool = False
+    refocus_checked: bool = False  # --seed_refocus has decided (so a resumed run does not decide again)
 
     @classmethod
     def load_or_create(cls, folder: Path, rgb_files: str) -> "RunState":
@@ -296,8 +305,14 @@ def seed_network_file(args, k: int) -> Path:
     return args.results_folder / f"iteration0_seed{k}.pt"
 
 
-def map_seed(args, k: int, focal: float, threads: int | None = None, render: bool = False) -> None:
-    network = seed_network_file(args, k)
+def seed_index(seed_id: str) -> int:
+    """k of iteration0_seed<k> (or of its refocused copy)."""
+    return int(seed_id.removeprefix("iteration0_seed").removesuffix(REFOCUSED))
+
+
+def map_seed(args, k: int, focal: float, threads: int | None = None, render: bool = False,
+             network: Path | None = None) -> None:
+    network = network or seed_network_file(args, k)
     extra = ["--depth_files", args.depth_files] if args.depth_files else ["--seed_depth", args.seed_depth]
     run_script("train_ace.py", [args.rgb_files, network, *mapping_args(args, False, args.seed_iterations,
                                                                         args.seed_dataset_passes),
@@ -432,7 +447,7 @@ def seed_median_depth(args, state: RunState) -> float:
             raise UserError(f"{AUTO_PRIOR_FLAG} with --seed_network need "
                             "--depth_files (the seed's depth is unknown); otherwise pass numbers")
         return dataset_io.median_depth_of_files(depth_files, AUTO_PRIOR_FLAG)
-    k = int(state.seed_id.removeprefix("iteration0_seed"))
+    k = seed_index(state.seed_id)
     index = min(int(seed_values(args)[k] * len(images)), len(images) - 1)
     if depth_files is not None:
         return dataset_io.median_valid_depth([dataset_io.load_depth_png(depth_files[index])], AUTO_PRIOR_FLAG)
@@ -456,11 +471,15 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     if state.seed_id not in state.completed:
         if args.render_visualization and args.seed_network is None:
             # Seeds are scored without rendering; the chosen one is mapped again (same seed) to draw it.
-            map_seed(args, int(state.seed_id.removeprefix("iteration0_seed")), initial_focal, render=True)
+            map_seed(args, seed_index(state.seed_id), initial_focal, render=True)
         rate = register(args, folder / f"{state.seed_id}.pt", state.seed_id, initial_focal,
                         render=args.render_visualization)
         _complete(state, state.seed_id, rate, folder)
         state.max_rate = rate
+        state.save(folder)
+    if args.seed_refocus and not state.refocus_checked and len(state.completed) == 1:
+        refocus_seed(args, state)
+        state.refocus_checked = True
         state.save(folder)
     last = state.completed[-1]
     iteration = len(state.completed)
@@ -477,6 +496,50 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     state.finished = True
     state.save(folder)
     return last
+
+
+def refocus_seed(args, state: RunState) -> None:
+    """--seed_refocus. A seed head mapped with a focal length far off fits a scene distorted to match it, and a
+    head that fits wrong geometry registers images wrongly (README, "Honest confidence"). The adjustment of the
+    seed's registration estimates the focal from feature tracks; when it moves the heuristic's guess a lot, the
+    seed is mapped again with it, and the loop goes on from the seed whose adjusted registration keeps more
+    images consistent (confident, with most of their feature observations kept by the adjustment)."""
+    if args.use_external_focal_length > 0 or args.calibration_file or args.seed_network is not None:
+        return  # the focal length is known (given, calibrated, EXIF), or no seed is mapped here
+    folder = args.results_folder
+    first = adjust_poses(args, folder / f"poses_{state.seed_id}.txt", "seed adjustment", "the seed is kept")
+    guessed = dataset_io.read_ace_pose_file(folder / f"poses_{state.seed_id}.txt")[0].focal
+    estimated = dataset_io.read_ace_pose_file(first)[0].focal
+    if abs(np.log(estimated / guessed)) <= np.log(REFOCUS_MIN_RATIO):
+        _log.info("seed refocus: the adjustment moves the focal %.1f -> %.1f px; the seed is kept", guessed, estimated)
+        return
+    refocused = f"{state.seed_id.removesuffix(REFOCUSED)}{REFOCUSED}"
+    network = folder / f"{refocused}.pt"
+    _log.info("seed refocus: the adjustment moves the focal %.1f -> %.1f px; mapping the seed again with it",
+              guessed, estimated)
+    if not network.exists():
+        map_seed(args, seed_index(state.seed_id), estimated, network=network)
+    rate = register(args, network, refocused, estimated)
+    second = adjust_poses(args, folder / f"poses_{refocused}.txt", "seed adjustment", "the first seed is kept")
+    before, after = consistent_images(args, first), consistent_images(args, second)
+    _log.info("seed refocus: %d images consistent with the heuristic's focal, %d with %.1f px", before, after,
+              estimated)
+    if after >= before:  # a tie goes to the focal that the images themselves support
+        state.seed_id = refocused
+        state.completed[-1] = refocused
+        state.rates[refocused] = state.max_rate = rate
+
+
+def consistent_images(args, adjusted: Path) -> int:
+    """Images of an adjusted registration that are confident and whose feature observations the adjustment
+    mostly kept (the rule of verify_poses.py)."""
+    from bundle_adjust import read_kept_fractions
+    from verify_poses import MIN_KEPT_FRACTION
+    entries = dataset_io.read_ace_pose_file(adjusted)
+    kept = read_kept_fractions(adjusted, entries)
+    if kept is None:  # the adjustment failed: the registration as it is
+        kept = np.ones(len(entries))
+    return sum(e.confidence >= args.registration_confidence and k >= MIN_KEPT_FRACTION for e, k in zip(entries, kept))
 
 
 def _complete(state: RunState, run_id: str, rate: float, folder: Path) -> None:

@@ -245,3 +245,54 @@ def test_reconstruction_from_scratch(orbit_scene, tmp_path):
     assert result["accuracy_percent"] >= 90.0
     assert result["median_rot_err_deg"] < SCRATCH_MAX_ROT_DEG
     assert result["median_trans_err"] < SCRATCH_MAX_TRANS_M
+
+
+@pytest.mark.parametrize("adjusted_focal, refocused_kept, chosen", [
+    (1200.0, 0.9, "iteration0_seed0_refocused"),  # focal moved 2.4x, the refocused seed is consistent: taken
+    (1200.0, 0.1, "iteration0_seed0"),            # moved, but the refocused seed is less consistent: kept
+    (600.0, 0.9, "iteration0_seed0")])            # moved by less than REFOCUS_MIN_RATIO: not mapped again
+def test_seed_refocus(tmp_path, monkeypatch, adjusted_focal, refocused_kept, chosen):
+    """--seed_refocus with stand-in stages: the seed's registration (heuristic focal 500 px) is adjusted; when the
+    adjustment's focal is far off the guess, the seed is mapped again and registered with it, and the run goes
+    on from whichever seed's adjusted registration keeps more images consistent."""
+    import ace_zero
+    from bundle_adjust import write_kept_fractions
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    pattern = str(tmp_path / "frame_*.png")
+    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt",
+                                   [dataset_io.PoseEntry(p, np.eye(4), 500.0, 2000.0) for p in images])
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if script == "train_ace.py":
+            Path(arguments[1]).write_bytes(b"head")
+        elif script == "register_mapping.py":
+            focal = float(arguments[arguments.index("--use_external_focal_length") + 1])
+            session = arguments[arguments.index("--session") + 1]
+            dataset_io.write_ace_pose_file(out / f"poses_{session}.txt",
+                                           [dataset_io.PoseEntry(p, np.eye(4), focal, 2000.0) for p in images])
+        elif script == "bundle_adjust.py":
+            source, target = Path(arguments[0]), Path(arguments[1])
+            entries = [dataclasses.replace(e, focal=adjusted_focal) for e in dataset_io.read_ace_pose_file(source)]
+            dataset_io.write_ace_pose_file(target, entries)
+            kept = [1.0, 0.2, 0.2, 0.2] if "refocused" not in source.name else [refocused_kept] * 4
+            write_kept_fractions(target, entries, np.array(kept))
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([pattern, str(out), "--device", "cpu", "--seed_refocus", "True",
+                                               "--registration_confidence", "1000"])
+    state = ace_zero.RunState(pattern, "iteration0_seed0", ["iteration0_seed0"], {"iteration0_seed0": 1.0}, 1.0)
+    ace_zero.refocus_seed(args, state)
+    assert (state.seed_id, state.completed) == (chosen, [chosen])
+    mapped = [arguments for script, arguments in calls if script == "train_ace.py"]
+    if adjusted_focal == 600.0:
+        assert not mapped
+        return
+    (mapping,) = mapped
+    assert mapping[1] == str(out / "iteration0_seed0_refocused.pt")
+    assert mapping[mapping.index("--use_external_focal_length") + 1] == "1200.0"
+    assert ace_zero.seed_index(state.seed_id) == 0
