@@ -519,7 +519,7 @@ def refocus_seed(args, state: RunState) -> None:
               guessed, estimated)
     if not network.exists():
         map_seed(args, seed_index(state.seed_id), estimated, network=network)
-    rate = register(args, network, refocused, estimated)
+    rate = register(args, network, refocused, estimated, render=args.render_visualization)
     second = adjust_poses(args, folder / f"poses_{refocused}.txt", "seed adjustment", "the first seed is kept")
     before, after = consistent_images(args, first), consistent_images(args, second)
     _log.info("seed refocus: %d images consistent with the heuristic's focal, %d with %.1f px", before, after,
