@@ -8,8 +8,9 @@ keypoints of every registered image are matched to its nearest cameras (as the i
 are verified with a fundamental matrix (MAGSAC), chained into tracks, triangulated with the input poses, and
 poses, points and (optionally) the shared focal length are optimised for reprojection error with a robust loss;
 cameras registered far off are re-seated by PnP between rounds. The pairs are then chosen again from the adjusted
-poses and the adjustment repeated while that brings new pairs. The best-observed camera is held fixed and the
-result keeps the input's scale.
+poses and the adjustment repeated while that brings new pairs. The result is moved back onto the input's frame
+by a similarity, at the input's scale, or at the scale of sensor depth maps (`--depth_files`, RGB-D). Keypoints
+and verified matches can be kept for the next call (`--feature_cache`).
 """
 from __future__ import annotations
 
