@@ -32,6 +32,7 @@ VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REFOCUS_MIN_RATIO = 1.5  # --seed_refocus: a focal moved less than this by the seed's adjustment is kept
 REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted focal
+ESTIMATED_FOCAL_MAX_CHANGE = 1.5  # most change of a focal that an earlier adjustment estimated
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
 
@@ -388,7 +389,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     run_id = f"iteration{iteration}"
     refit = state.stop_scheduled and args.final_refit
     location, bandwidth = resolved_prior(args, state)
-    source = round_input(args, previous)
+    source = round_input(args, previous, focal_estimated=iteration > 1 or previous.endswith(REFOCUSED))
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", source, "--pose_refinement", args.refinement,
                "--refine_calibration", refines_focal_in_rounds(args), *prior_args(args, False, location, bandwidth),
@@ -413,15 +414,16 @@ def refines_focal_in_rounds(args) -> bool:
     return args.refine_calibration and not args.round_bundle_adjustment
 
 
-def round_input(args, previous: str) -> Path:
+def round_input(args, previous: str, focal_estimated: bool) -> Path:
     """The pose file a mapping round maps from: the previous registration, bundle-adjusted first under
     --round_bundle_adjustment (the adjustment's multi-view tracks move a heuristic focal length that the
-    rounds' own refinement barely changes; README, "Bundle adjustment")."""
+    rounds' own refinement barely changes; README, "Bundle adjustment"). `focal_estimated`: an earlier
+    adjustment gave the registration its focal."""
     registered = args.results_folder / f"poses_{previous}.txt"
     if not args.round_bundle_adjustment:
         return registered
     return adjust_poses(args, registered, "round bundle adjustment",
-                        f"the next round maps from the unadjusted {registered.name}")
+                        f"the next round maps from the unadjusted {registered.name}", focal_estimated)
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -520,7 +522,8 @@ def refocus_seed(args, state: RunState) -> None:
     if not network.exists():
         map_seed(args, seed_index(state.seed_id), estimated, network=network)
     rate = register(args, network, refocused, estimated, render=args.render_visualization)
-    second = adjust_poses(args, folder / f"poses_{refocused}.txt", "seed adjustment", "the first seed is kept")
+    second = adjust_poses(args, folder / f"poses_{refocused}.txt", "seed adjustment", "the first seed is kept",
+                          focal_estimated=True)
     before, after = consistent_images(args, first), consistent_images(args, second)
     _log.info("seed refocus: %d images consistent with the heuristic's focal, %d with %.1f px", before, after,
               estimated)
@@ -729,15 +732,19 @@ def adjust_final_poses(args, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
-    return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}")
+    return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}",
+                        focal_estimated=args.round_bundle_adjustment)
 
 
-def adjust_poses(args, registered: Path, what: str, fallback_note: str) -> Path:
-    """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails."""
+def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool = False) -> Path:
+    """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails.
+    `focal_estimated`: the registration's focal came from an earlier adjustment, which this one may refine but
+    not replace (on the ring a round's adjustment ran it from 2761 to 15070 px, and nothing registered after)."""
+    limit = ["--max_focal_change", ESTIMATED_FOCAL_MAX_CHANGE] if focal_estimated else []
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),
-        "--confidence_threshold", args.registration_confidence, "--refine_focal", args.refine_calibration], what,
-        fallback_note)
+        "--confidence_threshold", args.registration_confidence, "--refine_focal", args.refine_calibration, *limit],
+        what, fallback_note)
 
 
 def feature_cache_args(args) -> list:

@@ -63,6 +63,7 @@ class BundleAdjustConfig:
     max_iterations: int = 500  # solver steps per round
     feature_cache: str | None = None  # folder of a FeatureCache shared with other stages (None: no cache)
     depth_files: str | None = None  # glob of sensor depth maps, one per pose-file image: the metric scale
+    max_focal_change: float = 0.0  # > 1: a larger change of the focal is refused (adjusted again with it held)
 
 
 @dataclass
@@ -105,6 +106,10 @@ def build_parser():
                         help="new: sensor depth maps (16-bit PNG, millimetres), one per image of the pose file in "
                              "sorted order (RGB-D): the adjusted poses take their scale from them (the median ratio "
                              "of measured to triangulated depth) instead of keeping the input's")
+    parser.add_argument("--max_focal_change", type=float, default=defaults.max_focal_change,
+                        help="new: when the focal length would change by more than this factor, adjust again with "
+                             "it held (for a focal estimated before: nearly affine views, such as a narrow field "
+                             "of view, barely constrain it, and it can run away); 0: no limit")
     return parser
 
 
@@ -769,6 +774,21 @@ def read_kept_fractions(pose_file: Path | str, entries: list[dataset_io.PoseEntr
     return np.array([np.nan if images.get(e.path) is None else float(images[e.path]) for e in entries])
 
 
+def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device
+                             ) -> tuple[list[dataset_io.PoseEntry], dict]:
+    """bundle_adjust, repeated with the focal length held when it changes by more than config.max_focal_change."""
+    adjusted, stats = bundle_adjust(entries, config, device)
+    if not (stats["adjusted"] and config.refine_focal and config.max_focal_change > 1):
+        return adjusted, stats
+    change = stats["focal_after"] / stats["focal_before"]
+    if abs(np.log(change)) <= np.log(config.max_focal_change):
+        return adjusted, stats
+    _log.warning("the focal length would change %.1f -> %.1f px, more than a factor %g (--max_focal_change): the "
+                 "tracks do not pin it down; adjusting again with it held", stats["focal_before"],
+                 stats["focal_after"], config.max_focal_change)
+    return bundle_adjust(entries, replace(config, refine_focal=False), device)
+
+
 def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:
     """A camera after the adjustment: focal scaled; principal point shifted by `shift` (normalised units of the
     reference camera, which equal this camera's own up to its focal)."""
@@ -781,6 +801,8 @@ def validate(args) -> None:
                                ("--max_iterations", args.max_iterations, 1)):
         if value < least:
             raise UserError(f"{flag} must be at least {least}, got {value}")
+    if args.max_focal_change != 0 and args.max_focal_change <= 1:
+        raise UserError(f"--max_focal_change must be 0 (no limit) or above 1, got {args.max_focal_change:g}")
     if not 0 < args.max_view_angle <= 180:
         raise UserError(f"--max_view_angle must be in (0, 180] degrees, got {args.max_view_angle}")
 
@@ -792,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     entries = dataset_io.read_ace_pose_file(args.input_poses)
     _log.info("adjusting the poses of %s (%d images)", args.input_poses, len(entries))
-    adjusted, stats = bundle_adjust(entries, config_from_args(BundleAdjustConfig, args), device)
+    adjusted, stats = bounded_focal_adjustment(entries, config_from_args(BundleAdjustConfig, args), device)
     dataset_io.write_ace_pose_file(args.output_poses, adjusted)
     dataset_io.write_cameras_beside(args.output_poses, [e.path for e in adjusted], stats["cameras"])
     if not stats["adjusted"]:  # an earlier run's shares would describe other poses

@@ -170,6 +170,8 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     assert adjustment[adjustment.index("--refine_focal") + 1] == "True"
     assert mapping[mapping.index("--refine_calibration") + 1] == "False"  # the adjustment owns the focal
     assert adjustment[adjustment.index("--confidence_threshold") + 1] == "700"
+    # round 1's registration has the focal that the seed's adjustment estimated: refined, not replaced
+    assert adjustment[adjustment.index("--max_focal_change") + 1] == str(ace_zero.ESTIMATED_FOCAL_MAX_CHANGE)
     expected = "poses_iteration1.txt" if adjustment_fails else "poses_iteration1_adjusted.txt"
     assert mapping[mapping.index("--use_ace_pose_file") + 1] == str(out / expected)
     assert (run_id, focal) == ("iteration2", 300.0 if adjustment_fails else 400.0)
