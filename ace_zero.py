@@ -17,6 +17,7 @@ import numpy as np
 
 import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
+from calibration import focal_changed
 from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
                         add_render_args, apply_cpu_profile, atomic_write_text, check_match_loss_weight,
@@ -389,7 +390,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     run_id = f"iteration{iteration}"
     refit = state.stop_scheduled and args.final_refit
     location, bandwidth = resolved_prior(args, state)
-    source = round_input(args, previous, focal_estimated=iteration > 1 or previous.endswith(REFOCUSED))
+    source = round_input(args, state, previous)
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", source, "--pose_refinement", args.refinement,
                "--refine_calibration", refines_focal_in_rounds(args), *prior_args(args, False, location, bandwidth),
@@ -414,16 +415,16 @@ def refines_focal_in_rounds(args) -> bool:
     return args.refine_calibration and not args.round_bundle_adjustment
 
 
-def round_input(args, previous: str, focal_estimated: bool) -> Path:
+def round_input(args, state: RunState, previous: str) -> Path:
     """The pose file a mapping round maps from: the previous registration, bundle-adjusted first under
     --round_bundle_adjustment (the adjustment's multi-view tracks move a heuristic focal length that the
-    rounds' own refinement barely changes; README, "Bundle adjustment"). `focal_estimated`: an earlier
-    adjustment gave the registration its focal."""
+    rounds' own refinement barely changes; README, "Bundle adjustment")."""
     registered = args.results_folder / f"poses_{previous}.txt"
     if not args.round_bundle_adjustment:
         return registered
     return adjust_poses(args, registered, "round bundle adjustment",
-                        f"the next round maps from the unadjusted {registered.name}", focal_estimated)
+                        f"the next round maps from the unadjusted {registered.name}",
+                        has_estimated_focal(args, state, previous))
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -509,10 +510,11 @@ def refocus_seed(args, state: RunState) -> None:
     if args.use_external_focal_length > 0 or args.calibration_file or args.seed_network is not None:
         return  # the focal length is known (given, calibrated, EXIF), or no seed is mapped here
     folder = args.results_folder
-    first = adjust_poses(args, folder / f"poses_{state.seed_id}.txt", "seed adjustment", "the seed is kept")
+    first = adjust_poses(args, folder / f"poses_{state.seed_id}.txt", "seed adjustment", "the seed is kept",
+                         has_estimated_focal(args, state, state.seed_id))
     guessed = dataset_io.read_ace_pose_file(folder / f"poses_{state.seed_id}.txt")[0].focal
     estimated = dataset_io.read_ace_pose_file(first)[0].focal
-    if abs(np.log(estimated / guessed)) <= np.log(REFOCUS_MIN_RATIO):
+    if not focal_changed(guessed, estimated, REFOCUS_MIN_RATIO):
         _log.info("seed refocus: the adjustment moves the focal %.1f -> %.1f px; the seed is kept", guessed, estimated)
         return
     refocused = f"{state.seed_id.removesuffix(REFOCUSED)}{REFOCUSED}"
@@ -523,7 +525,7 @@ def refocus_seed(args, state: RunState) -> None:
         map_seed(args, seed_index(state.seed_id), estimated, network=network)
     rate = register(args, network, refocused, estimated, render=args.render_visualization)
     second = adjust_poses(args, folder / f"poses_{refocused}.txt", "seed adjustment", "the first seed is kept",
-                          focal_estimated=True)
+                          has_estimated_focal(args, state, refocused))
     before, after = consistent_images(args, first), consistent_images(args, second)
     _log.info("seed refocus: %d images consistent with the heuristic's focal, %d with %.1f px", before, after,
               estimated)
@@ -534,8 +536,9 @@ def refocus_seed(args, state: RunState) -> None:
 
 
 def consistent_images(args, adjusted: Path) -> int:
-    """Images of an adjusted registration that are confident and whose feature observations the adjustment
-    mostly kept (the rule of verify_poses.py)."""
+    """Images of an adjusted registration that are confident and of whose feature observations the adjustment
+    kept at least verify_poses.MIN_KEPT_FRACTION (an image in no track, share NaN, does not count: unlike in
+    verify_poses.py's check, where it is left to the other tests, here it shows no support for the focal)."""
     from bundle_adjust import read_kept_fractions
     from verify_poses import MIN_KEPT_FRACTION
     entries = dataset_io.read_ace_pose_file(adjusted)
@@ -657,7 +660,7 @@ def main(argv: list[str] | None = None) -> None:
         last = reconstruct(args, state, initial_focal)
         final_source = args.results_folder / f"poses_{last}.txt"
         if args.bundle_adjustment:
-            final_source = adjust_final_poses(args, last)
+            final_source = adjust_final_poses(args, state, last)
         if args.verify_poses:
             final_source = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
@@ -728,18 +731,26 @@ def write_final_cameras(args, final_source: Path) -> None:
                                     dataset_io.entry_cameras(entries, args.calibration_file))
 
 
-def adjust_final_poses(args, last: str) -> Path:
+def adjust_final_poses(args, state: RunState, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
     registered = args.results_folder / f"poses_{last}.txt"
     return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}",
-                        focal_estimated=args.round_bundle_adjustment)
+                        has_estimated_focal(args, state, last))
 
 
-def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool = False) -> Path:
-    """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails.
-    `focal_estimated`: the registration's focal came from an earlier adjustment, which this one may refine but
-    not replace (on the ring a round's adjustment ran it from 2761 to 15070 px, and nothing registered after)."""
+def has_estimated_focal(args, state: RunState, run_id: str) -> bool:
+    """Whether the registration `run_id` has a focal length that an earlier adjustment estimated: the refocused
+    seed's (mapped with the seed adjustment's focal), and under --round_bundle_adjustment every registration but
+    the seed's (each round maps with the previous adjustment's focal). An adjustment of such a registration may
+    refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the ring a round's adjustment ran it from
+    2761 to 15070 px, and nothing registered after)."""
+    return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and run_id != state.seed_id)
+
+
+def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool) -> Path:
+    """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails; the focal
+    may change by at most ESTIMATED_FOCAL_MAX_CHANGE when `focal_estimated`."""
     limit = ["--max_focal_change", ESTIMATED_FOCAL_MAX_CHANGE] if focal_estimated else []
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),

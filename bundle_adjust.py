@@ -31,7 +31,7 @@ from scipy.spatial.transform import Rotation
 import dataset_io
 from ace_util import (XFEAT_ENCODER_ID, atomic_write_text, config_from_args, in_mapping_set, progress_bar,
                       project_pinhole)
-from calibration import Intrinsics
+from calibration import Intrinsics, focal_changed
 from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, add_feature_cache_arg,
                         make_parser, run_main, select_device, str2bool)
 from eval_poses import rotation_angle_deg
@@ -780,8 +780,7 @@ def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: Bundle
     adjusted, stats = bundle_adjust(entries, config, device)
     if not (stats["adjusted"] and config.refine_focal and config.max_focal_change > 1):
         return adjusted, stats
-    change = stats["focal_after"] / stats["focal_before"]
-    if abs(np.log(change)) <= np.log(config.max_focal_change):
+    if not focal_changed(stats["focal_before"], stats["focal_after"], config.max_focal_change):
         return adjusted, stats
     _log.warning("the focal length would change %.1f -> %.1f px, more than a factor %g (--max_focal_change): the "
                  "tracks do not pin it down; adjusting again with it held", stats["focal_before"],

@@ -98,6 +98,11 @@ def resized_shape(width: int, height: int, short_side: int) -> tuple[int, int]:
     return int(short_side * width / height), short_side
 
 
+def focal_changed(before: float, after: float, factor: float) -> bool:
+    """Whether a focal length moved from `before` to `after` by more than `factor` (either way)."""
+    return abs(math.log(after / before)) > math.log(factor)
+
+
 def heuristic_focal(width: int, height: int) -> float:
     return HEURISTIC_FOCAL_FACTOR * math.sqrt(width ** 2 + height ** 2)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import dataset_io
-from calibration import Intrinsics
+from calibration import Intrinsics, focal_changed
 from cli_common import (POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError, add_calibration_arg, add_device_arg,
                         add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device, str2bool)
 from feature_cache import FeatureCache
@@ -315,7 +315,7 @@ def adjusted_copy(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics]
     moved = rotation_angle_deg(np.stack([a.world_to_cam[:3, :3] @ e.world_to_cam[:3, :3].T
                                          for a, e in zip(adjusted, entries)]))
     before, after = entries[0].focal, adjusted[0].focal
-    if abs(np.log(after / before)) > np.log(MAX_FOCAL_CHANGE):
+    if focal_changed(before, after, MAX_FOCAL_CHANGE):
         # Poses registered with a focal length that far off are wrong as a whole, not image by image.
         _log.warning("the bundle adjustment changes the focal length from %.1f to %.1f px: every pose counts as "
                      "moved", before, after)

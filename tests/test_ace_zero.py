@@ -298,3 +298,16 @@ def test_seed_refocus(tmp_path, monkeypatch, adjusted_focal, refocused_kept, cho
     assert mapping[1] == str(out / "iteration0_seed0_refocused.pt")
     assert mapping[mapping.index("--use_external_focal_length") + 1] == "1200.0"
     assert ace_zero.seed_index(state.seed_id) == 0
+
+
+def test_which_registrations_have_an_estimated_focal(tmp_path):
+    """The seed's registration (also when it is the last: the final adjustment then estimates the focal first)
+    keeps a free focal; later registrations under --round_bundle_adjustment, and the refocused seed's, do not."""
+    import ace_zero
+    pattern = str(tmp_path / "frame_*.png")
+    state = ace_zero.RunState(pattern, "iteration0_seed1", ["iteration0_seed1"])
+    for rounds, expected in (("True", [False, True, True]), ("False", [False, False, True])):
+        args = ace_zero.build_parser().parse_args([pattern, str(tmp_path / "out"), "--round_bundle_adjustment",
+                                                   rounds])
+        assert [ace_zero.has_estimated_focal(args, state, run_id) for run_id in
+                ("iteration0_seed1", "iteration3", "iteration0_seed1_refocused")] == expected
