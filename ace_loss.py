@@ -104,17 +104,28 @@ def reprojection_errors(cam: torch.Tensor, focals: torch.Tensor, pixels: torch.T
     return (cam[:, :2] / depth[:, None] * focals - pixels).abs().sum(dim=1)
 
 
-def reprojection_loss(errors: torch.Tensor, loss_type: str, scale: float) -> torch.Tensor:
-    """Robust sum of reprojection errors (pixels)."""
+def reprojection_loss(errors: torch.Tensor, loss_type: str, scale: float,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Robust sum of reprojection errors (pixels), over the errors where `mask` holds when one is given. A mask
+    rather than selecting the errors: selection waits for the GPU to count them; every robust loss is 0 at 0."""
+    if mask is not None:
+        errors = errors.masked_fill(~mask, 0.0)
     if loss_type in ("tanh", "dyntanh"):
         return (scale * torch.tanh(errors / scale)).sum()
-    small = errors[errors <= scale]
-    large = errors[errors > scale]
+    small = errors <= scale
+    zero = errors.new_zeros(())
     if loss_type == "l1":
-        return small.sum()
+        return torch.where(small, errors, zero).sum()
+    # the large branch sees at least `scale`, so that its discarded values (and their gradients) stay finite
+    large = errors.clamp(min=scale)
     if loss_type == "l1+sqrt":
-        return small.sum() + torch.sqrt(scale * large).sum()
-    return small.sum() + torch.log(1 + scale * large).sum()
+        return torch.where(small, errors, torch.sqrt(scale * large)).sum()
+    return torch.where(small, errors, torch.log(1 + scale * large)).sum()
+
+
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of `values` where `mask` holds, without selecting them (selection waits for the GPU)."""
+    return torch.where(mask, values, values.new_zeros(())).sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,20 +334,21 @@ class AceLoss:
                                    inputs.iteration, inputs.max_iterations)
         return self.config.prior.weight * value
 
-    def compute(self, inputs: LossInputs) -> tuple[float, torch.Tensor]:
+    def compute(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inlier fraction and the loss, both tensors on the device (no wait for the GPU here)."""
         if self.config.structure == "probabilistic":
             return self._probabilistic(inputs)
         return self._dsac_star(inputs)
 
-    def _probabilistic(self, inputs: LossInputs) -> tuple[float, torch.Tensor]:
+    def _probabilistic(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Every prediction gets the robust reprojection loss (no validity mask), plus lambda x prior."""
         if self.config.prior.type == "none":
             raise UserError(PROBABILISTIC_NEEDS_PRIOR)
         count = len(inputs.errors)
         if count == 0:
-            return 0.0, inputs.errors.new_zeros((), requires_grad=True)
+            return inputs.errors.new_zeros(()), inputs.errors.new_zeros((), requires_grad=True)
         repro = reprojection_loss(inputs.errors, self.config.repro_loss_type, self._scale(inputs)) / count
-        inliers = float((inputs.errors < self.config.inlier_px).float().mean())
+        inliers = (inputs.errors < self.config.inlier_px).float().mean()
         return inliers, repro + self._prior_term(inputs)
 
     def valid_mask(self, inputs: LossInputs) -> torch.Tensor:
@@ -349,14 +361,14 @@ class AceLoss:
             valid = valid & ~(has_target & far)
         return valid
 
-    def _dsac_star(self, inputs: LossInputs) -> tuple[float, torch.Tensor]:
+    def _dsac_star(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Valid predictions get the robust reprojection loss, invalid ones a 3D pull: to their depth target when
         they have one, else to the point at depth_target on their ray."""
         valid = self.valid_mask(inputs)
         count = max(1, len(inputs.errors))
-        loss_valid = reprojection_loss(inputs.errors[valid], self.config.repro_loss_type, self._scale(inputs))
+        loss_valid = reprojection_loss(inputs.errors, self.config.repro_loss_type, self._scale(inputs), valid)
         loss_invalid = self._invalid_pull(inputs, ~valid)
-        inliers = float(((inputs.errors < self.config.inlier_px) & valid).float().sum() / count)
+        inliers = ((inputs.errors < self.config.inlier_px) & valid).float().sum() / count
         return inliers, (loss_valid + loss_invalid) / count + self._prior_term(inputs)
 
     def _invalid_pull(self, inputs: LossInputs, invalid: torch.Tensor) -> torch.Tensor:
@@ -366,7 +378,7 @@ class AceLoss:
         if inputs.targets is not None:
             has_target = inputs.targets.abs().sum(dim=1) > TARGET_PRESENT_L1
             supervised = invalid & has_target
-            loss = loss + (inputs.scene[supervised] - inputs.targets[supervised]).norm(dim=1).sum()
+            loss = loss + _masked_sum((inputs.scene - inputs.targets).norm(dim=1), supervised)
             invalid = invalid & ~has_target
         proxy = inputs.rays * self.config.depth_target
-        return loss + (inputs.cam_fixed[invalid] - proxy[invalid]).abs().sum()
+        return loss + _masked_sum((inputs.cam_fixed - proxy).abs().sum(dim=1), invalid)

@@ -29,6 +29,8 @@ from ace_util import (ACE_ENCODER, ACE_ENCODER_ID, OUTPUT_SUBSAMPLE, XFEAT_ENCOD
                       ADAPTER_FORMAT, XFEAT_VARIANTS, EncoderSpec, UserError, atomic_torch_save, encoder_spec)
 
 ENCODER_ID_KEY = "encoder_id"
+# The homogeneous head's output scale 1/h is kept within [HEAD_MIN_SCALE, HEAD_MAX_SCALE] (the original's range).
+HEAD_MAX_SCALE, HEAD_MIN_SCALE = 4.0, 0.01
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,11 +323,13 @@ class Head(nn.Module):
         if use_homogeneous:
             # Output scale 1/h lies in [min_scale, max_scale]; h = softplus(x, beta) + max_inv_scale gives h = 1
             # for a zero fourth channel.
-            self.register_buffer("max_scale", torch.tensor([4.0]))
-            self.register_buffer("min_scale", torch.tensor([0.01]))
+            self.register_buffer("max_scale", torch.tensor([HEAD_MAX_SCALE]))
+            self.register_buffer("min_scale", torch.tensor([HEAD_MIN_SCALE]))
             self.register_buffer("max_inv_scale", 1.0 / self.max_scale)
             self.register_buffer("h_beta", math.log(2) / (1.0 - self.max_inv_scale))
             self.register_buffer("min_inv_scale", 1.0 / self.min_scale)
+            # softplus takes beta as a number: reading the buffer would wait for the GPU at every forward pass
+            self.h_beta_value = float(self.h_beta)
         self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
         self.head_skip = _conv1x1(in_channels, width) if in_channels != width else None
         self.res3_conv1 = _conv1x1(in_channels, width)
@@ -353,7 +357,7 @@ class Head(nn.Module):
         x = F.relu(_linear(self.fc2, x))
         out = self._output_layer(x)
         if self.use_homogeneous:
-            h = F.softplus(out[:, 3:4], beta=float(self.h_beta)) + self.max_inv_scale
+            h = F.softplus(out[:, 3:4], beta=self.h_beta_value) + self.max_inv_scale
             h = h.clamp(max=self.min_inv_scale)
             out = out[:, :3] / h
         return out + self.mean.view(1, 3)

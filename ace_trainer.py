@@ -225,7 +225,11 @@ class Trainer:
         # one relative change of every image's focal (a shared focal when they share one camera)
         self.calibration = CalibrationRefiner(float(self.data.focals[0]), config.refine_calibration,
                                               config.refine_calibration_lr).to(device)
-        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.schedule.learning_rate_min)
+        # fused on CUDA: one kernel per step, and the GradScaler then checks for overflow without waiting for the GPU
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.schedule.learning_rate_min,
+                                           fused=device.type == "cuda" or None)
+        self._pending: tuple[int, torch.Tensor] | None = None  # the last step's (iteration, [loss, inliers])
+        self._last_stats = (math.nan, 0.0)  # loss and inlier fraction of the last step read
         self.schedule = LearningRateSchedule(config.schedule, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp and device.type == "cuda")
         self.matches = self._create_matches()
@@ -323,21 +327,24 @@ class Trainer:
         iteration = 0
         progress = progress_bar(total=a.schedule.iterations, desc="Mapping", unit="it", leave=False)
         while iteration < self.schedule.max_iterations:
-            permutation = torch.randperm(len(buffer), generator=generator)
+            # drawn on the CPU as always (same order), then kept beside the buffer: a CPU index would be copied to
+            # the GPU for every tensor of every batch, each copy waiting for the work queued before it
+            permutation = torch.randperm(len(buffer), generator=generator).to(buffer.features.device)
             for begin in range(0, len(buffer) - batch_size + 1, batch_size):
                 if iteration >= self.schedule.max_iterations:
                     break
-                loss, inliers = self._training_step(buffer.batch(permutation[begin:begin + batch_size],
-                                                                 self.device), iteration)
+                self._training_step(buffer.batch(permutation[begin:begin + batch_size], self.device), iteration)
                 if iteration % a.iterations_output == 0:
-                    self._log_stats(iteration, time.time() - start, loss, inliers)
+                    self._log_stats(iteration, time.time() - start, *self._read_stats())
                     if self.visualizer is not None:
                         with torch.no_grad():
                             self.visualizer.render_iteration(iteration, self.pose_refiner().cpu().numpy())
-                progress.set_postfix(loss=f"{loss:.1f}", inliers=f"{inliers:.2f}")
+                loss, inliers = self._last_stats  # the previous step's, so that the display never waits
+                progress.set_postfix(loss=f"{loss:.1f}", inliers=f"{inliers:.2f}", refresh=False)
                 progress.update(1)
                 iteration += 1
         progress.close()
+        loss, inliers = self._read_stats()
         self._log_stats(iteration, time.time() - start, loss, inliers)
         _log.info("mapping done: %d iterations in %.1f s, final inlier fraction %.2f%s%s", iteration,
                   time.time() - start, inliers,
@@ -350,9 +357,22 @@ class Trainer:
             cameras = [c.with_focal(e.focal) for c, e in zip(self.data.cameras, entries)]  # the refined focal
             self.visualizer.finish_map(regressor, entries, a.buffer.image_resolution, self.device, cameras)
 
-    def _training_step(self, batch: dict, iteration: int) -> tuple[float, float]:
+    def _read_stats(self) -> tuple[float, float]:
+        """Loss and inlier fraction of the last step as numbers. Reading them waits for the GPU to finish that step,
+        so a step reads its predecessor's (which has finished or nearly) while its own work is queued."""
+        if self._pending is not None:
+            iteration, stats = self._pending
+            self._pending = None
+            loss, inliers = stats.tolist()
+            if not math.isfinite(loss):
+                raise RuntimeError(f"training diverged at iteration {iteration} (loss {loss})")
+            self._last_stats = (loss, inliers)
+        return self._last_stats
+
+    def _training_step(self, batch: dict, iteration: int) -> None:
+        """One update; its loss and inlier fraction stay on the device until `_read_stats`."""
         a = self.config
-        self.schedule.step(iteration, getattr(self, "_last_inliers", 0.0))
+        self.schedule.step(iteration, self._read_stats()[1])
         predicted = self._predict(batch["features"])
         world_to_cam = self.pose_refiner(batch["image_ids"])
         cam = in_camera(batch, world_to_cam, predicted)
@@ -366,8 +386,6 @@ class Trainer:
         if self.matches is not None:
             term, self._match_inliers = self._match_term(iteration)
             loss = loss + term
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"training diverged at iteration {iteration} (loss {float(loss)})")
         self.optimizer.zero_grad(set_to_none=True)
         self.pose_refiner.zero_grad_step()
         self.calibration.zero_grad_step()
@@ -379,8 +397,7 @@ class Trainer:
         self.calibration.step()
         if self.visualizer is not None:
             self.visualizer.record_batch(predicted, errors, cam[:, 2])
-        self._last_inliers = inliers
-        return float(loss.detach()), inliers
+        self._pending = (iteration, torch.stack([loss.detach().float(), inliers.float()]))
 
     def _measured_depth(self, batch: dict) -> torch.Tensor | None:
         if batch["targets"] is None or self.config.loss.prior.type != "rgbd_laplace_nll":

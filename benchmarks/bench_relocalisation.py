@@ -28,8 +28,10 @@ from eval_poses import evaluate  # noqa: E402
 def run(script: str, *args) -> float:
     start = time.time()
     command = script_command(script, args)
-    if subprocess.run(command, cwd=REPO, stderr=subprocess.DEVNULL).returncode != 0:
-        sys.exit(f"error: {script} failed; rerun it by hand to see why: {' '.join(command)}")
+    result = subprocess.run(command, cwd=REPO, stderr=subprocess.PIPE, text=True, errors="replace")
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.splitlines()[-15:])  # the progress bars and log lines end in the reason
+        sys.exit(f"{tail}\nerror: {script} failed (above: the end of its output): {' '.join(command)}")
     return time.time() - start
 
 

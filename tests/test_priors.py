@@ -424,3 +424,25 @@ def test_dsac_star_value_against_numpy():
     inliers, value = AceLoss(LossConfig(), use_depth=True).compute(inputs)
     assert float(value) == pytest.approx(expected / count, rel=1e-5)
     assert inliers == pytest.approx(((errors < 10) & valid).mean())
+
+
+@pytest.mark.parametrize("loss_type", ["tanh", "l1", "l1+sqrt", "log"])
+def test_masked_reprojection_loss_against_numpy(loss_type):
+    """The robust loss over masked errors (a mask, so that the GPU need not count them) equals numpy's sum over the
+    selected errors, and its gradient stays finite where errors are 0, infinite or masked."""
+    rng = np.random.default_rng(3)
+    errors = np.concatenate([rng.uniform(0, 200, 40), [0.0, 0.0, np.inf, 75.0]])
+    mask = rng.random(len(errors)) < 0.7
+    mask[-4:] = [True, False, False, True]
+    scale = 50.0
+    picked = errors[mask]
+    small, large = picked[picked <= scale], picked[picked > scale]
+    expected = {"tanh": (scale * np.tanh(picked / scale)).sum(), "l1": small.sum(),
+                "l1+sqrt": small.sum() + np.sqrt(scale * large).sum(),
+                "log": small.sum() + np.log(1 + scale * large).sum()}[loss_type]
+    tensor = torch.tensor(errors, dtype=torch.float64, requires_grad=True)
+    value = ace_loss.reprojection_loss(tensor, loss_type, scale, torch.tensor(mask))
+    value.backward()
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+    assert torch.isfinite(tensor.grad).all()
+    assert (tensor.grad[~torch.tensor(mask)] == 0).all()
