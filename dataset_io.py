@@ -330,9 +330,17 @@ def load_network_input(path: str, short_side: int, camera: Intrinsics | None = N
                        ) -> tuple[np.ndarray, tuple[int, int]]:
     """Grey image in [0, 1] with its short side scaled to `short_side`, and the original (width, height);
     undistorted first when the camera has distortion."""
+    return network_input_from_rgb(load_undistorted_rgb(path, camera), short_side)
+
+
+def load_undistorted_rgb(path: str, camera: Intrinsics | None = None) -> np.ndarray:
+    """The image as RGB uint8, undistorted when the camera has distortion."""
     rgb = load_image_rgb(path)
-    if camera is not None:
-        rgb = undistort(rgb, camera)
+    return rgb if camera is None else undistort(rgb, camera)
+
+
+def network_input_from_rgb(rgb: np.ndarray, short_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_network_input` of an image already loaded (and undistorted); `rgb` is not modified."""
     width, height = resized_shape(rgb.shape[1], rgb.shape[0], short_side)
     return rgb_to_grey01(resize_image(rgb, width, height)), (rgb.shape[1], rgb.shape[0])
 

@@ -11,6 +11,12 @@
 # bench_relocalisation.py for stage 3, e.g. --intrinsics calibration), ACE_ARGS (extra
 # ace_zero.py flags), THREADS (COLMAP threads, default: all cores), SKIP (stages to skip: probe colmap reloc ace).
 set -u
+if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    [ $# -ge 2 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]
+    exit $?
+fi
+[ -d "$1/images" ] && [ -f "$1/calibration.txt" ] || { echo "error: $1 needs images/ and calibration.txt" >&2; exit 2; }
 DATA=$(realpath "$1"); WORK=$(realpath -m "$2"); BUDGET=${3:-540}
 PY=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")/.." && pwd)

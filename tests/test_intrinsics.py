@@ -146,3 +146,41 @@ def test_zoedepth_seed_sees_the_undistorted_image(tmp_path, monkeypatch):
     assert subset.estimated_depth is not None
     assert np.abs(seen[0].astype(int) - image.astype(int)).mean() > 5, "the image must change"
     assert np.array_equal(seen[0], expected)
+
+
+def test_decoded_images_give_the_same_views_and_decode_once(tmp_path, monkeypatch):
+    """The per-process cache of decoded images holds OpenCV's undistortion of each image, views prepared from it
+    are bit-identical to views without it, each image is decoded once while the budget holds, and an image
+    beyond the budget is decoded every time."""
+    import cv2
+    import dataset_io
+    from calibration import Intrinsics
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    camera = Intrinsics(60.0, 58.0, 31.0, 25.0, 64, 48, (0.2, -0.1, 0.001, 0.002), "file")
+    K = np.array([[60.0, 0, 30.5], [0, 58.0, 24.5], [0, 0, 1]])  # cv2's pixel-centre convention
+
+    def mapping_data(budget: int) -> dataset.MappingData:
+        return dataset.MappingData(paths, np.stack([np.eye(4)] * 2), [camera] * 2, None,
+                                   decoded=dataset.DecodedImages(budget_bytes=budget))
+
+    cached, uncached = mapping_data(1 << 20), mapping_data(0)
+    for index in (0, 1, 0):
+        views = [dataset.make_view(d, index, 48, np.random.default_rng(7), True, 1.5, 15.0, 0.1)
+                 for d in (cached, uncached)]
+        assert np.array_equal(views[0].grey, views[1].grey) and np.array_equal(views[0].valid, views[1].valid)
+        reference = cv2.undistort(np.asarray(Image.open(paths[index]).convert("RGB")), K,
+                                  np.array([0.2, -0.1, 0.001, 0.002]), None, K)
+        kept = cached.decoded.rgb(paths[index], camera)
+        assert np.array_equal(kept, reference) and not kept.flags.writeable
+
+    decodes = []
+    real_load = dataset_io.load_undistorted_rgb
+    monkeypatch.setattr(dataset_io, "load_undistorted_rgb", lambda p, c: decodes.append(p) or real_load(p, c))
+    one_image = mapping_data(48 * 64 * 3)
+    for index in (0, 1, 0, 1, 0):
+        one_image.decoded.rgb(paths[index], camera)
+    assert (decodes.count(paths[0]), decodes.count(paths[1])) == (1, 2)
