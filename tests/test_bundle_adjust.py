@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 import dataset_io
 from bundle_adjust import (Problem, Tracks, keep_input_frame, kept_fraction, kept_fractions_beside,
-                           read_kept_fractions, reseat_cameras)
+                           read_kept_fractions, reseat_cameras, starting_scale)
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -264,3 +264,16 @@ def test_focal_change_beyond_the_limit_is_refused(orbit_scene, tmp_path):
     assert dataset_io.read_ace_pose_file(held)[0].focal == pytest.approx(ORBIT_FOCAL * 1.04, rel=1e-9)
     bad = run_cli("bundle_adjust.py", noisy, held, "--max_focal_change", 0.5, check=False)
     assert bad.returncode == 2 and "--max_focal_change must be 0 (no limit) or above 1" in bad.stderr
+
+
+def test_starting_scale_reaches_the_links_of_a_part_registered_off():
+    """The first round's loss scale reaches the errors of a camera's observations that link a part registered
+    rigidly off to the rest, although they are a minority of its observations (its own tracks fit); the median
+    would leave them out as outliers."""
+    rng = np.random.default_rng(2)
+    own = rng.uniform(0.2, 1.0, 85)   # tracks within the part: fit
+    links = rng.uniform(40, 60, 15)   # tracks into the rest of the scene: the part's offset
+    errors = np.concatenate([own, links, rng.uniform(0.2, 1.0, 100)])
+    camera = np.repeat([0, 1], 100)
+    assert np.median(errors[:100]) < 1.0
+    assert starting_scale(errors, camera) > 40.0 / 3  # the next round keeps errors under 3 x the scale
