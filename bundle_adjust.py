@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -782,8 +783,13 @@ def read_kept_fractions(pose_file: Path | str, entries: list[dataset_io.PoseEntr
 def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device
                              ) -> tuple[list[dataset_io.PoseEntry], dict]:
     """bundle_adjust, repeated with the focal length held when it changes by more than config.max_focal_change."""
+    limited = config.refine_focal and config.max_focal_change > 1
+    if limited and config.feature_cache is None:
+        # a repeat reads the keypoints and matches of the first adjustment instead of computing them again
+        with tempfile.TemporaryDirectory(prefix="bundle_adjust_features_") as folder:
+            return bounded_focal_adjustment(entries, replace(config, feature_cache=folder), device)
     adjusted, stats = bundle_adjust(entries, config, device)
-    if not (stats["adjusted"] and config.refine_focal and config.max_focal_change > 1):
+    if not (stats["adjusted"] and limited):
         return adjusted, stats
     if not focal_changed(stats["focal_before"], stats["focal_after"], config.max_focal_change):
         return adjusted, stats

@@ -75,7 +75,7 @@ class MappingData:
     depth_files: list[str] | None
     constant_depth: float | None = None  # seed without depth files: constant-depth prior
     estimated_depth: np.ndarray | None = None  # seed depth from a depth network (metres, original size)
-    decoded: DecodedImages = field(default_factory=lambda: DecodedImages(), repr=False, compare=False)
+    decoded: DecodedImages = field(default_factory=DecodedImages, repr=False, compare=False)
 
     @property
     def focals(self) -> np.ndarray:
@@ -174,7 +174,7 @@ def zoedepth_of(path: str, camera: Intrinsics) -> np.ndarray:
     """ZoeDepth of an image, undistorted like every other input so that the depth lines up with the pinhole
     pixels it supervises."""
     import depth_estimation
-    return depth_estimation.estimate_depth(dataset_io.undistort(dataset_io.load_image_rgb(path), camera))
+    return depth_estimation.estimate_depth(dataset_io.load_undistorted_rgb(path, camera))
 
 
 def median_depth_of(data: MappingData) -> float:

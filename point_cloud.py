@@ -125,7 +125,7 @@ def load_regressor(network: Path | str, encoder_path: str, device):
 def _image_points(regressor, entry: dataset_io.PoseEntry, camera: Intrinsics, image_resolution: int, device,
                   budget: tuple[int, int], dense: bool, filter_depth: float, rng: np.random.Generator) -> PointCloud:
     import torch
-    rgb = dataset_io.undistort(dataset_io.load_image_rgb(entry.path), camera)
+    rgb = dataset_io.load_undistorted_rgb(entry.path, camera)
     orig_h, orig_w = rgb.shape[:2]
     width, height = dataset_io.resized_shape(orig_w, orig_h, image_resolution)
     resized = dataset_io.resize_image(rgb, width, height)
