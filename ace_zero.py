@@ -125,6 +125,11 @@ def build_parser():
     add_pose_refiner_args(mapping, "--refinement", "mlp", "poses frozen this long in normal rounds")
     mapping.add_argument("--refine_calibration", type=str2bool, default=True, help="refine the shared focal length")
     add_focal_arg(mapping, default=-1)
+    mapping.add_argument("--self_calibrate_focal", type=str2bool, default=False,
+                         help="new: when no focal length is known (no --use_external_focal_length, calibration "
+                              "file or EXIF), start from one estimated from fundamental matrices of image pairs "
+                              "(focal_estimation.py), if the images determine it; else the heuristic's guess "
+                              "(False: the guess, as the original)")
     add_calibration_arg(mapping)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
                          choices=LR_SCHEDULES, help="schedule of normal rounds")
@@ -170,6 +175,7 @@ class RunState:
     stop_scheduled: bool = False
     finished: bool = False
     refocus_checked: bool = False  # --seed_refocus has decided (so a resumed run does not decide again)
+    self_calibrated_focal: float | None = None  # --self_calibrate_focal's estimate (-1: none), made once per run
 
     @classmethod
     def load_or_create(cls, folder: Path, rgb_files: str) -> "RunState":
@@ -633,6 +639,38 @@ def set_seed_augmentation(args) -> None:
               args.seed_aug_viewpoint, args.seed_dataset_passes)
 
 
+def self_calibrated_focal(args, state: RunState, initial_focal: float) -> float:
+    """--self_calibrate_focal: the focal to start from when it is only the heuristic's guess; estimated once and
+    kept in the run state, so that a resumed run starts from the same number."""
+    if initial_focal > 0 or args.calibration_file or args.seed_network is not None:
+        _log.info("--self_calibrate_focal: the focal length is given, calibrated or in a seed head; not estimated")
+        return initial_focal
+    if state.self_calibrated_focal is None:
+        state.self_calibrated_focal = estimate_initial_focal(args)
+        state.save(args.results_folder)
+    return state.self_calibrated_focal
+
+
+def estimate_initial_focal(args) -> float:
+    """focal_estimation.estimate_focal on the run's images, or -1 (the heuristic) when they do not determine it."""
+    import focal_estimation
+    from ace_network import load_encoder
+    cameras = dataset_io.image_cameras(args.images, log=False)
+    start = time.time()
+    estimate = focal_estimation.estimate_focal(args.images, cameras, load_encoder(args.encoder_path, args.device),
+                                               int(args.image_resolution), args.device)
+    if estimate is None or not estimate.determined:
+        detail = "too few image pairs match" if estimate is None else \
+            f"no clear minimum (best {estimate.focal:.1f} px, contrast {estimate.contrast:.2f} < " \
+            f"{focal_estimation.MIN_CONTRAST:g}; a narrow field of view?)"
+        _log.info("focal self-calibration: %s; starting from the heuristic's %.1f px (%.1f s)", detail,
+                  cameras[0].fx, time.time() - start)
+        return -1.0
+    _log.info("focal self-calibration: %.1f px from %d image pairs (contrast %.2f; the heuristic's guess was %.1f px), "
+              "%.1f s", estimate.focal, estimate.pairs, estimate.contrast, cameras[0].fx, time.time() - start)
+    return estimate.focal
+
+
 def summary(args, last: str, elapsed: float, state: RunState) -> None:
     final = args.results_folder / "poses_final.txt"
     entries = dataset_io.read_ace_pose_file(final)
@@ -657,6 +695,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.depth_files is None and args.seed_network is None and args.seed_depth == "auto":
             from depth_estimation import zoedepth_available
             args.seed_depth = "zoedepth" if zoedepth_available() else "twoview"
+        if args.self_calibrate_focal:
+            initial_focal = self_calibrated_focal(args, state, initial_focal)
         last = reconstruct(args, state, initial_focal)
         final_source = args.results_folder / f"poses_{last}.txt"
         if args.bundle_adjustment:
