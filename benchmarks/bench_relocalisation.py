@@ -6,11 +6,14 @@ Data set layout: images/, poses/<stem>.pose.txt (4x4 camera-to-world), calibrati
 optionally distortion.txt (k1 k2 p1 p2 [k3]). `--intrinsics focal` uses only fx (principal point at the centre,
 no distortion: the original's assumption); `calibration` passes the whole camera as --calibration_file.
 Splits: `all` maps and registers every image; `even-odd` maps the even-numbered images (sorted order) and
-registers the odd ones. Unknown flags are passed on to train_ace.py (e.g. --iterations 3000)."""
+registers the odd ones. Unknown flags are passed on to train_ace.py (e.g. --iterations 3000). `--head PATH` keeps
+the mapped head there, and a later call with the same PATH registers with it again without mapping, so that
+registration settings (`--register_args`) can be compared on one head."""
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,10 @@ def main() -> None:
     parser.add_argument("--encoder_path", default=DEFAULT_ENCODER, help="encoder of mapping and registration")
     parser.add_argument("--intrinsics", choices=("focal", "calibration"), default="focal",
                         help="focal: fx alone, as the original; calibration: fx fy cx cy (+ distortion)")
+    parser.add_argument("--head", type=Path, default=None,
+                        help="keep the head here; when the file exists, register with it instead of mapping")
+    parser.add_argument("--register_args", default="",
+                        help="extra register_mapping.py flags, one string (e.g. '--hypotheses 256 --threshold 5')")
     args, extra = parser.parse_known_args()  # anything else is passed on to train_ace.py
     calibration = dataset_io.read_calibration(args.dataset / "calibration.txt")
     images = sorted(str(p) for p in (args.dataset / "images").iterdir())
@@ -71,14 +78,19 @@ def main() -> None:
     query_poses = poses if args.split == "all" else poses[1::2]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        head = tmp / "map.pt"
+        head = args.head or tmp / "map.pt"
         camera = camera_args(args, calibration, images, tmp)
-        map_time = run("train_ace.py", symlinked_glob(tmp / "map_images", mapping), head,
-                       "--pose_files", symlinked_glob(tmp / "map_poses", mapping_poses),
-                       *camera, "--encoder_path", args.encoder_path, *extra)
+        map_time = None
+        if not head.exists():
+            map_time = run("train_ace.py", symlinked_glob(tmp / "map_images", mapping), head,
+                           "--pose_files", symlinked_glob(tmp / "map_poses", mapping_poses),
+                           *camera, "--encoder_path", args.encoder_path, *extra)
+        elif extra:
+            sys.exit(f"error: {head} exists, so nothing is mapped: mapping flags {' '.join(extra)} would be ignored")
         reg_time = run("register_mapping.py", symlinked_glob(tmp / "query_images", query), head,
-                       *camera, "--session", "query", "--encoder_path", args.encoder_path)
-        entries = sorted(dataset_io.read_ace_pose_file(tmp / "poses_query.txt"), key=lambda e: Path(e.path).name)
+                       *camera, "--session", "query", "--encoder_path", args.encoder_path,
+                       *shlex.split(args.register_args))
+        entries = sorted(dataset_io.read_ace_pose_file(head.parent / "poses_query.txt"), key=lambda e: Path(e.path).name)
     gt = [dataset_io.load_cam_to_world(p) for p in query_poses]
     result = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.02, thresh_r=2.0)
     fine = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.01, thresh_r=1.0)
@@ -88,7 +100,8 @@ def main() -> None:
         "query_images": len(query), "confidence_gt_500": sum(is_registered(e.confidence, 500) for e in entries),
         "median_rot_err_deg": result["median_rot_err_deg"], "median_trans_err": result["median_trans_err"],
         "intrinsics": args.intrinsics, "percent_within_2cm_2deg": result["accuracy_percent"],
-        "percent_within_1cm_1deg": fine["accuracy_percent"], "mapping_seconds": round(map_time, 1),
+        "percent_within_1cm_1deg": fine["accuracy_percent"],
+        "mapping_seconds": None if map_time is None else round(map_time, 1), "register_args": args.register_args,
         "registration_seconds": round(reg_time, 1), "images_per_second": round(len(query) / reg_time, 2),
     }
     if args.scene_extent:
