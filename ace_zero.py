@@ -128,8 +128,8 @@ def build_parser():
     mapping.add_argument("--self_calibrate_focal", type=str2bool, default=False,
                          help="new: when no focal length is known (no --use_external_focal_length, calibration "
                               "file or EXIF), start from one estimated from fundamental matrices of image pairs "
-                              "(focal_estimation.py), if the images determine it; else the heuristic's guess "
-                              "(False: the guess, as the original)")
+                              "(focal_estimation.py), if the images determine it; else the heuristic's guess. On "
+                              "by default on CPU (False: the guess, as the original)")
     add_calibration_arg(mapping)
     mapping.add_argument("--learning_rate_schedule", type=str, default="1cyclepoly",
                          choices=LR_SCHEDULES, help="schedule of normal rounds")
