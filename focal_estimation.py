@@ -69,7 +69,7 @@ def focal_from_fundamentals(fundamentals: list[np.ndarray], weights: list[float]
     contrast = min(cost(focal / CONTRAST_FACTOR), cost(focal * CONTRAST_FACTOR)) / minimum
     inside = 0 < best < SEARCH_STEPS - 1 and \
         candidates[0] * CONTRAST_FACTOR <= focal <= candidates[-1] / CONTRAST_FACTOR
-    return FocalEstimate(focal, len(fundamentals), contrast, inside and contrast >= MIN_CONTRAST)
+    return FocalEstimate(focal, len(fundamentals), float(contrast), bool(inside and contrast >= MIN_CONTRAST))
 
 
 def _parabolic_minimum(candidates: np.ndarray, costs: np.ndarray, best: int) -> float:
