@@ -646,6 +646,9 @@ def self_calibrated_focal(args, state: RunState, initial_focal: float) -> float:
         _log.info("--self_calibrate_focal: the focal length is given, calibrated or in a seed head; not estimated")
         return initial_focal
     if state.self_calibrated_focal is None:
+        if state.seed_id is not None:
+            _log.info("--self_calibrate_focal: this run began without it; its seed keeps the focal it was mapped with")
+            return initial_focal
         state.self_calibrated_focal = estimate_initial_focal(args)
         state.save(args.results_folder)
     return state.self_calibrated_focal

@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--intrinsics", choices=("focal", "calibration"), default="focal",
                         help="focal: fx alone, as the original; calibration: fx fy cx cy (+ distortion)")
     parser.add_argument("--head", type=Path, default=None,
-                        help="keep the head here; when the file exists, register with it instead of mapping")
+                        help="keep the head here (poses_query.txt is written beside it); when the file exists, "
+                             "register with it instead of mapping")
     parser.add_argument("--register_args", default="",
                         help="extra register_mapping.py flags, one string (e.g. '--hypotheses 256 --threshold 5')")
     args, extra = parser.parse_known_args()  # anything else is passed on to train_ace.py

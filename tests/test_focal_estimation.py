@@ -116,3 +116,10 @@ def test_a_known_focal_is_not_estimated(tmp_path, monkeypatch, focal, calibratio
     monkeypatch.setattr(ace_zero, "estimate_initial_focal", lambda args: pytest.fail("estimated a known focal"))
     state = ace_zero.RunState("images/*.png")
     assert ace_zero.self_calibrated_focal(_args(tmp_path, focal, calibration), state, focal) == focal
+
+
+def test_a_run_begun_without_the_flag_is_not_estimated_on_resume(tmp_path, monkeypatch):
+    """Its seed was mapped with the guess: a new starting focal would disagree with the seed's registration."""
+    monkeypatch.setattr(ace_zero, "estimate_initial_focal", lambda args: pytest.fail("estimated on resume"))
+    state = ace_zero.RunState("images/*.png", seed_id="iteration0_seed1")
+    assert ace_zero.self_calibrated_focal(_args(tmp_path), state, -1.0) == -1.0
