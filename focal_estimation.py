@@ -16,7 +16,7 @@ the minimum must lie inside the search range and be clearly lower than the cost 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -127,5 +127,4 @@ def estimate_focal(images: list[str], cameras: list[Intrinsics], encoder, short_
         return None
     scaled = camera.scaled(shape[1], shape[0])  # keypoints are in network-input pixels
     estimate = focal_from_fundamentals(fundamentals, weights, scaled.fx, scaled.cx, scaled.cy)
-    to_image = camera.fx / scaled.fx
-    return FocalEstimate(estimate.focal * to_image, estimate.pairs, estimate.contrast, estimate.determined)
+    return replace(estimate, focal=estimate.focal * camera.fx / scaled.fx)

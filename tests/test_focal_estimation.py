@@ -11,16 +11,13 @@ import dataset_io
 import focal_estimation
 from ace_network import load_encoder
 from conftest import ORBIT_FOCAL, ORBIT_SIZE
-
-
-def _skew(t: np.ndarray) -> np.ndarray:
-    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+from verify_poses import skew
 
 
 def _fundamental(focal: float, cx: float, cy: float, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """F of two pinhole cameras x2 ~ K [R | t] X, x1 ~ K [I | 0] X, from its definition K^-T [t]x R K^-1."""
     K_inv = np.linalg.inv(np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1.0]]))
-    F = K_inv.T @ _skew(translation) @ rotation @ K_inv
+    F = K_inv.T @ skew(translation) @ rotation @ K_inv
     return F / np.linalg.norm(F)
 
 
