@@ -182,11 +182,9 @@ class DepthMaps:
 def load_depth_maps(pattern: str, entries: list[dataset_io.PoseEntry], used: list[int], cameras: list[Intrinsics],
                     reference: Intrinsics) -> DepthMaps:
     """The depth maps of the used entries: the depth files pair with the pose file's images in sorted order."""
-    files = dataset_io.glob_files(pattern, "--depth_files")
-    images = sorted(e.path for e in entries)
-    dataset_io.check_counts(images, files, "--depth_files")
-    by_image = dict(zip(images, files))
-    return DepthMaps([dataset_io.load_depth_png(by_image[entries[k].path]) for k in used], cameras, reference)
+    files = dataset_io.depth_files_of([entries[k].path for k in used], [e.path for e in entries], pattern,
+                                      "from the pose file")
+    return DepthMaps([dataset_io.load_depth_png(f) for f in files], cameras, reference)
 
 
 def metric_scale(tracks: Tracks, points: np.ndarray, world_to_cam: np.ndarray, depth: DepthMaps) -> float | None:

@@ -109,7 +109,8 @@ def load_mapping_data(config: DataConfig, encoder=None, device="cpu") -> Mapping
         poses = [e.cam_to_world for e in entries]
         file_focals = np.array([e.focal for e in entries])
         if config.depth_files is not None:
-            depth_files = _depth_files_of(images, config.rgb_files, config.depth_files)
+            all_images = dataset_io.glob_files(config.rgb_files)
+            depth_files = dataset_io.depth_files_of(images, all_images, config.depth_files, "from --use_ace_pose_file")
     else:
         images = dataset_io.glob_files(config.rgb_files)
         file_focals = None
@@ -128,20 +129,6 @@ def load_mapping_data(config: DataConfig, encoder=None, device="cpu") -> Mapping
     if config.use_pose_seed >= 0:
         data = _seed_subset(data, config, encoder, device)
     return data
-
-
-def _depth_files_of(images: list[str], rgb_files: str, depth_glob: str) -> list[str]:
-    """Depth file of each image of a pose file: the images of `rgb_files` and the depth files correspond in
-    sorted order (RGB-D ACE0 maps every round with depth)."""
-    all_images = dataset_io.glob_files(rgb_files)
-    all_depth = dataset_io.glob_files(depth_glob, "--depth_files")
-    dataset_io.check_counts(all_images, all_depth, "--depth_files")
-    by_image = {str(Path(i).resolve()): d for i, d in zip(all_images, all_depth)}
-    missing = [i for i in images if str(Path(i).resolve()) not in by_image]
-    if missing:
-        raise UserError(f"--depth_files: {missing[0]} (from --use_ace_pose_file) is not among the images of "
-                        f"'{rgb_files}', so it has no depth file")
-    return [by_image[str(Path(i).resolve())] for i in images]
 
 
 def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> MappingData:

@@ -43,6 +43,19 @@ def check_counts(images: list[str], others: list[str], flag: str) -> None:
         raise UserError(f"{flag}: {len(others)} files for {len(images)} images (counts must match)")
 
 
+def depth_files_of(images: list[str], all_images: list[str], depth_glob: str, source: str) -> list[str]:
+    """The depth file of each of `images`: the files of `depth_glob` pair with `all_images` in sorted order (the one
+    rule for RGB-D runs); `source` names where `images` came from, for the error."""
+    all_depth = glob_files(depth_glob, "--depth_files")
+    check_counts(all_images, all_depth, "--depth_files")
+    by_image = {str(Path(i).resolve()): d for i, d in zip(sorted(all_images), all_depth)}
+    missing = [i for i in images if str(Path(i).resolve()) not in by_image]
+    if missing:
+        raise UserError(f"--depth_files: {missing[0]} ({source}) is not among the images the depth files pair with, "
+                        "so it has no depth file")
+    return [by_image[str(Path(i).resolve())] for i in images]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Images
 

@@ -291,3 +291,16 @@ def test_configs_take_their_fields_from_the_flags():
     assert registration.render is None and registration.hypotheses == 64
     args = bundle_adjust.build_parser().parse_args(["in.txt", "out.txt"])
     assert config_from_args(bundle_adjust.BundleAdjustConfig, args) == bundle_adjust.BundleAdjustConfig(args.input_poses)
+
+
+def test_depth_files_pair_with_images_in_sorted_order(tmp_path):
+    images = [str(tmp_path / f"rgb_{i}.png") for i in (2, 0, 1)]  # pose-file order, not sorted
+    for i in range(3):
+        (tmp_path / f"depth_{i}.png").write_bytes(b"")
+    pattern = str(tmp_path / "depth_*.png")
+    assert dataset_io.depth_files_of(images[:2], images, pattern, "test") == [
+        str(tmp_path / "depth_2.png"), str(tmp_path / "depth_0.png")]
+    with pytest.raises(UserError, match="rgb_9.png"):
+        dataset_io.depth_files_of([str(tmp_path / "rgb_9.png")], images, pattern, "test")
+    with pytest.raises(UserError, match="counts must match"):
+        dataset_io.depth_files_of(images, images[:2], pattern, "test")
