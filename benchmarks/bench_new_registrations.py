@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 import bundle_adjust  # noqa: E402
 import dataset_io  # noqa: E402
-from feature_cache import FeatureCache  # noqa: E402
 from ace_util import UserError  # noqa: E402
+from feature_cache import FeatureCache  # noqa: E402
 from feature_matching import KEYPOINT_ACCURACY_PX  # noqa: E402
 
 DETECTION_SHORT_SIDE = bundle_adjust.BundleAdjustConfig.image_resolution
@@ -68,25 +68,17 @@ def misses_of_new_images(pose_file: Path, previous_file: Path, threshold: float,
         return {}
     tracks = bundle_adjust.observations(bundle_adjust.build_tracks(features, matches), features)
     focal, centre = reference.fx, np.array([reference.cx, reference.cy])
-    misses = {}
-    for image in np.flatnonzero(new):
-        errors = []
-        for observation in np.flatnonzero(tracks.camera == image):
-            witnesses = np.flatnonzero((tracks.point == tracks.point[observation]) & known[tracks.camera])
-            if len(witnesses) < 2:
-                continue
-            track = bundle_adjust.Tracks(tracks.camera[witnesses], np.zeros(len(witnesses), int),
-                                         tracks.pixels[witnesses], 1)
-            points, usable = bundle_adjust.triangulate(track, world_to_cam, focal, centre)
-            if not usable[0]:
-                continue
-            local = world_to_cam[image, :3, :3] @ points[0] + world_to_cam[image, :3, 3]
-            if local[2] <= 0:
-                errors.append(np.inf)
-                continue
-            errors.append(np.linalg.norm(focal * local[:2] / local[2] + centre - tracks.pixels[observation]))
-        misses[paths[image]] = np.array(errors) / accuracy
-    return misses
+    # Every point triangulated once from the earlier images alone (as bundle_adjust.reseat_cameras does).
+    earlier, ids = bundle_adjust.keep_observations(tracks, known[tracks.camera])
+    points = np.full((tracks.count, 3), np.nan)
+    triangulated, usable = bundle_adjust.triangulate(earlier, world_to_cam, focal, centre)
+    points[ids[usable]] = triangulated[usable]
+    errors = bundle_adjust.observation_errors(tracks, world_to_cam, points, focal, centre)
+    rotation, translation = world_to_cam[tracks.camera, :3, :3], world_to_cam[tracks.camera, :3, 3]
+    depth = np.einsum("mj,mj->m", rotation[:, 2], points[tracks.point]) + translation[:, 2]
+    errors[depth <= 0] = np.inf  # behind the new camera
+    predicted = np.isfinite(points[tracks.point]).all(axis=1)
+    return {paths[image]: errors[(tracks.camera == image) & predicted] / accuracy for image in np.flatnonzero(new)}
 
 
 def main() -> None:
