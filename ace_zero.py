@@ -18,6 +18,7 @@ import numpy as np
 import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
 from calibration import focal_changed
+from gate_registrations import DEFAULT_MAX_MISS
 from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
                         add_render_args, apply_cpu_profile, atomic_write_text, check_match_loss_weight,
@@ -33,6 +34,7 @@ VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REFOCUS_MIN_RATIO = 1.5  # --seed_refocus: a focal moved less than this by the seed's adjustment is kept
 REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted focal
+GATED = "_gated"  # suffix of a registration after --registration_gate
 ESTIMATED_FOCAL_MAX_CHANGE = 1.5  # most change of a focal that an earlier adjustment estimated
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
@@ -76,6 +78,14 @@ def build_parser():
                            "--refine_calibration False) before the next round maps from it, the rounds keeping "
                            "that focal fixed; the final one is left to --bundle_adjustment (False: the original's "
                            "loop)")
+    loop.add_argument("--registration_gate", type=str2bool, default=False,
+                      help="new: before a round maps from a registration, check each newly registered image against "
+                           "the structure the earlier images triangulate (gate_registrations.py); images that "
+                           "disagree drop below --registration_confidence and are tried again next round (False: "
+                           "the original's loop)")
+    loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
+                      help="the gate's largest median miss of a new image's feature observations, in keypoint "
+                           "accuracies (about a pixel at the 480 px detection size)")
     loop.add_argument("--verify_poses", type=str2bool, default=True,
                       help="new: check the final poses against independent feature matches (verify_poses.py); "
                            "registered images that disagree drop below --registration_confidence in "
@@ -391,7 +401,9 @@ def registration_focal_of(args, folder: Path, run_id: str, fallback: float) -> f
 
 
 def mapping_round(args, state: RunState, iteration: int, previous: str,
-                  initial_focal: float) -> tuple[str, float]:
+                  initial_focal: float) -> tuple[str, float, Path]:
+    """Map round `iteration` from the registration `previous`; returns its run id, the focal to register with and
+    the pose file it mapped from."""
     folder = args.results_folder
     run_id = f"iteration{iteration}"
     refit = state.stop_scheduled and args.final_refit
@@ -412,7 +424,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
               ("warm-started" if warm else "fresh"), source.name)
     run_script("train_ace.py", command, label=run_id)
     focal = registration_focal_of(args, folder, run_id, initial_focal)
-    return run_id, focal
+    return run_id, focal, source
 
 
 def refines_focal_in_rounds(args) -> bool:
@@ -425,7 +437,7 @@ def round_input(args, state: RunState, previous: str) -> Path:
     """The pose file a mapping round maps from: the previous registration, bundle-adjusted first under
     --round_bundle_adjustment (the adjustment's multi-view tracks move a heuristic focal length that the
     rounds' own refinement barely changes; README, "Bundle adjustment")."""
-    registered = args.results_folder / f"poses_{previous}.txt"
+    registered = registration_file(args, state, previous)
     if not args.round_bundle_adjustment:
         return registered
     return adjust_poses(args, registered, "round bundle adjustment",
@@ -495,8 +507,10 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     if iteration > 1:
         _log.info("resuming after %s (registration rate %.1f%%)", last, 100 * state.rates[last])
     while not state.finished and iteration < args.iterations_max:
-        run_id, focal = mapping_round(args, state, iteration, last, initial_focal)
+        run_id, focal, source = mapping_round(args, state, iteration, last, initial_focal)
         rate = register(args, folder / f"{run_id}.pt", run_id, focal, render=args.render_visualization)
+        if args.registration_gate:
+            rate = gate_registration(args, run_id, source)
         _complete(state, run_id, rate, folder)
         last = run_id
         _update_stop(args, state, iteration, rate)
@@ -505,6 +519,31 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     state.finished = True
     state.save(folder)
     return last
+
+
+def registration_file(args, state: RunState, run_id: str) -> Path:
+    """The registration `run_id` as the loop goes on with it: gated under --registration_gate (every round's but
+    the seed's, which has no earlier structure)."""
+    gated = args.registration_gate and run_id != state.seed_id
+    return args.results_folder / f"poses_{run_id}{GATED if gated else ''}.txt"
+
+
+def gate_registration(args, run_id: str, earlier: Path) -> float:
+    """--registration_gate: poses_<run_id>_gated.txt, the registration with the new images that disagree with the
+    structure of `earlier` (what the round mapped from) held back; returns its registration rate. When the gate
+    fails the registration goes on ungated (copied, so that the loop reads one name)."""
+    registered = args.results_folder / f"poses_{run_id}.txt"
+    gated = registered.with_name(registered.stem + GATED + ".txt")
+    result = optional_stage("gate_registrations.py", registered, gated, [
+        "--earlier_poses", earlier, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
+        "--confidence_threshold", args.registration_confidence, "--max_miss", args.registration_gate_max_miss],
+        "registration gate", "the registration goes on ungated")
+    if result != gated:
+        atomic_write_text(gated, registered.read_text())
+        cameras = dataset_io.cameras_file_beside(registered)
+        if cameras.exists():
+            atomic_write_text(dataset_io.cameras_file_beside(gated), cameras.read_text())
+    return dataset_io.registration_rate(dataset_io.read_ace_pose_file(gated), args.registration_confidence)
 
 
 def refocus_seed(args, state: RunState) -> None:
@@ -701,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.self_calibrate_focal:
             initial_focal = self_calibrated_focal(args, state, initial_focal)
         last = reconstruct(args, state, initial_focal)
-        final_source = args.results_folder / f"poses_{last}.txt"
+        final_source = registration_file(args, state, last)
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, state, last)
         if args.verify_poses:
@@ -777,7 +816,7 @@ def write_final_cameras(args, final_source: Path) -> None:
 def adjust_final_poses(args, state: RunState, last: str) -> Path:
     """poses_<last>_adjusted.txt: the last registration after bundle adjustment (reused when a rerun finds it), or
     the registration itself when the adjustment fails."""
-    registered = args.results_folder / f"poses_{last}.txt"
+    registered = registration_file(args, state, last)
     return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}",
                         has_estimated_focal(args, state, last))
 

@@ -131,6 +131,68 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     assert saved["rates"]["iteration2"] == 1.0
 
 
+@pytest.mark.parametrize("gate_fails", [False, True])
+def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
+    """--registration_gate with stand-in stages: each round's registration is gated against the file that round
+    mapped from, the next round maps from the gated file, the registration rate counts what the gate kept, and the
+    final poses come from the last gated registration; a failed gate lets the registration go on as it is."""
+    import ace_zero
+    from cli_common import UserError
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    pattern = str(tmp_path / "frame_*.png")
+    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt", [
+        dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0 if k < 2 else 10.0) for k, p in enumerate(images)])
+    state = ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0"],
+                              rates={"iteration0_seed0": 0.5}, max_rate=0.5)
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if script == "train_ace.py":
+            head = Path(arguments[1])
+            head.write_bytes(b"head")
+            dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", [
+                dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, float("inf")) for p in images])
+        elif script == "register_mapping.py":
+            session = arguments[arguments.index("--session") + 1]
+            dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", [
+                dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images])
+        elif script == "gate_registrations.py":
+            if gate_fails:
+                raise UserError("gate_registrations.py failed with exit code 1")
+            earlier = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(arguments[
+                arguments.index("--earlier_poses") + 1])}
+            entries = dataset_io.read_ace_pose_file(arguments[0])  # frame_3 is always held back when new
+            dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, confidence=100.0) if (
+                e.path == images[3] and earlier[e.path] < 500) else e for e in entries])
+        else:
+            raise AssertionError(f"unexpected stage {script}")
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "3", "--device", "cpu",
+                                               "--use_external_focal_length", str(ORBIT_FOCAL), "--final_refine",
+                                               "False", "--registration_gate", "True"])
+    last = ace_zero.reconstruct(args, state, ORBIT_FOCAL)
+    gates = [arguments for script, arguments in calls if script == "gate_registrations.py"]
+    mappings = [arguments for script, arguments in calls if script == "train_ace.py"]
+    assert gates[0][:2] == [str(out / "poses_iteration1.txt"), str(out / "poses_iteration1_gated.txt")]
+    assert gates[0][gates[0].index("--earlier_poses") + 1] == str(out / "poses_iteration0_seed0.txt")
+    assert state.rates["iteration1"] == (1.0 if gate_fails else 0.75)
+    if gate_fails:  # every image counts as registered: the loop stops
+        assert len(mappings) == 1
+    else:
+        assert mappings[1][mappings[1].index("--use_ace_pose_file") + 1] == str(out / "poses_iteration1_gated.txt")
+        assert gates[1][gates[1].index("--earlier_poses") + 1] == str(out / "poses_iteration1_gated.txt")
+    final = ace_zero.registration_file(args, state, last)
+    assert final == out / f"poses_{last}_gated.txt"
+    confidences = [e.confidence for e in dataset_io.read_ace_pose_file(final)]
+    assert confidences == ([2000.0] * 4 if gate_fails else [2000.0] * 3 + [100.0])
+    assert ace_zero.registration_file(args, state, "iteration0_seed0") == out / "poses_iteration0_seed0.txt"
+
+
 @pytest.mark.parametrize("adjustment_fails", [False, True])
 def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     """--round_bundle_adjustment with stand-in stages: round 2 maps from round 1's registration after
@@ -163,7 +225,7 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     monkeypatch.setattr(ace_zero, "run_script", stage)
     args = ace_zero.build_parser().parse_args([pattern, str(out), "--device", "cpu", "--round_bundle_adjustment",
                                                "True", "--registration_confidence", "700"])
-    run_id, focal = ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
+    run_id, focal, source = ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
     adjustment, mapping = calls[0][1], calls[1][1]
     assert calls[0][0] == "bundle_adjust.py" and adjustment[:2] == [str(out / "poses_iteration1.txt"),
                                                                     str(out / "poses_iteration1_adjusted.txt")]
@@ -174,7 +236,7 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     assert adjustment[adjustment.index("--max_focal_change") + 1] == str(ace_zero.ESTIMATED_FOCAL_MAX_CHANGE)
     expected = "poses_iteration1.txt" if adjustment_fails else "poses_iteration1_adjusted.txt"
     assert mapping[mapping.index("--use_ace_pose_file") + 1] == str(out / expected)
-    assert (run_id, focal) == ("iteration2", 300.0 if adjustment_fails else 400.0)
+    assert (run_id, focal, source) == ("iteration2", 300.0 if adjustment_fails else 400.0, out / expected)
     calls.clear()
     ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
     assert [script for script, _ in calls] == (["bundle_adjust.py"] if adjustment_fails else []) + ["train_ace.py"]

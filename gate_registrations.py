@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""New: hold back a round's new registrations that disagree with the structure the earlier rounds built.
+
+A RANSAC inlier count says that an image agrees with the scene coordinate head, and a head mapped from a few
+images can hold a wrong group of views confidently (temple, README "Honest confidence": three images registered
+70-86 deg off with 500-1500 inliers, and the next rounds mapped them in). The images themselves can tell: XFeat
+matches, verified by a fundamental matrix (no pose needed), link each new image to images registered before; the
+points those earlier images see are triangulated from their poses alone and projected into the new image. A new
+image whose observations land far from where the earlier structure puts them (median beyond --max_miss keypoint
+accuracies) gets a confidence below --confidence_threshold, so that the next round does not map it; it is tried
+again next round. The pose file format is unchanged; a JSON report says per new image what was measured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import dataset_io
+from ace_util import in_mapping_set
+from calibration import Intrinsics
+from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg,
+                        add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device)
+from feature_cache import FeatureCache
+
+_log = logging.getLogger("gate_registrations")
+
+DEFAULT_MAX_MISS = 30.0     # keypoint accuracies; measured: right new images 1.8-14, a wrong group about 100
+MIN_OBSERVATIONS = 20       # predicted observations below which a new image cannot be judged (it passes)
+PARTNERS_PER_IMAGE = 8      # earlier images matched to each image, chosen by descriptor overlap (not by pose)
+
+
+@dataclass
+class GateVerdict:
+    path: str
+    confidence_before: float
+    confidence: float
+    observations: int     # of its keypoints whose track two or more earlier images see
+    median_miss: float    # keypoint accuracies (nan: not judged)
+    passed: bool
+    reason: str
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("input_poses", type=Path, help="ACE pose file of this round's registration")
+    parser.add_argument("output_poses", type=Path, help="where to write the pose file with gated confidences")
+    parser.add_argument("--earlier_poses", type=Path, required=True,
+                        help="the pose file the round mapped from: its confident images are the earlier structure")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="JSON report per new image (default: output_poses with .gate.json)")
+    add_device_arg(parser)
+    parser.add_argument("--confidence_threshold", type=float, default=500,
+                        help="the mapping threshold (ace_zero.py --registration_confidence): images at or above it "
+                             "count as registered; new images that fail drop below it")
+    parser.add_argument("--max_miss", type=float, default=DEFAULT_MAX_MISS,
+                        help="largest median miss of a new image's observations, in keypoint accuracies (about a "
+                             "pixel at the detection resolution)")
+    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
+    add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
+    add_feature_cache_arg(parser)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which images are new, and which earlier images each is compared with
+
+def earlier_and_new(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry], threshold: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks over `entries`: registered before and still now (the structure), and registered only now (new)."""
+    before = {e.path: e.confidence for e in earlier}
+    now = np.array([in_mapping_set(e.confidence, threshold) for e in entries])
+    was = np.array([in_mapping_set(before.get(e.path, -np.inf), threshold) for e in entries])
+    return was & now, now & ~was
+
+
+def overlap_pairs(features: list, known: np.ndarray, new: np.ndarray, per_image: int) -> list[tuple[int, int]]:
+    """Pairs to match, chosen by descriptor overlap alone (a wrong pose must not choose its own witnesses): each
+    earlier or new image with the earlier images it shares the most mutual matches with."""
+    import torch
+    from feature_matching import mutual_matches
+    from verify_poses import CANDIDATE_DESCRIPTORS
+    earlier = np.flatnonzero(known)
+    pairs = set()
+    with torch.no_grad():
+        for i in np.flatnonzero(known | new):
+            others = [j for j in earlier if j != i]
+            counts = [len(mutual_matches(features[i].descriptors[:CANDIDATE_DESCRIPTORS],
+                                         features[j].descriptors[:CANDIDATE_DESCRIPTORS])[0]) for j in others]
+            for k in np.argsort(counts)[::-1][:per_image]:
+                if counts[k] > 0:
+                    pairs.add((min(i, others[k]), max(i, others[k])))
+    return sorted((int(i), int(j)) for i, j in pairs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The measurement
+
+def misses_of_new_images(world_to_cam: np.ndarray, cameras: list[Intrinsics], features: list, known: np.ndarray,
+                         new: np.ndarray, pairs: list[tuple[int, int]], accuracy: float,
+                         cache: FeatureCache | None = None) -> dict[int, np.ndarray]:
+    """Per new image, how far its observations land from the points that the earlier images alone triangulate
+    (in units of `accuracy` px); only observations of points two or more earlier images see with parallax."""
+    import bundle_adjust as ba
+    matches = {k: v for k, v in ba.match_images(features, pairs, accuracy, cache).items() if len(v[0])}
+    misses = {int(k): np.zeros(0) for k in np.flatnonzero(new)}
+    if not matches:
+        return misses
+    reference = cameras[int(np.flatnonzero(known | new)[0])]
+    in_reference = [ba.ImageFeatures(ba.to_reference(f.pixels, c, reference), f.descriptors)
+                    for f, c in zip(features, cameras)]
+    tracks = ba.observations(ba.build_tracks(in_reference, matches), in_reference)
+    focal, centre = reference.fx, np.array([reference.cx, reference.cy])
+    earlier, ids = ba.keep_observations(tracks, known[tracks.camera])
+    points = np.full((tracks.count, 3), np.nan)
+    triangulated, usable = ba.triangulate(earlier, world_to_cam, focal, centre)
+    points[ids[usable]] = triangulated[usable]
+    predicted = np.isfinite(points[tracks.point]).all(axis=1)
+    errors = ba.observation_errors(tracks, world_to_cam, points, focal, centre)
+    rotation, translation = world_to_cam[tracks.camera, :3, :3], world_to_cam[tracks.camera, :3, 3]
+    depth = np.einsum("mj,mj->m", rotation[:, 2], points[tracks.point]) + translation[:, 2]
+    errors[predicted & (depth <= 0)] = np.inf  # a point behind the new camera: as wrong as can be
+    for image in misses:
+        misses[image] = errors[(tracks.camera == image) & predicted] / accuracy
+    return misses
+
+
+def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, threshold: float) -> GateVerdict:
+    if len(misses) < MIN_OBSERVATIONS:
+        return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), float("nan"), True,
+                           f"not judged: {len(misses)} observations of earlier structure (fewer than "
+                           f"{MIN_OBSERVATIONS})")
+    median = float(np.median(misses))
+    if median <= max_miss:
+        return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), median, True,
+                           f"agrees with the earlier structure (median miss {median:.1f})")
+    return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), len(misses),
+                       median, False, f"disagrees with the earlier structure: median miss {median:.1f} keypoint "
+                                      f"accuracies (most {max_miss:g})")
+
+
+def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry],
+                           cameras: list[Intrinsics], threshold: float, max_miss: float, image_resolution: int,
+                           device, cache: FeatureCache | None = None) -> list[GateVerdict]:
+    """A verdict for each new image of `entries` (registered now, not in `earlier`)."""
+    from bundle_adjust import extract_features
+    from feature_matching import KEYPOINT_ACCURACY_PX
+    known, new = earlier_and_new(entries, earlier, threshold)
+    if not new.any():
+        return []
+    paths = [e.path for e in entries]
+    for k in np.flatnonzero(known | new):
+        if not Path(paths[k]).is_file():
+            raise UserError(f"image {paths[k]} not found (paths are read from the pose file)")
+    considered = np.flatnonzero(known | new)
+    features: list = [None] * len(entries)
+    for k, found in zip(considered, extract_features([paths[k] for k in considered], image_resolution, device,
+                                                     [cameras[k] for k in considered], cache)):
+        features[k] = found
+    first = cameras[considered[0]]  # bundle_adjust.py's reference camera too: the cached matches are shared
+    accuracy = KEYPOINT_ACCURACY_PX * min(first.width, first.height) / image_resolution
+    pairs = overlap_pairs(features, known, new, PARTNERS_PER_IMAGE)
+    # Unconsidered images take no part: empty features keep the indices of the pose file.
+    empty = _empty_features(features)
+    features = [f if f is not None else empty for f in features]
+    world_to_cam = np.stack([e.world_to_cam for e in entries])
+    misses = misses_of_new_images(world_to_cam, cameras, features, known, new, pairs, accuracy, cache)
+    return [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
+
+
+def _empty_features(features: list):
+    from bundle_adjust import ImageFeatures
+    template = next(f for f in features if f is not None)
+    return ImageFeatures(np.zeros((0, 2)), template.descriptors[:0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def write_gated(input_poses: Path, output_poses: Path, entries: list[dataset_io.PoseEntry],
+                verdicts: list[GateVerdict], cameras: list[Intrinsics]) -> None:
+    """The input's lines with only the confidences of held-back images changed."""
+    lowered = {v.path: v.confidence for v in verdicts if not v.passed}
+    lines = [line for line in input_poses.read_text().splitlines() if line.strip()]
+    atomic_write_text(output_poses, "".join(
+        (dataset_io.with_confidence(line, lowered[e.path]) if e.path in lowered else line) + "\n"
+        for line, e in zip(lines, entries)))
+    dataset_io.write_cameras_beside(output_poses, [e.path for e in entries], cameras)
+
+
+def write_report(path: Path, verdicts: list[GateVerdict], known: int) -> dict:
+    summary = {"earlier": known, "new": len(verdicts), "held_back": sum(not v.passed for v in verdicts),
+               "not_judged": sum(v.passed and not np.isfinite(v.median_miss) for v in verdicts)}
+    images = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(verdict).items()}
+              for verdict in verdicts]
+    atomic_write_text(path, json.dumps({"summary": summary, "images": images}, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.max_miss <= 0:
+        raise UserError(f"--max_miss must be positive, got {args.max_miss}")
+    entries = dataset_io.read_ace_pose_file(args.input_poses)
+    earlier = dataset_io.read_ace_pose_file(args.earlier_poses)
+    if not entries:
+        raise UserError(f"{args.input_poses}: no poses")
+    cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
+    device = select_device(args.device)
+    cache = FeatureCache(args.feature_cache)
+    try:
+        verdicts = gate_new_registrations(entries, earlier, cameras, args.confidence_threshold, args.max_miss,
+                                          args.image_resolution, device, cache)
+    except UserError as error:
+        raise UserError(f"{args.input_poses}: {error}") from None
+    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras)
+    known = int(earlier_and_new(entries, earlier, args.confidence_threshold)[0].sum())
+    summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known)
+    for verdict in verdicts:
+        _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
+    _log.info("%d new registration(s) against %d earlier image(s): %d held back, %d not judged", summary["new"],
+              known, summary["held_back"], summary["not_judged"])
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,76 @@
+"""gate_registrations.py: which images are new, and the verdict on rendered views with true and wrong poses."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+import dataset_io
+import gate_registrations
+from conftest import ORBIT_FOCAL, run_cli
+
+
+def _entry(name: str, confidence: float) -> dataset_io.PoseEntry:
+    return dataset_io.PoseEntry(name, np.eye(4), 500.0, confidence)
+
+
+def test_new_images_are_those_registered_only_now():
+    entries = [_entry("a", 900), _entry("b", 900), _entry("c", 100), _entry("d", 500), _entry("e", 900)]
+    earlier = [_entry("a", 900), _entry("b", 100), _entry("c", 900), _entry("d", 100)]  # "e" was not in it at all
+    known, new = gate_registrations.earlier_and_new(entries, earlier, 500)
+    assert known.tolist() == [True, False, False, False, False]  # "c" fell below the threshold now: neither
+    assert new.tolist() == [False, True, False, True, True]
+
+
+def test_a_verdict_needs_enough_observations():
+    entry = _entry("a", 900)
+    unjudged = gate_registrations.gate(entry, np.full(gate_registrations.MIN_OBSERVATIONS - 1, 500.0), 30, 500)
+    assert unjudged.passed and unjudged.confidence == 900 and np.isnan(unjudged.median_miss)
+    failed = gate_registrations.gate(entry, np.r_[np.full(30, 50.0), np.full(20, 1.0)], 30, 500)
+    assert not failed.passed and failed.confidence == 499 and failed.median_miss == 50
+    passed = gate_registrations.gate(entry, np.r_[np.full(20, 50.0), np.full(30, 1.0)], 30, 500)
+    assert passed.passed and passed.confidence == 900
+
+
+def _pose_file(scene, path, confidence: dict[int, float], turned: set[int]) -> None:
+    images = sorted(scene.glob("images/*.png"))
+    entries = []
+    for k, image in enumerate(images):
+        cam_to_world = dataset_io.load_cam_to_world(str(scene / "poses" / f"{image.stem}.pose.txt"))
+        if k in turned:  # registered 20 deg off, as the wrong group on temple
+            cam_to_world[:3, :3] = cam_to_world[:3, :3] @ Rotation.from_rotvec([0, np.radians(20), 0]).as_matrix()
+        entries.append(dataset_io.PoseEntry(str(image), dataset_io.invert_pose(cam_to_world), ORBIT_FOCAL,
+                                            confidence.get(k, 2000.0)))
+    dataset_io.write_ace_pose_file(path, entries)
+
+
+@pytest.mark.slow  # feature extraction and matching of 16 rendered views
+def test_new_images_with_wrong_poses_are_held_back(orbit_scene, tmp_path):
+    """Earlier structure: the even orbit views at their true poses. New: the odd views, two of them turned 20 deg.
+    Exactly those two lose their confidence; the right new views and the earlier ones keep theirs."""
+    count = len(list(orbit_scene.glob("images/*.png")))
+    _pose_file(orbit_scene, tmp_path / "earlier.txt", {k: 100.0 for k in range(1, count, 2)}, set())
+    turned = {3, 9}
+    _pose_file(orbit_scene, tmp_path / "in.txt", {}, turned)
+    run_cli("gate_registrations.py", tmp_path / "in.txt", tmp_path / "out.txt", "--earlier_poses",
+            tmp_path / "earlier.txt", "--device", "cpu", "--feature_cache", tmp_path / "cache")
+    confidences = [e.confidence for e in sorted(dataset_io.read_ace_pose_file(tmp_path / "out.txt"),
+                                                key=lambda e: e.path)]
+    assert [k for k, c in enumerate(confidences) if c < 500] == sorted(turned)
+    assert all(c == 2000 for k, c in enumerate(confidences) if k not in turned)
+    report = json.loads((tmp_path / "out.gate.json").read_text())
+    assert report["summary"] == {"earlier": (count + 1) // 2, "new": count // 2, "held_back": 2, "not_judged": 0}
+    judged = {image["path"].split("/")[-1]: image["median_miss"] for image in report["images"]}
+    right = [miss for name, miss in judged.items() if int(name.split("_")[1][:5]) not in turned]
+    assert max(right) < 5  # true poses: within a few keypoint accuracies
+
+
+def test_errors_are_one_line(tmp_path):
+    result = run_cli("gate_registrations.py", tmp_path / "in.txt", tmp_path / "out.txt", "--earlier_poses",
+                     tmp_path / "earlier.txt", check=False)
+    assert result.returncode == 2 and "in.txt" in result.stderr and "Traceback" not in result.stderr
+    bad = run_cli("gate_registrations.py", tmp_path / "in.txt", tmp_path / "out.txt", "--earlier_poses",
+                  tmp_path / "earlier.txt", "--max_miss", 0, check=False)
+    assert bad.returncode == 2 and "--max_miss" in bad.stderr
