@@ -88,6 +88,23 @@ def test_rerun_resumes(reconstruction, orbit_scene):
     assert json.loads(state_file.read_text())["finished"]
 
 
+def _stand_in_round(script: str, arguments: list[str], images: list[str]) -> bool:
+    """train_ace.py and register_mapping.py replaced by stand-ins that write their outputs (every image registered
+    with confidence 2000); False for any other stage."""
+    if script == "train_ace.py":
+        head = Path(arguments[1])
+        head.write_bytes(b"head")
+        dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", [
+            dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, float("inf")) for p in images])
+    elif script == "register_mapping.py":
+        session = arguments[arguments.index("--session") + 1]
+        dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", [
+            dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images])
+    else:
+        return False
+    return True
+
+
 def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     """Resumption with the stages replaced by stand-ins that write their outputs: after the seed and round 1, a
     rerun maps and registers round 2 only, from round 1's poses and head."""
@@ -104,16 +121,7 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     def stage(script, arguments, threads=None, label=""):
         arguments = [str(a) for a in arguments]
         calls.append((script, arguments))
-        if script == "train_ace.py":
-            head = Path(arguments[1])
-            head.write_bytes(b"head")
-            entries = [dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, float("inf")) for p in images]
-            dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", entries)
-        elif script == "register_mapping.py":
-            session = arguments[arguments.index("--session") + 1]
-            entries = [dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images]
-            dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", entries)
-        else:
+        if not _stand_in_round(script, arguments, images):
             raise AssertionError(f"unexpected stage {script}")
 
     monkeypatch.setattr(ace_zero, "run_script", stage)
@@ -151,16 +159,9 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     def stage(script, arguments, threads=None, label=""):
         arguments = [str(a) for a in arguments]
         calls.append((script, arguments))
-        if script == "train_ace.py":
-            head = Path(arguments[1])
-            head.write_bytes(b"head")
-            dataset_io.write_ace_pose_file(head.parent / f"poses_{head.stem}_preliminary.txt", [
-                dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, float("inf")) for p in images])
-        elif script == "register_mapping.py":
-            session = arguments[arguments.index("--session") + 1]
-            dataset_io.write_ace_pose_file(Path(arguments[1]).parent / f"poses_{session}.txt", [
-                dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images])
-        elif script == "gate_registrations.py":
+        if _stand_in_round(script, arguments, images):
+            return
+        if script == "gate_registrations.py":
             if gate_fails:
                 raise UserError("gate_registrations.py failed with exit code 1")
             earlier = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(arguments[
