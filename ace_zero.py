@@ -636,6 +636,8 @@ def validate(args) -> float:
     if args.try_seeds < 1 and args.seed_network is None:
         raise UserError("--try_seeds must be at least 1")
     check_match_loss_weight(args)
+    if args.registration_gate_max_miss <= 0:
+        raise UserError(f"--registration_gate_max_miss must be positive, got {args.registration_gate_max_miss:g}")
     check_prior_flags(args, has_depth=args.depth_files is not None)
     if args.loss_structure == "probabilistic" and args.prior_loss_type == "none":
         raise UserError(PROBABILISTIC_NEEDS_PRIOR)  # train_ace.py would raise it at its first step

@@ -39,10 +39,13 @@ MINUTES_FILE = "bench_minutes.txt"
 
 
 def stage_files(results: Path) -> dict[str, Path]:
-    """The last registration before and after the bundle adjustment, and poses_final.txt (after verification)."""
+    """The last registration (gated, when the run gated it) before and after the bundle adjustment, and
+    poses_final.txt (after verification)."""
     state = json.loads((results / "ace_zero_state.json").read_text())
     last = state["completed"][-1]
-    files = {"before adjustment": results / f"poses_{last}.txt", "adjusted": results / f"poses_{last}_adjusted.txt",
+    gated = results / f"poses_{last}_gated.txt"
+    before = gated if gated.exists() else results / f"poses_{last}.txt"
+    files = {"before adjustment": before, "adjusted": before.with_name(before.stem + "_adjusted.txt"),
              "final": results / "poses_final.txt"}
     return {stage: path for stage, path in files.items() if path.exists()}
 

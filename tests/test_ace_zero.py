@@ -51,9 +51,11 @@ def test_reconstruction_files(reconstruction):
         assert (out / name).is_file(), name
     assert (out / "poses_iteration0_seed0.txt").is_file()
     state = json.loads((out / "ace_zero_state.json").read_text())
-    # On CPU the final registration is bundle-adjusted (bundle_adjust.py), then verified (verify_poses.py, which
-    # changes confidences only) into poses_final.txt.
-    adjusted = out / f"poses_{state['completed'][-1]}_adjusted.txt"
+    # On CPU the final registration is gated (gate_registrations.py), bundle-adjusted (bundle_adjust.py), then
+    # verified (verify_poses.py, which changes confidences only) into poses_final.txt.
+    gated = out / f"poses_{state['completed'][-1]}_gated.txt"
+    assert gated.with_suffix(".gate.json").is_file()
+    adjusted = gated.with_name(gated.stem + "_adjusted.txt")
     assert state["finished"] and adjusted.with_name(adjusted.stem + "_verified.txt").read_text() == \
         (out / "poses_final.txt").read_text()
     poses = [line.split()[:-1] for line in adjusted.read_text().splitlines()]
@@ -76,7 +78,7 @@ def test_rerun_resumes(reconstruction, orbit_scene):
     final.unlink()
     kept = [out / f"{run_id}.pt" for run_id in state["completed"]]
     kept_times = [path.stat().st_mtime for path in kept]
-    adjusted = out / f"poses_{state['completed'][-1]}_adjusted.txt"
+    adjusted = out / f"poses_{state['completed'][-1]}_gated_adjusted.txt"  # the CPU profile gates every round
     adjusted_time = adjusted.stat().st_mtime
     result = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", out, "--seed_network",
                      out / "iteration0_seed0.pt", *FAST)
@@ -285,6 +287,9 @@ def test_errors(orbit_scene, tmp_path):
     blocker.write_text("x")
     unwritable = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", blocker / "sub", check=False)
     assert unwritable.returncode == 2 and "cannot create folder" in unwritable.stderr
+    gate = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", tmp_path / "r", "--registration_gate_max_miss", 0,
+                   check=False)
+    assert gate.returncode == 2 and "--registration_gate_max_miss" in gate.stderr and "Traceback" not in gate.stderr
 
 
 # Measured with these settings (2.7 min on 2 cores): 16/16 registered; with a 5 cm / 5 deg RANSAC alignment all

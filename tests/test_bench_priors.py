@@ -69,6 +69,10 @@ def test_stage_files_are_the_last_registration_before_and_after_adjustment(tmp_p
                                                 "poses_final.txt"]
     (tmp_path / "poses_iteration3_adjusted.txt").unlink()  # a run without the adjustment
     assert list(bench.stage_files(tmp_path)) == ["before adjustment", "final"]
+    for name in ("poses_iteration3_gated.txt", "poses_iteration3_gated_adjusted.txt"):  # a run with the gate
+        (tmp_path / name).write_text("")
+    assert [p.name for p in bench.stage_files(tmp_path).values()] == [
+        "poses_iteration3_gated.txt", "poses_iteration3_gated_adjusted.txt", "poses_final.txt"]
 
 
 def test_flag_errors(tmp_path):
