@@ -528,6 +528,16 @@ def registration_file(args, state: RunState, run_id: str) -> Path:
     return args.results_folder / f"poses_{run_id}{GATED if gated else ''}.txt"
 
 
+def last_registration_files(folder: Path) -> dict[str, Path]:
+    """A finished run's last registration as the loop left it (gated when it was) under "before adjustment", and
+    after the final bundle adjustment under "adjusted": those that exist (for benchmarks reading a run)."""
+    last = json.loads((folder / STATE_FILE).read_text())["completed"][-1]
+    gated = folder / f"poses_{last}{GATED}.txt"
+    before = gated if gated.exists() else folder / f"poses_{last}.txt"
+    files = {"before adjustment": before, "adjusted": before.with_name(before.stem + "_adjusted.txt")}
+    return {stage: path for stage, path in files.items() if path.exists()}
+
+
 def gate_registration(args, run_id: str, earlier: Path) -> float:
     """--registration_gate: poses_<run_id>_gated.txt, the registration with the new images that disagree with the
     structure of `earlier` (what the round mapped from) held back; returns its registration rate. When the gate

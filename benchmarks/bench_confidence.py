@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 import dataset_io  # noqa: E402
 from ace_util import REPO_ROOT as REPO  # noqa: E402
+from ace_zero import last_registration_files  # noqa: E402
 from cli_common import RELIABLE_CONFIDENCE  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
 
@@ -74,9 +75,9 @@ def main() -> None:
     if subprocess.run(command).returncode != 0:
         sys.exit("error: ace_zero.py failed (its output is above)")
     minutes = (time.time() - start) / 60
-    candidates = sorted(args.results.glob("poses_iteration*_adjusted.txt")) or \
-        sorted(args.results.glob("poses_iteration*.txt"), key=lambda p: p.stat().st_mtime)[-1:]
-    rows = [confident_errors(p, data) for p in [*candidates[-1:], args.results / "poses_final.txt"]]
+    files = last_registration_files(args.results)
+    unverified = files.get("adjusted", files["before adjustment"])
+    rows = [confident_errors(p, data) for p in (unverified, args.results / "poses_final.txt")]
     print(f"\n{data} ({minutes:.1f} min)\n| poses | images | confidence >= 1000 | max error (deg) | median (deg) | max relative (deg) |")
     for row in rows:
         print(f"| {row['file']} | {row['images']} | {row['confident']} | {row['max_deg']:.1f} | "

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 import dataset_io  # noqa: E402
 from ace_util import atomic_write_text  # noqa: E402
+from ace_zero import last_registration_files  # noqa: E402
 from benchmarks.bench_reconstruction import run_ace  # noqa: E402
 from cli_common import UserError, run_main  # noqa: E402
 from eval_poses import evaluate  # noqa: E402
@@ -39,15 +40,10 @@ MINUTES_FILE = "bench_minutes.txt"
 
 
 def stage_files(results: Path) -> dict[str, Path]:
-    """The last registration (gated, when the run gated it) before and after the bundle adjustment, and
-    poses_final.txt (after verification)."""
-    state = json.loads((results / "ace_zero_state.json").read_text())
-    last = state["completed"][-1]
-    gated = results / f"poses_{last}_gated.txt"
-    before = gated if gated.exists() else results / f"poses_{last}.txt"
-    files = {"before adjustment": before, "adjusted": before.with_name(before.stem + "_adjusted.txt"),
-             "final": results / "poses_final.txt"}
-    return {stage: path for stage, path in files.items() if path.exists()}
+    """The last registration before and after the bundle adjustment, and poses_final.txt (after verification)."""
+    files = last_registration_files(results)
+    final = results / "poses_final.txt"
+    return {**files, "final": final} if final.exists() else files
 
 
 def score(pose_file: Path, data: Path, conf_threshold: float, thresh_t: float, thresh_r: float) -> dict:

@@ -16,14 +16,16 @@ pytestmark = pytest.mark.skipif(os.environ.get("ACE_HEAVY_TESTS") != "1",
 
 
 def test_no_confident_image_is_far_off_on_the_ring(tmp_path):
+    from ace_zero import last_registration_files
     from benchmarks.bench_confidence import GOAL_DEG, confident_errors
     from conftest import run_cli
     from datasets.object_ring import render_object_ring
     scene = render_object_ring(tmp_path / "ring")
     run_cli("ace_zero.py", f"{scene}/images/*.png", tmp_path / "run", "--device", "cpu")
-    unverified = confident_errors(sorted((tmp_path / "run").glob("poses_iteration*_adjusted.txt"))[-1], scene)
+    unverified = confident_errors(last_registration_files(tmp_path / "run")["adjusted"], scene)
     final = confident_errors(tmp_path / "run" / "poses_final.txt", scene)
-    # The case reproduces the failure without the check ...
-    assert unverified["confident"] > 40 and unverified["median_deg"] > 30
+    # The case reproduces the failure without the check (measured: 20-47 of 48 confident, the worst 149-180 deg
+    # off) ...
+    assert unverified["confident"] > 10 and unverified["max_deg"] > 30
     # ... and no image the check leaves confident is far off.
     assert final["confident"] == 0 or (final["max_deg"] <= GOAL_DEG and final["max_relative_deg"] <= 2 * GOAL_DEG)
