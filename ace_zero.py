@@ -521,21 +521,31 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     return last
 
 
+def gated_file(folder: Path, run_id: str) -> Path:
+    return folder / f"poses_{run_id}{GATED}.txt"
+
+
 def registration_file(args, state: RunState, run_id: str) -> Path:
     """The registration `run_id` as the loop goes on with it: gated under --registration_gate (every round's but
     the seed's, which has no earlier structure)."""
-    gated = args.registration_gate and run_id != state.seed_id
-    return args.results_folder / f"poses_{run_id}{GATED if gated else ''}.txt"
+    if args.registration_gate and run_id != state.seed_id:
+        return gated_file(args.results_folder, run_id)
+    return args.results_folder / f"poses_{run_id}.txt"
+
+
+def registration_files(folder: Path, run_id: str) -> dict[str, Path]:
+    """The registration `run_id` of a run as the loop went on with it (gated when it was) under "before
+    adjustment", and after its bundle adjustment under "adjusted": those that exist (for benchmarks reading a
+    run, which do not know its flags)."""
+    gated = gated_file(folder, run_id)
+    before = gated if gated.exists() else folder / f"poses_{run_id}.txt"
+    files = {"before adjustment": before, "adjusted": before.with_name(before.stem + "_adjusted.txt")}
+    return {stage: path for stage, path in files.items() if path.exists()}
 
 
 def last_registration_files(folder: Path) -> dict[str, Path]:
-    """A finished run's last registration as the loop left it (gated when it was) under "before adjustment", and
-    after the final bundle adjustment under "adjusted": those that exist (for benchmarks reading a run)."""
-    last = json.loads((folder / STATE_FILE).read_text())["completed"][-1]
-    gated = folder / f"poses_{last}{GATED}.txt"
-    before = gated if gated.exists() else folder / f"poses_{last}.txt"
-    files = {"before adjustment": before, "adjusted": before.with_name(before.stem + "_adjusted.txt")}
-    return {stage: path for stage, path in files.items() if path.exists()}
+    """registration_files of a finished run's last registration."""
+    return registration_files(folder, json.loads((folder / STATE_FILE).read_text())["completed"][-1])
 
 
 def gate_registration(args, run_id: str, earlier: Path) -> float:
@@ -543,7 +553,7 @@ def gate_registration(args, run_id: str, earlier: Path) -> float:
     structure of `earlier` (what the round mapped from) held back; returns its registration rate. When the gate
     fails the registration goes on ungated (copied, so that the loop reads one name)."""
     registered = args.results_folder / f"poses_{run_id}.txt"
-    gated = registered.with_name(registered.stem + GATED + ".txt")
+    gated = gated_file(args.results_folder, run_id)
     result = optional_stage("gate_registrations.py", registered, gated, [
         "--earlier_poses", earlier, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
         "--confidence_threshold", args.registration_confidence, "--max_miss", args.registration_gate_max_miss],

@@ -67,7 +67,7 @@ def build_parser():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Which images are new, and which earlier images each is compared with
+# Which images are new
 
 def earlier_and_new(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry], threshold: float
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,39 +78,20 @@ def earlier_and_new(entries: list[dataset_io.PoseEntry], earlier: list[dataset_i
     return was & now, now & ~was
 
 
-def overlap_pairs(features: list, known: np.ndarray, new: np.ndarray, per_image: int) -> list[tuple[int, int]]:
-    """Pairs to match, chosen by descriptor overlap alone (a wrong pose must not choose its own witnesses): each
-    earlier or new image with the earlier images it shares the most mutual matches with."""
-    import torch
-    from feature_matching import mutual_matches
-    from verify_poses import CANDIDATE_DESCRIPTORS
-    earlier = np.flatnonzero(known)
-    pairs = set()
-    with torch.no_grad():
-        for i in np.flatnonzero(known | new):
-            others = [j for j in earlier if j != i]
-            counts = [len(mutual_matches(features[i].descriptors[:CANDIDATE_DESCRIPTORS],
-                                         features[j].descriptors[:CANDIDATE_DESCRIPTORS])[0]) for j in others]
-            for k in np.argsort(counts)[::-1][:per_image]:
-                if counts[k] > 0:
-                    pairs.add((min(i, others[k]), max(i, others[k])))
-    return sorted((int(i), int(j)) for i, j in pairs)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The measurement
 
-def misses_of_new_images(world_to_cam: np.ndarray, cameras: list[Intrinsics], features: list, known: np.ndarray,
-                         new: np.ndarray, pairs: list[tuple[int, int]], accuracy: float,
+def misses_of_new_images(world_to_cam: np.ndarray, cameras: list[Intrinsics], reference: Intrinsics, features: list,
+                         known: np.ndarray, new: np.ndarray, pairs: list[tuple[int, int]], accuracy: float,
                          cache: FeatureCache | None = None) -> dict[int, np.ndarray]:
     """Per new image, how far its observations land from the points that the earlier images alone triangulate
-    (in units of `accuracy` px); only observations of points two or more earlier images see with parallax."""
+    (in units of `accuracy` px, tracks in the pixels of `reference`); only observations of points two or more
+    earlier images see with parallax."""
     import bundle_adjust as ba
     matches = {k: v for k, v in ba.match_images(features, pairs, accuracy, cache).items() if len(v[0])}
     misses = {int(k): np.zeros(0) for k in np.flatnonzero(new)}
     if not matches:
         return misses
-    reference = cameras[int(np.flatnonzero(known | new)[0])]
     in_reference = [ba.ImageFeatures(ba.to_reference(f.pixels, c, reference), f.descriptors)
                     for f, c in zip(features, cameras)]
     tracks = ba.observations(ba.build_tracks(in_reference, matches), in_reference)
@@ -152,23 +133,25 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     known, new = earlier_and_new(entries, earlier, threshold)
     if not new.any():
         return []
+    from verify_poses import candidate_partners
     paths = [e.path for e in entries]
-    for k in np.flatnonzero(known | new):
+    considered = np.flatnonzero(known | new)
+    for k in considered:
         if not Path(paths[k]).is_file():
             raise UserError(f"image {paths[k]} not found (paths are read from the pose file)")
-    considered = np.flatnonzero(known | new)
     features: list = [None] * len(entries)
     for k, found in zip(considered, extract_features([paths[k] for k in considered], image_resolution, device,
                                                      [cameras[k] for k in considered], cache)):
         features[k] = found
-    first = cameras[considered[0]]  # bundle_adjust.py's reference camera too: the cached matches are shared
-    accuracy = KEYPOINT_ACCURACY_PX * min(first.width, first.height) / image_resolution
-    pairs = overlap_pairs(features, known, new, PARTNERS_PER_IMAGE)
+    reference = cameras[considered[0]]  # bundle_adjust.py's reference camera too: the cached matches are shared
+    accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / image_resolution
+    # Witnesses chosen by descriptor overlap alone: a wrong pose must not choose its own.
+    pairs = candidate_partners(features, PARTNERS_PER_IMAGE, considered, np.flatnonzero(known))
     # Unconsidered images take no part: empty features keep the indices of the pose file.
     empty = _empty_features(features)
     features = [f if f is not None else empty for f in features]
     world_to_cam = np.stack([e.world_to_cam for e in entries])
-    misses = misses_of_new_images(world_to_cam, cameras, features, known, new, pairs, accuracy, cache)
+    misses = misses_of_new_images(world_to_cam, cameras, reference, features, known, new, pairs, accuracy, cache)
     return [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
 
 

@@ -94,21 +94,32 @@ def build_parser():
 # ----------------------------------------------------------------------------------------------------------------
 # Independent evidence: which images overlap, and their verified matches
 
-def candidate_partners(features: list, per_image: int) -> list[tuple[int, int]]:
-    """For each image the images sharing the most mutual descriptor matches (poses are not used)."""
+def candidate_partners(features: list, per_image: int, images: np.ndarray | None = None,
+                       partners: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """For each of `images` (default: all) the `per_image` of `partners` (default: all) sharing the most mutual
+    descriptor matches with it (poses are not used); features of images outside both may be None."""
     import torch
     from feature_matching import mutual_matches
-    subsets = [f.descriptors[:CANDIDATE_DESCRIPTORS] for f in features]
-    counts = np.zeros((len(features), len(features)))
+    count = len(features)
+    images = np.arange(count) if images is None else images
+    partners = np.arange(count) if partners is None else partners
+    subsets = [None if f is None else f.descriptors[:CANDIDATE_DESCRIPTORS] for f in features]
+    counts = np.zeros((count, count))
+    counted = np.eye(count, dtype=bool)
     with torch.no_grad():
-        for i in range(len(features)):
-            for j in range(i + 1, len(features)):
-                counts[i, j] = counts[j, i] = len(mutual_matches(subsets[i], subsets[j])[0])
+        for i in images:
+            for j in partners:
+                if not counted[i, j]:  # each pair once
+                    counts[i, j] = counts[j, i] = len(mutual_matches(subsets[i], subsets[j])[0])
+                    counted[i, j] = counted[j, i] = True
+    is_partner = np.zeros(count, dtype=bool)
+    is_partner[partners] = True
     pairs = set()
-    for i in range(len(features)):
-        for j in np.argsort(-counts[i])[:per_image]:
-            if j != i and counts[i, j] > 0:
-                pairs.add((min(i, int(j)), max(i, int(j))))
+    for i in images:
+        row = np.where(is_partner, counts[i], 0)  # 0: never a partner
+        for j in np.argsort(-row)[:per_image]:
+            if j != i and row[j] > 0:
+                pairs.add((min(int(i), int(j)), max(int(i), int(j))))
     return sorted(pairs)
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 import dataset_io  # noqa: E402
 from ace_util import UserError  # noqa: E402
-from ace_zero import STATE_FILE  # noqa: E402
+from ace_zero import STATE_FILE, registration_files  # noqa: E402
 from feature_cache import FeatureCache  # noqa: E402
 from gate_registrations import DEFAULT_MAX_MISS, GateVerdict, gate_new_registrations  # noqa: E402
 
@@ -30,10 +30,8 @@ DETECTION_SHORT_SIDE = 480  # bundle_adjust.py's and gate_registrations.py's def
 def mapped_from(folder: Path, stem: str) -> Path | None:
     """What the round after registration `stem` mapped from: the registration gated and adjusted, as far as the run
     did either (ace_zero.py's order), else the registration itself."""
-    for suffix in ("_gated_adjusted", "_gated", "_adjusted", ""):
-        if (folder / f"poses_{stem}{suffix}.txt").is_file():
-            return folder / f"poses_{stem}{suffix}.txt"
-    return None
+    files = registration_files(folder, stem)
+    return files.get("adjusted", files.get("before adjustment"))
 
 
 def seed_stem(folder: Path) -> str | None:
