@@ -90,6 +90,11 @@ def build_parser():
                       help="new: check the final poses against independent feature matches (verify_poses.py); "
                            "registered images that disagree drop below --registration_confidence in "
                            "poses_final.txt, and so out of the exports (False: the original's output)")
+    loop.add_argument("--verify_focal", type=str2bool, default=True,
+                      help="new: that check also asks whether the feature tracks fit another focal length far "
+                           "better (verify_poses.py --check_focal: three more adjustments, about 10 s on temple, "
+                           "90 s on fox); if so every image is flagged, since poses mapped with a wrong focal "
+                           "length are bent as a whole")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
                       help="new: exit with an error when most images fail that check")
     loop.add_argument("--feature_cache", type=str2bool, default=True,
@@ -784,7 +789,8 @@ def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
     return optional_stage("verify_poses.py", source, verified, [
         "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
-        *feature_cache_args(args), "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted],
+        *feature_cache_args(args), "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted,
+        "--check_focal", args.verify_focal],
         "verification", "poses_final.txt holds unverified confidences")
 
 

@@ -48,6 +48,7 @@ MAX_TRACK_POINTS = 30000    # longest tracks first: enough constraints, bounded 
 MIN_PARALLAX_DEG = 1.0      # rays meeting at a smaller angle pin nothing down
 MAX_PAIR_PASSES = 3         # adjustments with pairs chosen again from the adjusted poses
 MAX_FINAL_ROUNDS = 2        # rounds at the keypoint accuracy: a second one only after a camera was re-seated
+FOCAL_PROBE_FACTOR = 1.5      # focal_probe starts adjustments with the focal this factor shorter and longer
 STARTING_SCALE_PERCENTILE = 90  # of each camera's errors: the first round's loss scale (starting_scale)
 FRAME_FIT_MIN_ANGLE_DEG = 2.0  # cameras turned by less count in the fit back to the input's frame
 
@@ -828,6 +829,31 @@ def focal_change_supported(ratio: float, support: float) -> bool:
     a narrow-field ring whose focal no adjustment pins down gives 0.97-1.03 for changes up to 2.8x; temple's
     adjustments, which move a focal 40 % too short to 4 % of the truth, give 1.12-1.14."""
     return support > 0 and ratio >= support
+
+
+def focal_probe(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device,
+                features_of: list | None = None, cameras: list[Intrinsics] | None = None,
+                factor: float = FOCAL_PROBE_FACTOR) -> dict:
+    """Whether the tracks fit another focal length far better than the poses' own f. Poses mapped with a focal
+    far off fit their own tracks, and an adjustment started there stays (the distorted reconstruction is a local
+    minimum), so this adjusts with f held and then twice with the focal free, started at f / factor and at
+    f * factor. Returns {"focal": f, "probes": [(focal where a free start ended, median error at f / there), ...],
+    "better": the (focal, ratio) of the probe with the highest ratio, if at least config.focal_change_support;
+    else None}."""
+    cameras = cameras or dataset_io.entry_cameras(entries, config.calibration_file, config.input_poses)
+    _, own = bundle_adjust(entries, replace(config, refine_focal=False), device, features_of, cameras)
+    focal = cameras[0].fx
+    result = {"focal": focal, "probes": [], "better": None}
+    if not own["adjusted"]:
+        return result
+    for scale in (1 / factor, factor):
+        started = [moved_camera(c, scale, np.zeros(2)) for c in cameras]
+        _, probe = bundle_adjust(entries, replace(config, refine_focal=True), device, features_of, started)
+        if probe["adjusted"]:
+            result["probes"].append((probe["focal_after"], error_ratio(own, probe)))
+    supported = [p for p in result["probes"] if focal_change_supported(p[1], config.focal_change_support)]
+    result["better"] = max(supported, key=lambda p: p[1], default=None)
+    return result
 
 
 def moved_camera(camera: Intrinsics, focal_scale: float, shift: np.ndarray) -> Intrinsics:

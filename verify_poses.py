@@ -85,6 +85,12 @@ def build_parser():
                              f"{MAX_ADJUSTMENT_DEG:g} deg or whose feature observations it mostly rejects (under "
                              f"{100 * MIN_KEPT_FRACTION:g}%% kept); False for poses that are adjusted already (the "
                              "shares kept are then read from the .kept.json that bundle_adjust.py wrote beside them)")
+    parser.add_argument("--check_focal", type=str2bool, default=True,
+                        help="also check the focal length (bundle_adjust.focal_probe): adjust the poses with it "
+                             "held, and with it free from 1.5x shorter and 1.5x longer starts; when a start ends "
+                             "at a focal that fits the feature tracks clearly better (median reprojection error at "
+                             "most 1/1.08 of the held one's), the poses were mapped with a wrong focal and every "
+                             "image is flagged (costs three adjustments)")
     parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
@@ -352,6 +358,29 @@ def flag_moved(verdict: ImageVerdict, angle: float, threshold: float) -> ImageVe
     return unreliable(verdict, reason, threshold)
 
 
+def focal_check(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], features: list,
+                config: BundleAdjustConfig, device) -> tuple[str | None, dict]:
+    """Why every pose is wrong when the tracks fit another focal length far better (None when they do not), and
+    the probe's numbers for the report."""
+    from bundle_adjust import focal_probe
+    try:
+        probe = focal_probe(entries, config, device, features, cameras)
+    except UserError as error:
+        _log.warning("%s: the focal length is not checked", error)
+        return None, {}
+    numbers = {"focal": probe["focal"], "probes": [{"focal": f, "error_ratio": r} for f, r in probe["probes"]]}
+    _log.info("focal check: adjustments started 1.5x off the poses' %.1f px ended at %s (median reprojection "
+              "error at the poses' focal over theirs)", probe["focal"],
+              ", ".join(f"{f:.1f} px ({r:.2f})" for f, r in probe["probes"]))
+    if probe["better"] is None:
+        return None, numbers
+    better, ratio = probe["better"]
+    reason = (f"the feature tracks fit a focal length of {better:.0f} px far better than the poses' "
+              f"{probe['focal']:.0f} px (the poses' median reprojection error is {ratio:.2f} times that fit's): mapped with a wrong focal")
+    _log.warning("%s; every image is flagged", reason)
+    return reason, numbers
+
+
 def unreliable(verdict: ImageVerdict, reason: str, threshold: float) -> ImageVerdict:
     """The verdict turned unreliable for `reason`, its confidence lowered below the threshold."""
     return ImageVerdict(verdict.path, verdict.confidence_before, float(min(verdict.confidence_before, threshold - 1)),
@@ -391,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
                                           args.min_agreement, args.pairs_per_image, args.tolerance, cache)
     verdicts = [flag_moved(v, angle, args.confidence_threshold) for v, angle in zip(verdicts, moved)]
     verdicts = [flag_rejected(v, share, args.confidence_threshold) for v, share in zip(verdicts, kept)]
+    if args.check_focal:
+        wrong_focal, statistics["focal_check"] = focal_check(entries, cameras, features, adjustment, device)
+        if wrong_focal is not None:
+            verdicts = [unreliable(v, wrong_focal, args.confidence_threshold) if v.reliable else v for v in verdicts]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
     # Same lines as the input but for the confidences (read_ace_pose_file skips blank lines too).
     lines = [line for line in args.input_poses.read_text().splitlines() if line.strip()]

@@ -100,13 +100,41 @@ def test_images_the_adjustment_rejects_fall_below_the_threshold(orbit_scene, tmp
     from bundle_adjust import kept_fractions_beside, write_kept_fractions
     write_kept_fractions(tmp_path / "in.txt", entries, np.array([0.2 if k == 5 else 0.95 for k in range(len(entries))]))
     assert kept_fractions_beside(tmp_path / "in.txt").is_file()
-    run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust", "False")
+    run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust", "False",
+            "--check_focal", "False")
     confidences = [e.confidence for e in sorted(dataset_io.read_ace_pose_file(tmp_path / "out.txt"),
                                                 key=lambda e: e.path)]
     assert confidences[5] < 1000 and all(c == 2500 for k, c in enumerate(confidences) if k != 5)
     report = json.loads((tmp_path / "out.verification.json").read_text())
     assert [i["reason"] for i in report["images"] if not i["reliable"]] == [
         "the bundle adjustment rejects 80% of its feature observations"]
+
+
+@pytest.mark.slow  # four bundle adjustments
+def test_poses_mapped_with_a_wrong_focal_are_flagged(orbit_scene, tmp_path):
+    """The orbit adjusted with its focal held 1.6x too long: a distorted reconstruction that fits its own tracks.
+    The focal check's free starts find the true focal (the renderer's) and every image is flagged for it; the
+    true poses with the true focal pass it."""
+    wrong_focal = ORBIT_FOCAL * 1.6
+    entries = _gt_pose_file(orbit_scene, tmp_path / "true.txt", set())[::2]  # 8 views: faster, still wide
+    dataset_io.write_ace_pose_file(tmp_path / "true.txt", entries)
+    dataset_io.write_ace_pose_file(tmp_path / "long.txt", [
+        dataset_io.PoseEntry(e.path, e.world_to_cam, wrong_focal, e.confidence) for e in entries])
+    common = ["--device", "cpu", "--feature_cache", tmp_path / "features"]
+    run_cli("bundle_adjust.py", tmp_path / "long.txt", tmp_path / "distorted.txt", *common, "--refine_focal", "False")
+    for name, flagged in (("distorted", True), ("true", False)):
+        run_cli("verify_poses.py", tmp_path / f"{name}.txt", tmp_path / f"{name}_out.txt", *common, "--adjust", "False")
+        report = json.loads((tmp_path / f"{name}_out.verification.json").read_text())
+        focal_check = report["summary"]["focal_check"]
+        reasons = [i["reason"] for i in report["images"]]
+        if flagged:
+            assert all("mapped with a wrong focal" in r for r in reasons) and report["summary"]["failed"]
+            assert focal_check["focal"] == pytest.approx(wrong_focal)
+            assert any(p["focal"] == pytest.approx(ORBIT_FOCAL, rel=0.05) and p["error_ratio"] > 1.5
+                       for p in focal_check["probes"])
+        else:
+            assert report["summary"]["unreliable"] == 0
+            assert all(p["error_ratio"] < 1.08 for p in focal_check["probes"])
 
 
 def test_unreadable_kept_shares_are_a_clear_error(orbit_scene, tmp_path):
@@ -142,7 +170,8 @@ def test_folded_ring_keeps_one_side_only(tmp_path):
     focal = float((scene / "calibration.txt").read_text().split()[0])
     dataset_io.write_ace_pose_file(tmp_path / "in.txt", [
         dataset_io.PoseEntry(str(p), dataset_io.invert_pose(c), focal, 2000) for p, c in zip(images, folded)])
-    run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust", "False")
+    run_cli("verify_poses.py", tmp_path / "in.txt", tmp_path / "out.txt", "--device", "cpu", "--adjust", "False",
+            "--check_focal", "False")
     kept = [k for k, e in enumerate(sorted(dataset_io.read_ace_pose_file(tmp_path / "out.txt"),
                                            key=lambda e: e.path)) if e.confidence >= 1000]
     assert 0 < len(kept) <= half + 2
