@@ -376,7 +376,8 @@ def focal_check(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], 
         return None, numbers
     better, ratio = probe["better"]
     reason = (f"the feature tracks fit a focal length of {better:.0f} px far better than the poses' "
-              f"{probe['focal']:.0f} px (the poses' median reprojection error is {ratio:.2f} times that fit's): mapped with a wrong focal")
+              f"{probe['focal']:.0f} px (the poses' median reprojection error is {ratio:.2f} times that fit's): "
+              f"mapped with a wrong focal")
     _log.warning("%s; every image is flagged", reason)
     return reason, numbers
 
