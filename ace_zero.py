@@ -94,7 +94,8 @@ def build_parser():
                       help="new: that check also asks whether the feature tracks fit another focal length far "
                            "better (verify_poses.py --check_focal: three more adjustments, about 10 s on temple, "
                            "90 s on fox); if so every image is flagged, since poses mapped with a wrong focal "
-                           "length are bent as a whole")
+                           "length are bent as a whole. Not done when the user gives the focal and holds it "
+                           "(--refine_calibration False)")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
                       help="new: exit with an error when most images fail that check")
     loop.add_argument("--feature_cache", type=str2bool, default=True,
@@ -790,7 +791,7 @@ def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     return optional_stage("verify_poses.py", source, verified, [
         "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
         *feature_cache_args(args), "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted,
-        "--check_focal", args.verify_focal],
+        "--check_focal", args.verify_focal and not focal_held_by_user(args)],
         "verification", "poses_final.txt holds unverified confidences")
 
 
@@ -847,6 +848,12 @@ def adjust_final_poses(args, state: RunState, last: str) -> Path:
     registered = registration_file(args, state, last)
     return adjust_poses(args, registered, "bundle adjustment", f"poses_final.txt is the unadjusted {registered.name}",
                         has_estimated_focal(args, state, last))
+
+
+def focal_held_by_user(args) -> bool:
+    """The user gave the focal length (--use_external_focal_length or --calibration_file) and held it
+    (--refine_calibration False): the verification does not question it."""
+    return bool(args.use_external_focal_length > 0 or args.calibration_file) and not args.refine_calibration
 
 
 def has_estimated_focal(args, state: RunState, run_id: str) -> bool:
