@@ -94,8 +94,8 @@ def build_parser():
                       help="new: that check also asks whether the feature tracks fit another focal length far "
                            "better (verify_poses.py --check_focal: three more adjustments, about 10 s on temple, "
                            "90 s on fox); if so every image is flagged, since poses mapped with a wrong focal "
-                           "length are bent as a whole. Not done when the user gives the focal and holds it "
-                           "(--refine_calibration False)")
+                           "length are bent as a whole. Not done when the focal is known (given, calibrated or "
+                           "EXIF) and held (--refine_calibration False)")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
                       help="new: exit with an error when most images fail that check")
     loop.add_argument("--feature_cache", type=str2bool, default=True,
@@ -578,8 +578,8 @@ def refocus_seed(args, state: RunState) -> None:
     seed's registration estimates the focal from feature tracks; when it moves the heuristic's guess a lot, the
     seed is mapped again with it, and the loop goes on from the seed whose adjusted registration keeps more
     images consistent (confident, with most of their feature observations kept by the adjustment)."""
-    if args.use_external_focal_length > 0 or args.calibration_file or args.seed_network is not None:
-        return  # the focal length is known (given, calibrated, EXIF), or no seed is mapped here
+    if focal_known(args) or args.seed_network is not None:
+        return  # the focal length is known, or no seed is mapped here
     folder = args.results_folder
     first = adjust_poses(args, folder / f"poses_{state.seed_id}.txt", "seed adjustment", "the seed is kept",
                          has_estimated_focal(args, state, state.seed_id))
@@ -850,10 +850,15 @@ def adjust_final_poses(args, state: RunState, last: str) -> Path:
                         has_estimated_focal(args, state, last))
 
 
+def focal_known(args) -> bool:
+    """Whether the focal length is known rather than guessed: given (--use_external_focal_length), calibrated
+    (--calibration_file) or from EXIF (written as the initial calibration file)."""
+    return args.use_external_focal_length > 0 or bool(args.calibration_file)
+
+
 def focal_held_by_user(args) -> bool:
-    """The user gave the focal length (--use_external_focal_length or --calibration_file) and held it
-    (--refine_calibration False): the verification does not question it."""
-    return bool(args.use_external_focal_length > 0 or args.calibration_file) and not args.refine_calibration
+    """The focal length is known and held (--refine_calibration False): the verification does not question it."""
+    return focal_known(args) and not args.refine_calibration
 
 
 def has_estimated_focal(args, state: RunState, run_id: str) -> bool:

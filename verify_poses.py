@@ -13,9 +13,11 @@ rejects are flagged too: a chain of images can bend with every pair consistent, 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -362,15 +364,15 @@ def focal_check(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], 
                 config: BundleAdjustConfig, device) -> tuple[str | None, dict]:
     """Why every pose is wrong when the tracks fit another focal length far better (None when they do not), and
     the probe's numbers for the report."""
-    from bundle_adjust import focal_probe
+    from bundle_adjust import FOCAL_PROBE_FACTOR, focal_probe
     try:
         probe = focal_probe(entries, config, device, features, cameras)
     except UserError as error:
         _log.warning("%s: the focal length is not checked", error)
         return None, {}
     numbers = {"focal": probe["focal"], "probes": [{"focal": f, "error_ratio": r} for f, r in probe["probes"]]}
-    _log.info("focal check: adjustments started 1.5x off the poses' %.1f px ended at %s (median reprojection "
-              "error at the poses' focal over theirs)", probe["focal"],
+    _log.info("focal check: adjustments started %gx off the poses' %.1f px ended at %s (median reprojection "
+              "error at the poses' focal over theirs)", FOCAL_PROBE_FACTOR, probe["focal"],
               ", ".join(f"{f:.1f} px ({r:.2f})" for f, r in probe["probes"]))
     if probe["better"] is None:
         return None, numbers
@@ -396,6 +398,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--tolerance must be within (0, 1), got {args.tolerance}")
     if args.pairs_per_image < 1:
         raise UserError(f"--pairs_per_image must be at least 1, got {args.pairs_per_image}")
+    if args.feature_cache is None and (args.adjust or args.check_focal):
+        # the check's own adjustments match the same pairs again: a scratch cache matches each pair once
+        with tempfile.TemporaryDirectory(prefix="verify_poses_features_") as scratch:
+            return check_pose_file(argparse.Namespace(**{**vars(args), "feature_cache": scratch}))
+    check_pose_file(args)
+
+
+def check_pose_file(args: argparse.Namespace) -> None:
     entries = dataset_io.read_ace_pose_file(args.input_poses)
     if not entries:
         raise UserError(f"{args.input_poses}: no poses")
