@@ -108,7 +108,12 @@ def build_parser():
                        help="seeds mapped in parallel (-1: all cores, 1: sequential)")
     seeds.add_argument("--seed_early_stop", type=str2bool, default=False,
                        help="new: with sequential seeds, try no more once one registers at least "
-                            "--registration_threshold of the checked images (False: try all, the original)")
+                            "--seed_stop_rate of the checked images (False: try all, the original)")
+    seeds.add_argument("--seed_stop_rate", type=float, default=None,
+                       help="new: with --seed_early_stop, the share of the checked images a seed must register for "
+                            "no more seeds to be tried (default: --registration_threshold; a seed that registers "
+                            "half the collection from one image is a sound start, and the next would only be chosen "
+                            "if it registered more)")
     seeds.add_argument("--seed_iterations", type=int, default=10000, help="most mapping iterations of a seed")
     seeds.add_argument("--seed_refocus", type=str2bool, default=False,
                        help=f"new: when the focal length is only the heuristic's guess and the adjustment of the "
@@ -362,11 +367,15 @@ def score_seeds_until_good(args, seeds: np.ndarray, focal: float) -> list[float]
     rates = []
     for k, seed in enumerate(seeds):
         rates.append(map_and_score_seed(args, k, seed, focal))
-        if rates[-1] >= args.registration_threshold and k + 1 < len(seeds):
-            _log.info("seed %d registers %.1f%% (>= --registration_threshold): %d more seeds not tried "
-                      "(--seed_early_stop)", k, 100 * rates[-1], len(seeds) - k - 1)
+        if rates[-1] >= seed_stop_rate(args) and k + 1 < len(seeds):
+            _log.info("seed %d registers %.1f%% (>= --seed_stop_rate %g): %d more seeds not tried "
+                      "(--seed_early_stop)", k, 100 * rates[-1], seed_stop_rate(args), len(seeds) - k - 1)
             break
     return rates
+
+
+def seed_stop_rate(args) -> float:
+    return args.registration_threshold if args.seed_stop_rate is None else args.seed_stop_rate
 
 
 def choose_seed(args, state: RunState, focal: float) -> None:
@@ -661,6 +670,8 @@ def validate(args) -> float:
         load_head(args.seed_network, load_encoder(args.encoder_path))
     if args.try_seeds < 1 and args.seed_network is None:
         raise UserError("--try_seeds must be at least 1")
+    if args.seed_stop_rate is not None and not 0 < args.seed_stop_rate <= 1:
+        raise UserError(f"--seed_stop_rate must be in (0, 1], got {args.seed_stop_rate:g}")
     check_match_loss_weight(args)
     if args.registration_gate_max_miss <= 0:
         raise UserError(f"--registration_gate_max_miss must be positive, got {args.registration_gate_max_miss:g}")

@@ -245,10 +245,15 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     assert [script for script, _ in calls] == (["bundle_adjust.py"] if adjustment_fails else []) + ["train_ace.py"]
 
 
-@pytest.mark.parametrize("early_stop, mapped", [(True, 2), (False, 3)])
-def test_seed_early_stop(tmp_path, monkeypatch, early_stop, mapped):
-    """Stand-in stages: the second of three seeds registers every checked image, so with --seed_early_stop the
-    third is never mapped, and the best seed is the second either way."""
+@pytest.mark.parametrize("flags, mapped, best", [
+    (["--seed_early_stop", "True"], 2, 1),                             # stops at --registration_threshold 0.99
+    (["--seed_early_stop", "False"], 3, 1),                            # the original: every seed
+    (["--seed_early_stop", "True", "--seed_stop_rate", "0.5"], 1, 0),  # the CPU profile's rate: half is enough
+    (["--seed_early_stop", "False", "--seed_stop_rate", "0.5"], 3, 1)])
+def test_seed_early_stop(tmp_path, monkeypatch, flags, mapped, best):
+    """Stand-in stages: the first of three seeds registers half the checked images, the second and third every
+    one. --seed_early_stop tries no more seeds once one reaches --seed_stop_rate (by default
+    --registration_threshold), and the best seed is the one registering most among those tried."""
     import ace_zero
     out = tmp_path / "out"
     out.mkdir()
@@ -269,12 +274,11 @@ def test_seed_early_stop(tmp_path, monkeypatch, early_stop, mapped):
 
     monkeypatch.setattr(ace_zero, "run_script", stage)
     args = ace_zero.build_parser().parse_args([str(tmp_path / "frame_*.png"), str(out), "--try_seeds", "3",
-                                               "--seed_parallel_workers", "1", "--seed_early_stop",
-                                               str(early_stop)])
+                                               "--seed_parallel_workers", "1", *flags])
     state = ace_zero.RunState.load_or_create(out, args.rgb_files)
     ace_zero.choose_seed(args, state, ORBIT_FOCAL)
     assert mapped_seeds == [f"iteration0_seed{k}" for k in range(mapped)]
-    assert state.seed_id == "iteration0_seed1"
+    assert state.seed_id == f"iteration0_seed{best}"
 
 
 def test_errors(orbit_scene, tmp_path):
@@ -290,6 +294,8 @@ def test_errors(orbit_scene, tmp_path):
     gate = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", tmp_path / "r", "--registration_gate_max_miss", 0,
                    check=False)
     assert gate.returncode == 2 and "--registration_gate_max_miss" in gate.stderr and "Traceback" not in gate.stderr
+    stop = run_cli("ace_zero.py", f"{orbit_scene}/images/*.png", tmp_path / "r", "--seed_stop_rate", 0, check=False)
+    assert stop.returncode == 2 and "--seed_stop_rate" in stop.stderr and "Traceback" not in stop.stderr
 
 
 # Measured with these settings (2.7 min on 2 cores): 16/16 registered; with a 5 cm / 5 deg RANSAC alignment all
