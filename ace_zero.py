@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ VIDEO_FILE = "reconstruction.mp4"
 SEED_SCORING_MAX_IMAGES = 1000
 REFOCUS_MIN_RATIO = 1.5  # --seed_refocus: a focal moved less than this by the seed's adjustment is kept
 REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted focal
+FOCAL_RECOVERY = "_focal_recovery"  # suffix of the final poses adjusted again from the focal the check found
 GATED = "_gated"  # suffix of a registration after --registration_gate
 ESTIMATED_FOCAL_MAX_CHANGE = 1.5  # most change of a focal that an earlier adjustment estimated
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
@@ -96,6 +97,11 @@ def build_parser():
                            "90 s on fox); if so every image is flagged, since poses mapped with a wrong focal "
                            "length are bent as a whole. Not done when the focal is known (given, calibrated or "
                            "EXIF) and held (--refine_calibration False)")
+    loop.add_argument("--recover_focal", type=str2bool, default=True,
+                      help="new: when that focal check flags the poses, adjust them again (bundle_adjust.py) "
+                           "starting from the focal length the tracks fit, verify the result, and take it when "
+                           "its own check passes and fewer images are unreliable (both reports are kept; needs "
+                           "--bundle_adjustment). False: the flagged poses stand")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
                       help="new: exit with an error when most images fail that check")
     loop.add_argument("--feature_cache", type=str2bool, default=True,
@@ -783,7 +789,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, state, last)
         if args.verify_poses:
-            final_source = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
+            verified = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
+            if args.recover_focal and args.bundle_adjustment and verified != final_source:
+                verified = recover_focal(args, final_source, verified)
+            publish_verification(args, verified)
+            final_source = verified
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
         write_final_cameras(args, final_source)
         if args.export_point_cloud:
@@ -796,14 +806,66 @@ def main(argv: list[str] | None = None) -> None:
 
 def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered
-    (which checks a bundle-adjusted copy unless the poses are adjusted already)."""
+    (which checks a bundle-adjusted copy unless the poses are adjusted already); its report lies beside it."""
     verified = source.with_name(source.stem + "_verified.txt")
     # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
     return optional_stage("verify_poses.py", source, verified, [
-        "--report", args.results_folder / VERIFICATION_REPORT, "--device", args.device, *calibration_args(args),
-        *feature_cache_args(args), "--confidence_threshold", args.registration_confidence, "--adjust", not adjusted,
+        "--device", args.device, *calibration_args(args), *feature_cache_args(args), "--confidence_threshold",
+        args.registration_confidence, "--adjust", not adjusted,
         "--check_focal", args.verify_focal and not focal_held_by_user(args)],
         "verification", "poses_final.txt holds unverified confidences")
+
+
+def verification_report(verified: Path) -> Path:
+    """Where verify_poses.py writes the report of `verified` (its default)."""
+    return verified.with_suffix(".verification.json")
+
+
+def publish_verification(args, verified: Path) -> None:
+    """<results>/poses_final_verification.json: the report of the poses that become poses_final.txt (none when
+    the verification failed)."""
+    report = verification_report(verified)
+    final_report = args.results_folder / VERIFICATION_REPORT
+    if report.exists():
+        atomic_write_text(final_report, report.read_text())
+    elif final_report.exists():
+        final_report.unlink()  # an earlier run's report would vouch for poses it never saw
+
+
+def recover_focal(args, source: Path, verified: Path) -> Path:
+    """--recover_focal. When the focal check found that the feature tracks fit another focal length far better,
+    poses mapped with a wrong focal are bent as a whole and sit in a local minimum of the adjustment; started from
+    the better focal, the adjustment leaves it (stop 32's temple, mapped at 875 px and every image flagged:
+    9.1 deg -> 1.28 deg at 1441 px, true 1520). The result replaces `verified` only when its own verification
+    finds no better focal and fewer unreliable images."""
+    first = json.loads(verification_report(verified).read_text())["summary"] \
+        if verification_report(verified).exists() else {}
+    better = first.get("focal_check", {}).get("better_focal")
+    if better is None:
+        return verified
+    entries = dataset_io.read_ace_pose_file(source)
+    restart = source.with_name(source.stem + FOCAL_RECOVERY + ".txt")
+    _log.info("focal recovery: adjusting %s again from %.1f px, the focal the tracks fit (its poses: %.1f px)",
+              source.name, better, entries[0].focal)
+    if not (restart.exists() and restart.stat().st_mtime >= source.stat().st_mtime):
+        dataset_io.write_ace_pose_file(restart, [replace(e, focal=better) for e in entries])
+    adjusted = adjust_poses(args, restart, "focal recovery adjustment", "the flagged poses stand", False)
+    if adjusted == restart:
+        return verified
+    second = verify_final_poses(args, adjusted, adjusted=True)
+    if second == adjusted or not verification_report(second).exists():
+        return verified
+    summary_second = json.loads(verification_report(second).read_text())["summary"]
+    still_better = summary_second.get("focal_check", {}).get("better_focal")
+    if still_better is None and summary_second["unreliable"] < first["unreliable"]:
+        _log.warning("focal recovery: the poses adjusted from %.1f px pass the focal check, %d of %d images "
+                     "unreliable (before: %d); they become poses_final.txt (the flagged ones: %s)", better,
+                     summary_second["unreliable"], summary_second["checked"], first["unreliable"], verified.name)
+        return second
+    _log.warning("focal recovery: the poses adjusted from %.1f px do not pass (%d of %d unreliable%s); the flagged "
+                 "poses stand", better, summary_second["unreliable"], summary_second["checked"],
+                 "" if still_better is None else f", the tracks still prefer {still_better:.1f} px")
+    return verified
 
 
 def optional_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:

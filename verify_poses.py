@@ -370,7 +370,8 @@ def focal_check(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], 
     except UserError as error:
         _log.warning("%s: the focal length is not checked", error)
         return None, {}
-    numbers = {"focal": probe["focal"], "probes": [{"focal": f, "error_ratio": r} for f, r in probe["probes"]]}
+    numbers = {"focal": probe["focal"], "probes": [{"focal": f, "error_ratio": r} for f, r in probe["probes"]],
+               "better_focal": None if probe["better"] is None else probe["better"][0]}
     _log.info("focal check: adjustments started %gx off the poses' %.1f px ended at %s (median reprojection "
               "error at the poses' focal over theirs)", FOCAL_PROBE_FACTOR, probe["focal"],
               ", ".join(f"{f:.1f} px ({r:.2f})" for f, r in probe["probes"]))

@@ -281,6 +281,55 @@ def test_seed_early_stop(tmp_path, monkeypatch, flags, mapped, best):
     assert state.seed_id == f"iteration0_seed{best}"
 
 
+@pytest.mark.parametrize("first_better, second_better, second_unreliable, adopted", [
+    (None, None, 0, False),    # the check found no better focal: nothing runs
+    (1200.0, None, 0, True),   # the poses adjusted from 1200 px pass: they replace the flagged ones
+    (1200.0, 1500.0, 0, False),  # the tracks still prefer another focal: the flagged poses stand
+    (1200.0, None, 4, False)])   # as many unreliable as before: the flagged poses stand
+def test_recover_focal(tmp_path, monkeypatch, first_better, second_better, second_unreliable, adopted):
+    """--recover_focal with stand-in stages: when the verification's focal check found a better focal, the final
+    poses are adjusted again from it (every pose file's focal column set to it) and verified; the result is
+    taken only when its check finds no better focal and fewer unreliable images."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
+    source = out / "poses_iteration3_adjusted.txt"
+    dataset_io.write_ace_pose_file(source, [dataset_io.PoseEntry(p, np.eye(4), 500.0, 2000.0) for p in images])
+    verified = out / "poses_iteration3_adjusted_verified.txt"
+
+    def write_verification(target, unreliable, better):
+        shutil.copyfile(source, target)
+        target.with_suffix(".verification.json").write_text(json.dumps({"summary": {
+            "unreliable": unreliable, "checked": 4, "focal_check": {"better_focal": better}}}))
+
+    write_verification(verified, 4, first_better)
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        calls.append((script, Path(arguments[0])))
+        if script == "bundle_adjust.py":
+            shutil.copyfile(arguments[0], arguments[1])
+        elif script == "verify_poses.py":
+            write_verification(Path(arguments[1]), second_unreliable, second_better)
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([str(tmp_path / "frame_*.png"), str(out), "--device", "cpu"])
+    chosen = ace_zero.recover_focal(args, source, verified)
+    if first_better is None:
+        assert calls == [] and chosen == verified
+        return
+    restart = out / "poses_iteration3_adjusted_focal_recovery.txt"
+    assert calls[0] == ("bundle_adjust.py", restart)
+    assert all(e.focal == first_better for e in dataset_io.read_ace_pose_file(restart))
+    assert calls[1] == ("verify_poses.py", out / "poses_iteration3_adjusted_focal_recovery_adjusted.txt")
+    expected = out / "poses_iteration3_adjusted_focal_recovery_adjusted_verified.txt" if adopted else verified
+    assert chosen == expected
+    ace_zero.publish_verification(args, chosen)
+    report = json.loads((out / ace_zero.VERIFICATION_REPORT).read_text())["summary"]
+    assert report["unreliable"] == (second_unreliable if adopted else 4)
+
+
 def test_errors(orbit_scene, tmp_path):
     one = run_cli("ace_zero.py", f"{orbit_scene}/images/frame_00000.png", tmp_path / "r", check=False)
     assert one.returncode == 2 and "at least 2" in one.stderr

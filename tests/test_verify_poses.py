@@ -132,9 +132,28 @@ def test_poses_mapped_with_a_wrong_focal_are_flagged(orbit_scene, tmp_path):
             assert focal_check["focal"] == pytest.approx(wrong_focal)
             assert any(p["focal"] == pytest.approx(ORBIT_FOCAL, rel=0.05) and p["error_ratio"] > 1.5
                        for p in focal_check["probes"])
+            assert focal_check["better_focal"] == pytest.approx(ORBIT_FOCAL, rel=0.05)
         else:
             assert report["summary"]["unreliable"] == 0
             assert all(p["error_ratio"] < 1.08 for p in focal_check["probes"])
+            assert focal_check["better_focal"] is None
+    # ace_zero.py --recover_focal: the distorted poses adjusted again from the focal the check found come back to
+    # the truth and pass the check
+    import ace_zero
+    from eval_poses import evaluate
+    args = ace_zero.build_parser().parse_args([str(orbit_scene / "images" / "*.png"), str(tmp_path / "run"),
+                                               "--device", "cpu", "--registration_confidence", "1000"])
+    (tmp_path / "run").mkdir()
+    recovered = ace_zero.recover_focal(args, tmp_path / "distorted.txt", tmp_path / "distorted_out.txt")
+    assert recovered.name == "distorted_focal_recovery_adjusted_verified.txt"
+    truth = [e.cam_to_world for e in entries]
+    errors = {name: evaluate(dataset_io.read_ace_pose_file(path), truth, conf_threshold=1000, thresh_t=0.05,
+                             thresh_r=5.0)["median_rot_err_deg"]
+              for name, path in (("distorted", tmp_path / "distorted.txt"), ("recovered", recovered))}
+    print("median rotation error, distorted -> recovered:", errors)
+    assert errors["recovered"] < 0.5 * errors["distorted"]
+    after = dataset_io.read_ace_pose_file(recovered)
+    assert after[0].focal == pytest.approx(ORBIT_FOCAL, rel=0.05) and all(e.confidence >= 1000 for e in after)
 
 
 def test_unreadable_kept_shares_are_a_clear_error(orbit_scene, tmp_path):
