@@ -848,6 +848,9 @@ def recover_focal(args, source: Path, verified: Path) -> Path:
     _log.info("focal recovery: adjusting %s again from %.1f px, the focal the tracks fit (its poses: %.1f px)",
               source.name, better, entries[0].focal)
     if not (restart.exists() and restart.stat().st_mtime >= source.stat().st_mtime):
+        cameras = dataset_io.cameras_file_beside(source)
+        if cameras.exists():  # a principal point the adjustment refined goes along (the focal column scales fx, fy)
+            atomic_write_text(dataset_io.cameras_file_beside(restart), cameras.read_text())
         dataset_io.write_ace_pose_file(restart, [replace(e, focal=better) for e in entries])
     adjusted = adjust_poses(args, restart, "focal recovery adjustment", "the flagged poses stand", False)
     if adjusted == restart:
