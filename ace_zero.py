@@ -821,6 +821,12 @@ def verification_report(verified: Path) -> Path:
     return verified.with_suffix(".verification.json")
 
 
+def verification_summary(verified: Path) -> dict:
+    """The summary of the report beside `verified` ({} when there is none)."""
+    report = verification_report(verified)
+    return json.loads(report.read_text())["summary"] if report.exists() else {}
+
+
 def publish_verification(args, verified: Path) -> None:
     """<results>/poses_final_verification.json: the report of the poses that become poses_final.txt (none when
     the verification failed)."""
@@ -838,8 +844,7 @@ def recover_focal(args, source: Path, verified: Path) -> Path:
     the better focal, the adjustment leaves it (stop 32's temple, mapped at 875 px and every image flagged:
     9.1 deg -> 1.28 deg at 1441 px, true 1520). The result replaces `verified` only when its own verification
     finds no better focal and fewer unreliable images."""
-    first = json.loads(verification_report(verified).read_text())["summary"] \
-        if verification_report(verified).exists() else {}
+    first = verification_summary(verified)
     better = first.get("focal_check", {}).get("better_focal")
     if better is None:
         return verified
@@ -847,7 +852,7 @@ def recover_focal(args, source: Path, verified: Path) -> Path:
     restart = source.with_name(source.stem + FOCAL_RECOVERY + ".txt")
     _log.info("focal recovery: adjusting %s again from %.1f px, the focal the tracks fit (its poses: %.1f px)",
               source.name, better, entries[0].focal)
-    if not (restart.exists() and restart.stat().st_mtime >= source.stat().st_mtime):
+    if not up_to_date(restart, source):
         cameras = dataset_io.cameras_file_beside(source)
         if cameras.exists():  # a principal point the adjustment refined goes along (the focal column scales fx, fy)
             atomic_write_text(dataset_io.cameras_file_beside(restart), cameras.read_text())
@@ -856,9 +861,9 @@ def recover_focal(args, source: Path, verified: Path) -> Path:
     if adjusted == restart:
         return verified
     second = verify_final_poses(args, adjusted, adjusted=True)
-    if second == adjusted or not verification_report(second).exists():
+    summary_second = verification_summary(second) if second != adjusted else {}
+    if not summary_second:
         return verified
-    summary_second = json.loads(verification_report(second).read_text())["summary"]
     still_better = summary_second.get("focal_check", {}).get("better_focal")
     if still_better is None and summary_second["unreliable"] < first["unreliable"]:
         _log.warning("focal recovery: the poses adjusted from %.1f px pass the focal check, %d of %d images "
@@ -871,10 +876,15 @@ def recover_focal(args, source: Path, verified: Path) -> Path:
     return verified
 
 
+def up_to_date(target: Path, source: Path) -> bool:
+    """Whether `target` exists and was written after `source` (so a rerun reuses it)."""
+    return target.exists() and target.stat().st_mtime >= source.stat().st_mtime
+
+
 def optional_stage(script: str, source: Path, target: Path, arguments: list, what: str, fallback_note: str) -> Path:
     """`script source target *arguments`: `target`, reused when a rerun finds it newer than `source`, or `source`
     itself (with a warning) when the stage fails: a polish or a check must not end a reconstruction."""
-    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+    if up_to_date(target, source):
         _log.info("using the %s in %s", what, target)
         return target
     try:
@@ -910,7 +920,7 @@ def write_final_cameras(args, final_source: Path) -> None:
     (it may have moved the principal point), else the calibration with the final focal lengths."""
     final = args.results_folder / "cameras_final.txt"
     adjusted = dataset_io.cameras_file_beside(final_source)
-    if adjusted.exists() and adjusted.stat().st_mtime >= final_source.stat().st_mtime:
+    if up_to_date(adjusted, final_source):
         atomic_write_text(final, adjusted.read_text())
         return
     entries = dataset_io.read_ace_pose_file(args.results_folder / "poses_final.txt")
