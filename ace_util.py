@@ -218,6 +218,8 @@ XFEAT_VARIANTS = {spec.encoder_id: spec for spec in (
 # of the frame, is selectable; end to end it registered fewer temple images (README, "Image position in the
 # features").
 DEFAULT_ENCODER = XFEAT_ENCODER_ID
+# Short side of the network input image (the original's): heads are mapped and registered at it by default.
+DEFAULT_IMAGE_RESOLUTION = 480
 
 
 # A learned adapter on a frozen XFeat variant, written by train_encoder.py. Its file is a torch archive whose

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 # Facts shared with the library live in ace_util (torch-free); the scripts take some of them from here too.
-from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION,  # noqa: F401
-                      GAUGE_CHOICES, float_or_auto, LOSS_STRUCTURES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES,
-                      PROBABILISTIC_NEEDS_PRIOR, RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write,
-                      atomic_write_text)
+from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DEFAULT_IMAGE_RESOLUTION,  # noqa: F401
+                      DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, GAUGE_CHOICES, float_or_auto, LOSS_STRUCTURES,
+                      ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES, PROBABILISTIC_NEEDS_PRIOR,
+                      RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write, atomic_write_text)
 
 _log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                              "position in the features), xfeat-fine-reflect, xfeat-fine, xfeat-canvas64, "
                              "xfeat-canvas128, xfeat-reflect-canvas32; "
                              "or the path of an official ACE encoder file (ace_encoder_pretrained.pt)")
-    parser.add_argument("--image_resolution", type=int, default=480,
+    parser.add_argument("--image_resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,
                         help="short side of the network input image in pixels")
 
 

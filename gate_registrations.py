@@ -23,8 +23,8 @@ import numpy as np
 import dataset_io
 from ace_util import in_mapping_set
 from calibration import Intrinsics
-from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg,
-                        add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device)
+from cli_common import (DEFAULT_IMAGE_RESOLUTION, POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg,
+                        add_device_arg, add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device)
 from feature_cache import FeatureCache
 
 _log = logging.getLogger("gate_registrations")
@@ -60,7 +60,8 @@ def build_parser():
     parser.add_argument("--max_miss", type=float, default=DEFAULT_MAX_MISS,
                         help="largest median miss of a new image's observations, in keypoint accuracies (about a "
                              "pixel at the detection resolution)")
-    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
+    parser.add_argument("--image_resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,
+                        help="short side for keypoint detection")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser

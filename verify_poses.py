@@ -26,8 +26,9 @@ import numpy as np
 
 import dataset_io
 from calibration import Intrinsics, focal_changed
-from cli_common import (POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError, add_calibration_arg, add_device_arg,
-                        add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device, str2bool)
+from cli_common import (DEFAULT_IMAGE_RESOLUTION, POSE_FILE_CAMERAS_HELP, RELIABLE_CONFIDENCE, UserError,
+                        add_calibration_arg, add_device_arg, add_feature_cache_arg, atomic_write_text, make_parser,
+                        run_main, select_device, str2bool)
 from feature_cache import FeatureCache
 
 if TYPE_CHECKING:  # bundle_adjust's imports are slow: loaded when needed, not for --help
@@ -93,7 +94,8 @@ def build_parser():
                              "at a focal that fits the feature tracks clearly better (median reprojection error at "
                              "most 1/1.08 of the held one's), the poses were mapped with a wrong focal and every "
                              "image is flagged (costs three adjustments)")
-    parser.add_argument("--image_resolution", type=int, default=480, help="short side for keypoint detection")
+    parser.add_argument("--image_resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,
+                        help="short side for keypoint detection")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 
 import dataset_io  # noqa: E402
 from benchmarks.bench_encoder import symlinked_glob  # noqa: E402
-from ace_util import DEFAULT_ENCODER, REPO_ROOT as REPO, is_registered, script_command  # noqa: E402
+from ace_util import (DEFAULT_ENCODER, DEFAULT_IMAGE_RESOLUTION, REPO_ROOT as REPO, is_registered,  # noqa: E402
+                      script_command)
 from eval_poses import evaluate  # noqa: E402
 
 
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--head", type=Path, default=None,
                         help="keep the head here (poses_query.txt is written beside it); when the file exists, "
                              "register with it instead of mapping")
+    parser.add_argument("--image_resolution", type=int, default=None,
+                        help="network input short side of mapping and registration alike (a head is registered "
+                             "best at the resolution it was mapped at); default: the stages' own")
     parser.add_argument("--register_args", default="",
                         help="extra register_mapping.py flags, one string (e.g. '--hypotheses 256 --threshold 5')")
     args, extra = parser.parse_known_args()  # anything else is passed on to train_ace.py
@@ -80,18 +84,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         head = args.head or tmp / "map.pt"
-        camera = camera_args(args, calibration, images, tmp)
+        both = camera_args(args, calibration, images, tmp)  # flags of mapping and registration alike
+        if args.image_resolution:
+            both += ["--image_resolution", args.image_resolution]
         map_time = None
         if not head.exists():
             map_time = run("train_ace.py", symlinked_glob(tmp / "map_images", mapping), head,
                            "--pose_files", symlinked_glob(tmp / "map_poses", mapping_poses),
-                           *camera, "--encoder_path", args.encoder_path, *extra)
+                           *both, "--encoder_path", args.encoder_path, *extra)
         elif extra:
             sys.exit(f"error: {head} exists, so nothing is mapped: mapping flags {' '.join(extra)} would be ignored")
         reg_time = run("register_mapping.py", symlinked_glob(tmp / "query_images", query), head,
-                       *camera, "--session", "query", "--encoder_path", args.encoder_path,
+                       *both, "--session", "query", "--encoder_path", args.encoder_path,
                        *shlex.split(args.register_args))
-        entries = sorted(dataset_io.read_ace_pose_file(head.parent / "poses_query.txt"), key=lambda e: Path(e.path).name)
+        entries = sorted(dataset_io.read_ace_pose_file(head.parent / "poses_query.txt"),
+                         key=lambda e: Path(e.path).name)
     gt = [dataset_io.load_cam_to_world(p) for p in query_poses]
     result = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.02, thresh_r=2.0)
     fine = evaluate(entries, gt, estimate_alignment=False, thresh_t=0.01, thresh_r=1.0)
@@ -100,7 +107,8 @@ def main() -> None:
         "mapping_images": len(mapping),
         "query_images": len(query), "confidence_gt_500": sum(is_registered(e.confidence, 500) for e in entries),
         "median_rot_err_deg": result["median_rot_err_deg"], "median_trans_err": result["median_trans_err"],
-        "intrinsics": args.intrinsics, "percent_within_2cm_2deg": result["accuracy_percent"],
+        "intrinsics": args.intrinsics, "image_resolution": args.image_resolution or DEFAULT_IMAGE_RESOLUTION,
+        "percent_within_2cm_2deg": result["accuracy_percent"],
         "percent_within_1cm_1deg": fine["accuracy_percent"],
         "mapping_seconds": None if map_time is None else round(map_time, 1), "register_args": args.register_args,
         "registration_seconds": round(reg_time, 1), "images_per_second": round(len(query) / reg_time, 2),
