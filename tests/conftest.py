@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
 ORBIT_IMAGES = 16
 ORBIT_SIZE = (640, 480)
 ORBIT_FOCAL = 525.0
+# ace_zero.py on the orbit in short CPU rounds (the tests check the loop, not the last digit of accuracy).
+ORBIT_LOOP_FLAGS = ["--device", "cpu", "--mapping_iterations", 1200, "--refit_iterations", 1500,
+                    "--final_refit_posewait", 500, "--cooldown_iterations", 400, "--iterations_max", 4,
+                    "--use_external_focal_length", ORBIT_FOCAL, "--refine_calibration", "False"]
 
 
 def run_cli(script: str, *args, check: bool = True, threads: int | None = None) -> subprocess.CompletedProcess:
