@@ -121,3 +121,22 @@ def test_register_errors(orbit_head, orbit_scene, tmp_path):
     msg = _one_line_error(run_cli("register_mapping.py", f"{odd}/*.png", orbit_head, "--calibration_file",
                                   tmp_path / "calibration.txt", check=False))
     assert "b.png" in msg and "calibration is for 320x240" in msg
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--image_resolution", "720"], "--repro_loss_hard_clamp 1500 --repro_loss_soft_clamp 75"),
+    (["--image_resolution", "240"], "--repro_loss_hard_clamp 500 --repro_loss_soft_clamp 25"),
+    ([], None),                                                            # the original's 480 px: nothing to say
+    (["--image_resolution", "720", "--repro_loss_soft_clamp", "60"], None)])  # the user chose: left alone
+def test_pixel_clamps_are_named_at_other_resolutions(flags, expected, caplog):
+    """The loss clamps are network-input pixels sized for 480 px: at another resolution the log names the clamps
+    that keep their size relative to the input (scaled by resolution / 480)."""
+    import train_ace
+    parser = train_ace.build_parser()
+    args = parser.parse_args(["images/*", "map.pt", *flags])
+    with caplog.at_level("WARNING"):
+        train_ace.note_pixel_clamps(args, parser)
+    if expected is None:
+        assert not caplog.records
+    else:
+        assert expected in caplog.text
