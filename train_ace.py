@@ -129,7 +129,8 @@ def validate(args) -> None:
 def note_pixel_clamps(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The loss clamps are network-input pixels, sized for the original's 480 px: say what they are at another
     resolution. Temple's even images at 720 px with the 480 px clamps did not start learning in 6000 iterations
-    (inlier fraction 0.01); with them scaled 1.5x it reached 0.56 (README, "Cameras: calibration files, EXIF, distortion")."""
+    (inlier fraction 0.01); with them scaled 1.5x it reached 0.56 (README, "Cameras: calibration files, EXIF,
+    distortion")."""
     scale = args.image_resolution / DEFAULT_IMAGE_RESOLUTION
     clamps = ("repro_loss_hard_clamp", "repro_loss_soft_clamp")
     if scale == 1 or any(getattr(args, c) != parser.get_default(c) for c in clamps):
