@@ -21,7 +21,7 @@ $(VENV)/.dsacstar: $(VENV)/.deps $(DSAC_SOURCES)
 	touch $@
 
 # Two workers, one test file each at a time (module fixtures are built once); one OpenMP thread per worker, so
-# that the two do not fight over two cores (2 cores: 16 min against 19 serially). TEST_WORKERS=0 runs serially.
+# that the two do not fight over two cores (2 cores: 14 min against 19 serially). TEST_WORKERS=N for N workers.
 TEST_WORKERS ?= 2
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
