@@ -110,7 +110,8 @@ def main() -> None:
         "intrinsics": args.intrinsics, "image_resolution": args.image_resolution or DEFAULT_IMAGE_RESOLUTION,
         "percent_within_2cm_2deg": result["accuracy_percent"],
         "percent_within_1cm_1deg": fine["accuracy_percent"],
-        "mapping_seconds": None if map_time is None else round(map_time, 1), "register_args": args.register_args,
+        "mapping_seconds": None if map_time is None else round(map_time, 1),
+        "mapping_args": None if map_time is None else " ".join(extra), "register_args": args.register_args,
         "registration_seconds": round(reg_time, 1), "images_per_second": round(len(query) / reg_time, 2),
     }
     if args.scene_extent:
