@@ -87,7 +87,9 @@ def build_parser():
     loss.add_argument("--depth_max", type=float, default=1000, help="predictions farther than this are invalid")
     add_prior_args(parser.add_argument_group("loss structure and priors"))
     aug = parser.add_argument_group("augmentation")
-    aug.add_argument("--use_aug", type=str2bool, default=True, help="scale, rotation and brightness augmentation")
+    aug.add_argument("--use_aug", type=str2bool, default=True,
+                     help="scale, rotation and brightness augmentation; False fits the mapping views as they are "
+                          "(re-posing the mapping images: README, \"Cameras\")")
     aug.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
     aug.add_argument("--aug_scale", type=float, default=1.5, help="scale factor range [1/s, s]")
     aug.add_argument("--aug_shift", type=float, default=0.0,
