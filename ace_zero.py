@@ -174,6 +174,9 @@ def build_parser():
     mapping.add_argument("--repro_loss_hard_clamp", type=int, default=1000, help="px")
     mapping.add_argument("--repro_loss_soft_clamp", type=int, default=50, help="px")
     mapping.add_argument("--aug_rotation", type=int, default=15, help="most in-plane rotation (deg)")
+    mapping.add_argument("--round_use_aug", type=str2bool, default=True,
+                         help="augmentation in the mapping rounds and the refit (new; the seed keeps it): False "
+                              "fits the mapped views as they are (README, \"Cameras\")")
     mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
     mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
     add_prior_args(parser.add_argument_group("loss structure and priors (passed to every mapping call)"))
@@ -433,7 +436,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", source, "--pose_refinement", args.refinement,
                "--refine_calibration", refines_focal_in_rounds(args), *prior_args(args, False, location, bandwidth),
-               *render_args(args)]
+               "--use_aug", args.round_use_aug, *render_args(args)]
     if args.depth_use_always:
         command += ["--depth_files", args.depth_files]
     if args.render_visualization:
