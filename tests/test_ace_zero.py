@@ -244,22 +244,12 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
 def test_round_augmentation(tmp_path, monkeypatch, flags, expected):
     """--round_use_aug reaches train_ace.py's --use_aug in a mapping round (on by default, the original)."""
     import ace_zero
-    out = tmp_path / "out"
-    out.mkdir()
-    pattern = str(tmp_path / "frame_*.png")
-    dataset_io.write_ace_pose_file(out / "poses_iteration1.txt", [dataset_io.PoseEntry(
-        str(tmp_path / "frame_0.png"), np.eye(4), 300.0, 2000.0)])
     calls = []
-
-    def stage(script, arguments, threads=None, label=""):
-        arguments = [str(a) for a in arguments]
-        calls.append(arguments)
-        head = Path(arguments[1])  # what train_ace.py leaves: the poses it mapped from
-        shutil.copy(arguments[arguments.index("--use_ace_pose_file") + 1],
-                    head.parent / f"poses_{head.stem}_preliminary.txt")
-
-    monkeypatch.setattr(ace_zero, "run_script", stage)
-    args = ace_zero.build_parser().parse_args([pattern, str(out), "--device", "cpu", "--round_bundle_adjustment",
+    monkeypatch.setattr(ace_zero, "run_script", lambda script, arguments, threads=None, label="":
+                        calls.append([str(a) for a in arguments]))
+    monkeypatch.setattr(ace_zero, "registration_focal_of", lambda args, folder, run_id, fallback: fallback)
+    pattern = str(tmp_path / "frame_*.png")
+    args = ace_zero.build_parser().parse_args([pattern, str(tmp_path), "--device", "cpu", "--round_bundle_adjustment",
                                                "False", *flags])
     ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
     mapping = calls[-1]
