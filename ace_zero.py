@@ -177,6 +177,10 @@ def build_parser():
     mapping.add_argument("--round_use_aug", type=str2bool, default=True,
                          help="augmentation in the mapping rounds and the refit (new; the seed keeps it): False "
                               "fits the mapped views as they are (README, \"Cameras\")")
+    mapping.add_argument("--final_use_aug", type=str2bool, default=None,
+                         help="new: augmentation in the final round only (--final_refine; default: as "
+                              "--round_use_aug). False with augmented rounds: the rounds keep the head that registers "
+                              "new views, the final head fits the registered views as they are")
     mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
     mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
     add_prior_args(parser.add_argument_group("loss structure and priors (passed to every mapping call)"))
@@ -424,6 +428,13 @@ def registration_focal_of(args, folder: Path, run_id: str, fallback: float) -> f
     return first.fx * entries[0].focal / mapped.fx
 
 
+def round_augmentation(args, final: bool) -> bool:
+    """Whether a mapping round augments its views: --final_use_aug decides the final round when set."""
+    if final and args.final_use_aug is not None:
+        return args.final_use_aug
+    return args.round_use_aug
+
+
 def mapping_round(args, state: RunState, iteration: int, previous: str,
                   initial_focal: float) -> tuple[str, float, Path]:
     """Map round `iteration` from the registration `previous`; returns its run id, the focal to register with and
@@ -436,7 +447,7 @@ def mapping_round(args, state: RunState, iteration: int, previous: str,
     command = [args.rgb_files, folder / f"{run_id}.pt", *mapping_args(args, refit),
                "--use_ace_pose_file", source, "--pose_refinement", args.refinement,
                "--refine_calibration", refines_focal_in_rounds(args), *prior_args(args, False, location, bandwidth),
-               "--use_aug", args.round_use_aug, *render_args(args)]
+               "--use_aug", round_augmentation(args, state.stop_scheduled), *render_args(args)]
     if args.depth_use_always:
         command += ["--depth_files", args.depth_files]
     if args.render_visualization:

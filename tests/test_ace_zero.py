@@ -240,9 +240,14 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     assert [script for script, _ in calls] == (["bundle_adjust.py"] if adjustment_fails else []) + ["train_ace.py"]
 
 
-@pytest.mark.parametrize("flags, expected", [([], "True"), (["--round_use_aug", "False"], "False")])
-def test_round_augmentation(tmp_path, monkeypatch, flags, expected):
-    """--round_use_aug reaches train_ace.py's --use_aug in a mapping round (on by default, the original)."""
+@pytest.mark.parametrize("flags, final, expected", [
+    ([], False, "True"), ([], True, "True"),                                     # the original: always
+    (["--round_use_aug", "False"], False, "False"), (["--round_use_aug", "False"], True, "False"),
+    (["--final_use_aug", "False"], False, "True"), (["--final_use_aug", "False"], True, "False"),
+    (["--round_use_aug", "False", "--final_use_aug", "True"], True, "True")])
+def test_round_augmentation(tmp_path, monkeypatch, flags, final, expected):
+    """--round_use_aug reaches train_ace.py's --use_aug in a mapping round (on by default, the original), and
+    --final_use_aug overrides it in the round after the loop stopped (the final refit) only."""
     import ace_zero
     calls = []
     monkeypatch.setattr(ace_zero, "run_script", lambda script, arguments, threads=None, label="":
@@ -251,9 +256,12 @@ def test_round_augmentation(tmp_path, monkeypatch, flags, expected):
     pattern = str(tmp_path / "frame_*.png")
     args = ace_zero.build_parser().parse_args([pattern, str(tmp_path), "--device", "cpu", "--round_bundle_adjustment",
                                                "False", *flags])
-    ace_zero.mapping_round(args, ace_zero.RunState(pattern), 2, "iteration1", 300.0)
+    state = ace_zero.RunState(pattern)
+    state.stop_scheduled = final
+    ace_zero.mapping_round(args, state, 2, "iteration1", 300.0)
     mapping = calls[-1]
     assert mapping[mapping.index("--use_aug") + 1] == expected
+    assert ("--load_weights" in mapping) != final  # the final round is the fresh refit: the state was read
 
 
 @pytest.mark.parametrize("flags, mapped, best", [
