@@ -179,8 +179,9 @@ def build_parser():
                               "fits the mapped views as they are (README, \"Cameras\")")
     mapping.add_argument("--final_use_aug", type=str2bool, default=None,
                          help="new: augmentation in the final round only (--final_refine; default: as "
-                              "--round_use_aug). False with augmented rounds: the rounds keep the head that registers "
-                              "new views, the final head fits the registered views as they are")
+                              "--round_use_aug). False: the final head fits the registered views as they are, and "
+                              "the images it was not mapped from keep the loop's last entry (an unaugmented head "
+                              "registers new views worse; README, \"Cameras\")")
     mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
     mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
     add_prior_args(parser.add_argument_group("loss structure and priors (passed to every mapping call)"))
@@ -544,6 +545,8 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     while not state.finished and iteration < args.iterations_max:
         run_id, focal, source = mapping_round(args, state, iteration, last, initial_focal)
         rate = register(args, folder / f"{run_id}.pt", run_id, focal, render=args.render_visualization)
+        if state.stop_scheduled and args.final_use_aug is False:
+            rate = keep_unfitted_registrations(args, run_id, source)
         if args.registration_gate:
             rate = gate_registration(args, run_id, source)
         _complete(state, run_id, rate, folder)
@@ -554,6 +557,26 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     state.finished = True
     state.save(folder)
     return last
+
+
+def keep_unfitted_registrations(args, run_id: str, mapped_from: Path) -> float:
+    """--final_use_aug False: a head fitted without augmentation registers the views it was fitted to far better,
+    but new views worse and with inflated inlier counts (temple: one 9.9 deg off with 1817 inliers; README,
+    "Cameras"). So in the final round the images it was not mapped from keep the entry the loop gave them
+    (below --registration_confidence, or they would have been mapped). The head's own registration is kept as
+    poses_<run_id>_final_head.txt; returns the registration rate."""
+    registered = args.results_folder / f"poses_{run_id}.txt"
+    earlier = {e.path: e for e in dataset_io.read_ace_pose_file(mapped_from)}
+    entries = dataset_io.read_ace_pose_file(registered)
+    kept = [e.path for e in entries if e.path in earlier and earlier[e.path].confidence < args.registration_confidence]
+    if kept:
+        atomic_write_text(registered.with_name(f"{registered.stem}_final_head.txt"), registered.read_text())
+        merged = [dataset_io.PoseEntry(e.path, earlier[e.path].world_to_cam, e.focal, earlier[e.path].confidence)
+                  if e.path in kept else e for e in entries]
+        dataset_io.write_ace_pose_file(registered, merged)
+        _log.info("final round without augmentation: %d image(s) it was not mapped from keep their entries of %s "
+                  "(the head's own in %s)", len(kept), mapped_from.name, f"{registered.stem}_final_head.txt")
+    return dataset_io.registration_rate(dataset_io.read_ace_pose_file(registered), args.registration_confidence)
 
 
 def gated_file(folder: Path, run_id: str) -> Path:

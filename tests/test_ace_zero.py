@@ -264,6 +264,34 @@ def test_round_augmentation(tmp_path, monkeypatch, flags, final, expected):
     assert ("--load_weights" in mapping) != final  # the final round is the fresh refit: the state was read
 
 
+def test_final_round_keeps_unfitted_registrations(tmp_path):
+    """--final_use_aug False: an image the final head was not mapped from (below the confidence in the file the
+    round mapped from) keeps that file's pose and confidence, whatever the head says; mapped images take the
+    head's registration; the head's own file is kept beside."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = [str(tmp_path / f"frame_{i}.png") for i in range(3)]
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.5, 0.0, 0.0]
+    mapped_from = out / "poses_iteration3_adjusted.txt"
+    dataset_io.write_ace_pose_file(mapped_from, [dataset_io.PoseEntry(paths[0], np.eye(4), 300.0, 2000.0),
+                                                 dataset_io.PoseEntry(paths[1], np.eye(4), 300.0, 900.0),
+                                                 dataset_io.PoseEntry(paths[2], np.eye(4), 300.0, 1600.0)])
+    head = [dataset_io.PoseEntry(p, shifted, 310.0, 1800.0) for p in paths]
+    dataset_io.write_ace_pose_file(out / "poses_iteration4.txt", head)
+    args = ace_zero.build_parser().parse_args([str(tmp_path / "frame_*.png"), str(out), "--final_use_aug", "False",
+                                               "--registration_confidence", "1000"])
+    rate = ace_zero.keep_unfitted_registrations(args, "iteration4", mapped_from)
+    merged = dataset_io.read_ace_pose_file(out / "poses_iteration4.txt")
+    assert [e.confidence for e in merged] == [1800.0, 900.0, 1800.0]
+    np.testing.assert_allclose(merged[1].world_to_cam, np.eye(4), atol=1e-6)
+    np.testing.assert_allclose(merged[2].world_to_cam, shifted, atol=1e-6)
+    assert [e.focal for e in merged] == [310.0] * 3  # one focal in the file: the final round's
+    assert rate == pytest.approx(2 / 3)
+    assert [e.confidence for e in dataset_io.read_ace_pose_file(out / "poses_iteration4_final_head.txt")] == [1800.0] * 3
+
+
 @pytest.mark.parametrize("flags, mapped, best", [
     (["--seed_early_stop", "True"], 2, 1),                             # stops at --registration_threshold 0.99
     (["--seed_early_stop", "False"], 3, 1),                            # the original: every seed
