@@ -568,15 +568,15 @@ def keep_unfitted_registrations(args, run_id: str, mapped_from: Path) -> float:
     registered = args.results_folder / f"poses_{run_id}.txt"
     earlier = {e.path: e for e in dataset_io.read_ace_pose_file(mapped_from)}
     entries = dataset_io.read_ace_pose_file(registered)
-    kept = [e.path for e in entries if e.path in earlier and earlier[e.path].confidence < args.registration_confidence]
+    kept = {e.path for e in entries if e.path in earlier and earlier[e.path].confidence < args.registration_confidence}
     if kept:
         atomic_write_text(registered.with_name(f"{registered.stem}_final_head.txt"), registered.read_text())
-        merged = [dataset_io.PoseEntry(e.path, earlier[e.path].world_to_cam, e.focal, earlier[e.path].confidence)
-                  if e.path in kept else e for e in entries]
-        dataset_io.write_ace_pose_file(registered, merged)
+        entries = [dataset_io.PoseEntry(e.path, earlier[e.path].world_to_cam, e.focal, earlier[e.path].confidence)
+                   if e.path in kept else e for e in entries]
+        dataset_io.write_ace_pose_file(registered, entries)
         _log.info("final round without augmentation: %d image(s) it was not mapped from keep their entries of %s "
                   "(the head's own in %s)", len(kept), mapped_from.name, f"{registered.stem}_final_head.txt")
-    return dataset_io.registration_rate(dataset_io.read_ace_pose_file(registered), args.registration_confidence)
+    return dataset_io.registration_rate(entries, args.registration_confidence)
 
 
 def gated_file(folder: Path, run_id: str) -> Path:
