@@ -69,6 +69,8 @@ class MappingConfig:
     pose_refinement_weight: float
     pose_refinement_gauge: str
     pose_refinement_update: str
+    pose_refinement_input: str
+    pose_refinement_cooldown: bool
     pose_refinement_wait: int
     match_loss_weight: float
     refine_calibration: bool
@@ -221,7 +223,8 @@ class Trainer:
         self.pose_refiner = PoseRefiner(torch.from_numpy(np.linalg.inv(self.data.cam_to_world)).float(),
                                         config.pose_refinement, config.refinement_ortho,
                                         config.pose_refinement_lr, config.pose_refinement_weight,
-                                        config.pose_refinement_gauge, config.pose_refinement_update).to(device)
+                                        config.pose_refinement_gauge, config.pose_refinement_update,
+                                        config.pose_refinement_input).to(device)
         # one relative change of every image's focal (a shared focal when they share one camera)
         self.calibration = CalibrationRefiner(float(self.data.focals[0]), config.refine_calibration,
                                               config.refine_calibration_lr).to(device)
@@ -393,6 +396,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if iteration >= a.pose_refinement_wait:
+            if a.pose_refinement_cooldown:
+                self.pose_refiner.scale_learning_rate(self.schedule.decay_factor(iteration))
             self.pose_refiner.step()
         self.calibration.step()
         if self.visualizer is not None:

@@ -255,6 +255,7 @@ POSE_REFINEMENT_CHOICES = ("none", "naive", "mlp")
 ORTHO_CHOICES = ("gram-schmidt", "procrustes")
 GAUGE_CHOICES = ("none", "centres")
 UPDATE_CHOICES = ("additive", "rotation")
+MLP_INPUT_CHOICES = ("pose", "standardised")
 
 LOSS_TYPES = ("l1", "l1+sqrt", "l1+log", "tanh", "dyntanh")  # robust reprojection losses (ace_loss)
 LR_SCHEDULES = ("circle", "constant", "1cyclepoly")

@@ -12,7 +12,7 @@ from typing import Any, Callable
 # Facts shared with the library live in ace_util (torch-free); the scripts take some of them from here too.
 from ace_util import (AUTO_PRIOR_FLAG, DEFAULT_ENCODER, DEFAULT_IMAGE_RESOLUTION,  # noqa: F401
                       DIFFUSION_NEEDS_MODEL, DSAC_ONLY_DIFFUSION, GAUGE_CHOICES, float_or_auto, LOSS_STRUCTURES,
-                      ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES, PROBABILISTIC_NEEDS_PRIOR,
+                      MLP_INPUT_CHOICES, ORTHO_CHOICES, POSE_REFINEMENT_CHOICES, PRIOR_TYPES, PROBABILISTIC_NEEDS_PRIOR,
                       RGBD_NEEDS_DEPTH, UPDATE_CHOICES, UserError, atomic_write, atomic_write_text)
 
 _log = logging.getLogger(__name__)
@@ -162,6 +162,13 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
     parser.add_argument("--pose_refinement_update", type=str, default="additive", choices=UPDATE_CHOICES,
                         help="new: 'rotation' turns each camera about its centre and moves the centre; additive = "
                              "the original (refiner output added to the pose matrix, re-orthonormalised)")
+    parser.add_argument("--pose_refinement_input", type=str, default="pose", choices=MLP_INPUT_CHOICES,
+                        help="new: what the mlp refiner reads; 'standardised' = each of the 12 pose values centred and "
+                             "scaled over the mapping cameras, so that neighbouring cameras get distinct corrections; "
+                             "pose = the original (the raw 3x4 values)")
+    parser.add_argument("--pose_refinement_cooldown", type=str2bool, default=False,
+                        help="new: the pose refiner's learning rate falls as the head's does (1cyclepoly's cooldown, "
+                             "circle's cosine), so the poses settle with the head; False = the original (constant)")
     parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                         help="how refined rotations are re-orthonormalised")
     parser.add_argument("--match_loss_weight", type=float, default=0.0,

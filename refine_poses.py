@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ace_util import GAUGE_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
+from ace_util import GAUGE_CHOICES, MLP_INPUT_CHOICES, POSE_REFINEMENT_CHOICES, UPDATE_CHOICES
 
 
 def gram_schmidt(matrices: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,12 @@ class OptionallyOptimised(nn.Module):
         if self.optimizer is not None:
             self.optimizer.step()
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """Set every group's learning rate to `factor` times the one it started with."""
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
 
 class PoseMLP(nn.Module):
     """12 values of a 3x4 pose -> a correction (12 values by default); 128 wide (the original refiner's size)."""
@@ -66,7 +72,7 @@ class PoseRefiner(OptionallyOptimised):
 
     def __init__(self, world_to_cam: torch.Tensor, method: str = "none", ortho: str = "gram-schmidt",
                  learning_rate: float = 1e-3, mlp_weight: float = 0.1, gauge: str = "none",
-                 update: str = "additive"):
+                 update: str = "additive", mlp_input: str = "pose"):
         super().__init__()
         if method not in POSE_REFINEMENT_CHOICES:
             raise ValueError(f"unknown pose refinement '{method}'")
@@ -74,18 +80,25 @@ class PoseRefiner(OptionallyOptimised):
             raise ValueError(f"unknown pose refinement gauge '{gauge}'")
         if update not in UPDATE_CHOICES:
             raise ValueError(f"unknown pose update '{update}'")
+        if mlp_input not in MLP_INPUT_CHOICES:
+            raise ValueError(f"unknown pose refiner input '{mlp_input}'")
         self.method, self.mlp_weight, self.gauge, self.update = method, mlp_weight, gauge, update
         values = 12 if update == "additive" else 6
         self.orthonormalise = gram_schmidt if ortho == "gram-schmidt" else procrustes
         self.register_buffer("initial", world_to_cam[:, :3, :4].clone().float())
+        centre, scale = mlp_input_standardisation(self.initial) if mlp_input == "standardised" else (0.0, 1.0)
+        self.register_buffer("input_centre", torch.as_tensor(centre, dtype=torch.float32))
+        self.register_buffer("input_scale", torch.as_tensor(scale, dtype=torch.float32))
         self.optimizer = None
         if method == "naive":
             start = self.initial.clone() if update == "additive" else torch.zeros(len(self.initial), 6)
             self.poses = nn.Parameter(start)
             self.optimizer = torch.optim.AdamW([self.poses], lr=learning_rate)
+            self.optimizer.param_groups[0]["initial_lr"] = learning_rate
         elif method == "mlp":
             self.mlp = PoseMLP(outputs=values)
             self.optimizer = torch.optim.AdamW(self.mlp.parameters(), lr=learning_rate)
+            self.optimizer.param_groups[0]["initial_lr"] = learning_rate
 
     def forward(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Refined 3x4 world-to-camera poses (all, or those of `indices`)."""
@@ -101,11 +114,28 @@ class PoseRefiner(OptionallyOptimised):
     def _refined(self, initial: torch.Tensor, parameters: torch.Tensor | None) -> torch.Tensor:
         """`parameters`: the naive refiner's own values for these poses; None = ask the MLP."""
         if self.update == "rotation":
-            change = parameters if parameters is not None else self.mlp_weight * self.mlp(initial.reshape(-1, 12))
+            change = parameters if parameters is not None else self.mlp_weight * self._ask_mlp(initial)
             return rotate_and_move(initial, change[:, :3], change[:, 3:])
         raw = parameters if parameters is not None else \
-            initial + self.mlp_weight * self.mlp(initial.reshape(-1, 12)).view(-1, 3, 4)
+            initial + self.mlp_weight * self._ask_mlp(initial).view(-1, 3, 4)
         return torch.cat([self.orthonormalise(raw[:, :, :3]), raw[:, :, 3:]], dim=2)
+
+
+    def _ask_mlp(self, initial: torch.Tensor) -> torch.Tensor:
+        flat = ((initial - self.input_centre) / self.input_scale).reshape(-1, 12)
+        return self.mlp(flat)
+
+
+def mlp_input_standardisation(initial: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-value mean and spread of the N x 3 x 4 initial poses, for the mlp refiner's input.
+
+    Why: the raw 12 values of neighbouring cameras differ by a few hundredths (temple's 7.7 deg steps), so the MLP
+    sees almost one input and gives almost one correction to all cameras; individual corrections then take many
+    steps to grow (the round ends 2.5-3.6 deg from the truth when started 3 deg off). Standardised, the cameras'
+    inputs differ by order one. The spread has a floor so that a value all cameras share is not blown up."""
+    centre = initial.mean(0)
+    spread = initial.std(0, unbiased=False) if len(initial) > 1 else torch.ones_like(centre)
+    return centre, spread.clamp(min=floor)
 
 
 def rotate_and_move(world_to_cam: torch.Tensor, rotation_vectors: torch.Tensor, centre_shifts: torch.Tensor

@@ -325,6 +325,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.profile_log is not None:
+        if not args.profile_log.is_file():
+            raise UserError(f"--profile_log {args.profile_log}: no such file")
         print(profile_table(parse_profile(args.profile_log.read_text(errors="replace").splitlines())))
         return {}
     if args.matchers:

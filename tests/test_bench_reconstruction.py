@@ -139,6 +139,8 @@ def test_profile_only_mode(tmp_path, capsys):
     assert "| seed: training | 1 | 70 | 39 % |" in capsys.readouterr().out
     with pytest.raises(UserError, match="DATA_DIR"):
         bench.parse_args([])
+    with pytest.raises(UserError, match="no such file"):
+        bench.main(["--profile_log", str(tmp_path / "missing.log")])
 
 
 def test_profile_across_midnight():
