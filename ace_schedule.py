@@ -50,19 +50,6 @@ class LearningRateSchedule:
         t = min(1.0, (iteration - self.cooldown_start) / max(1, a.learning_rate_cooldown_iterations))
         return self.cooldown_from + t * (a.learning_rate_min - self.cooldown_from)
 
-    def decay_factor(self, iteration: int) -> float:
-        """The head's learning rate over its peak once it falls (1 before; 1 for a constant schedule): 1cyclepoly's
-        cooldown, or circle's cosine after its peak."""
-        a = self.config
-        if a.learning_rate_schedule == "constant":
-            return 1.0
-        if a.learning_rate_schedule == "circle":
-            peak = 0.3 * a.iterations - 1  # _one_cycle's
-            return 1.0 if iteration <= peak else _one_cycle(iteration, a.iterations, 1.0)
-        if self.cooldown_start is None or iteration < self.cooldown_start:
-            return 1.0
-        return self.learning_rate(iteration) / a.learning_rate_max
-
     def step(self, iteration: int, batch_inliers: float) -> None:
         """Set the LR for `iteration`; in 1cyclepoly, start the cooldown when mapping has converged."""
         a = self.config

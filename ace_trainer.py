@@ -70,7 +70,6 @@ class MappingConfig:
     pose_refinement_gauge: str
     pose_refinement_update: str
     pose_refinement_input: str
-    pose_refinement_cooldown: bool
     pose_refinement_wait: int
     match_loss_weight: float
     refine_calibration: bool
@@ -396,8 +395,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if iteration >= a.pose_refinement_wait:
-            if a.pose_refinement_cooldown:
-                self.pose_refiner.scale_learning_rate(self.schedule.decay_factor(iteration))
             self.pose_refiner.step()
         self.calibration.step()
         if self.visualizer is not None:

@@ -268,7 +268,7 @@ def mapping_args(args, refit: bool, iterations: int | None = None, passes: int |
         "--pose_refinement_lr", args.pose_refinement_lr, "--pose_refinement_gauge", args.pose_refinement_gauge,
         "--pose_refinement_update", args.pose_refinement_update,
         "--pose_refinement_input", args.pose_refinement_input,
-        "--pose_refinement_cooldown", args.pose_refinement_cooldown, "--match_loss_weight", args.match_loss_weight,
+        "--match_loss_weight", args.match_loss_weight,
         "--num_head_blocks", args.num_head_blocks, "--use_half", args.use_half,
         "--repro_loss_hard_clamp", args.repro_loss_hard_clamp, "--repro_loss_soft_clamp", args.repro_loss_soft_clamp,
         "--iterations_output", args.iterations_output, "--max_dataset_passes", passes or args.max_dataset_passes,

@@ -166,9 +166,6 @@ def add_pose_refiner_args(parser, method_flag: str, method_default: str, wait_he
                         help="new: what the mlp refiner reads; 'standardised' = each of the 12 pose values centred and "
                              "scaled over the mapping cameras, so that neighbouring cameras get distinct corrections; "
                              "pose = the original (the raw 3x4 values)")
-    parser.add_argument("--pose_refinement_cooldown", type=str2bool, default=False,
-                        help="new: the pose refiner's learning rate falls as the head's does (1cyclepoly's cooldown, "
-                             "circle's cosine), so the poses settle with the head; False = the original (constant)")
     parser.add_argument("--refinement_ortho", type=str, default="gram-schmidt", choices=ORTHO_CHOICES,
                         help="how refined rotations are re-orthonormalised")
     parser.add_argument("--match_loss_weight", type=float, default=0.0,

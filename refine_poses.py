@@ -39,12 +39,6 @@ class OptionallyOptimised(nn.Module):
         if self.optimizer is not None:
             self.optimizer.step()
 
-    def scale_learning_rate(self, factor: float) -> None:
-        """Set every group's learning rate to `factor` times the one it started with."""
-        if self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-
 
 class PoseMLP(nn.Module):
     """12 values of a 3x4 pose -> a correction (12 values by default); 128 wide (the original refiner's size)."""
@@ -94,11 +88,9 @@ class PoseRefiner(OptionallyOptimised):
             start = self.initial.clone() if update == "additive" else torch.zeros(len(self.initial), 6)
             self.poses = nn.Parameter(start)
             self.optimizer = torch.optim.AdamW([self.poses], lr=learning_rate)
-            self.optimizer.param_groups[0]["initial_lr"] = learning_rate
         elif method == "mlp":
             self.mlp = PoseMLP(outputs=values)
             self.optimizer = torch.optim.AdamW(self.mlp.parameters(), lr=learning_rate)
-            self.optimizer.param_groups[0]["initial_lr"] = learning_rate
 
     def forward(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Refined 3x4 world-to-camera poses (all, or those of `indices`)."""

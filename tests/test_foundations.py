@@ -146,29 +146,6 @@ def test_one_cycle_matches_torch():
         reference.step()
 
 
-@pytest.mark.parametrize("kind", ["1cyclepoly", "circle", "constant"])
-def test_refiner_decay_follows_the_head_learning_rate(kind):
-    from refine_poses import PoseRefiner
-    config = ace_schedule.ScheduleConfig(kind, 100, 1e-5, 1e-3, 10, 1e-4, 20, 0.7)
-    head = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    schedule = ace_schedule.LearningRateSchedule(config, head)
-    refiner = PoseRefiner(torch.eye(4)[None].repeat(3, 1, 1), "mlp", learning_rate=3e-3)
-    head_rates = []
-    for iteration in range(100):
-        schedule.step(iteration, 0.0)  # never converged: 1cyclepoly cools down over the last 20 iterations
-        factor = schedule.decay_factor(iteration)
-        refiner.scale_learning_rate(factor)
-        head_rates.append(head.param_groups[0]["lr"])
-        peak = int(np.argmax(head_rates))
-        if kind == "constant" or iteration <= peak or head_rates[-1] == max(head_rates):
-            assert factor == 1.0  # warm-up and plateau: the refiner runs at its own rate
-        else:  # falling: in proportion to the head
-            assert factor == pytest.approx(head_rates[-1] / max(head_rates), rel=1e-6)
-        assert refiner.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * factor)
-    if kind != "constant":
-        assert schedule.decay_factor(99) < 0.06
-
-
 def test_rotation_orthonormalisation():
     rotations = torch.from_numpy(Rotation.random(8, random_state=1).as_matrix()).float()
     assert torch.allclose(gram_schmidt(rotations), rotations, atol=1e-6)
