@@ -112,10 +112,12 @@ class PoseRefiner(OptionallyOptimised):
             initial + self.mlp_weight * self._ask_mlp(initial).view(-1, 3, 4)
         return torch.cat([self.orthonormalise(raw[:, :, :3]), raw[:, :, 3:]], dim=2)
 
+    def _mlp_inputs(self, initial: torch.Tensor) -> torch.Tensor:
+        """The 12 values the MLP reads per pose: raw (the original) or standardised over the cameras."""
+        return ((initial - self.input_centre) / self.input_scale).reshape(-1, 12)
 
     def _ask_mlp(self, initial: torch.Tensor) -> torch.Tensor:
-        flat = ((initial - self.input_centre) / self.input_scale).reshape(-1, 12)
-        return self.mlp(flat)
+        return self.mlp(self._mlp_inputs(initial))
 
 
 def mlp_input_standardisation(initial: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,9 +127,7 @@ def mlp_input_standardisation(initial: torch.Tensor, floor: float = 1e-3) -> tup
     sees almost one input and gives almost one correction to all cameras; individual corrections then take many
     steps to grow (the round ends 2.5-3.6 deg from the truth when started 3 deg off). Standardised, the cameras'
     inputs differ by order one. The spread has a floor so that a value all cameras share is not blown up."""
-    centre = initial.mean(0)
-    spread = initial.std(0, unbiased=False) if len(initial) > 1 else torch.ones_like(centre)
-    return centre, spread.clamp(min=floor)
+    return initial.mean(0), initial.std(0, unbiased=False).clamp(min=floor)
 
 
 def rotate_and_move(world_to_cam: torch.Tensor, rotation_vectors: torch.Tensor, centre_shifts: torch.Tensor
