@@ -393,10 +393,10 @@ class Trainer:
         self.calibration.zero_grad_step()
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
-        self.scaler.update()
         if iteration >= a.pose_refinement_wait:
-            self.pose_refiner.step()
-        self.calibration.step()
+            self.pose_refiner.step(self.scaler)
+        self.calibration.step(self.scaler)
+        self.scaler.update()  # after every optimiser it scaled for has stepped
         if self.visualizer is not None:
             self.visualizer.record_batch(predicted, errors, cam[:, 2])
         self._pending = (iteration, torch.stack([loss.detach().float(), inliers.float()]))

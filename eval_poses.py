@@ -108,6 +108,43 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) ->
     return Similarity(rotation[0], translation[0], float(scale[0]))
 
 
+def fit_similarity_to_poses(gt_c2w: np.ndarray, est_c2w: np.ndarray, with_scale: bool = True
+                            ) -> Similarity | None:
+    """Similarity GT -> estimate whose rotation comes from the camera orientations, not the centres.
+
+    The rotation is the chordal mean of est_R_i gt_R_i^T (SVD projection onto SO(3)); scale and translation are
+    then least squares over the centres. Where the centres are nearly coplanar or collinear (a ring or an arc of
+    cameras), a fit to the centres leaves the rotation about the in-plane axes to their noise, and that rotation
+    is then counted as every camera's orientation error; the orientations pin it down instead.
+    """
+    gt_c2w = np.asarray(gt_c2w, dtype=np.float64)
+    est_c2w = np.asarray(est_c2w, dtype=np.float64)
+    if gt_c2w.shape != est_c2w.shape or len(gt_c2w) < MIN_FIT_FRAMES:
+        return None
+    u, _, vt = np.linalg.svd(np.einsum("kij,klj->il", est_c2w[:, :3, :3], gt_c2w[:, :3, :3]))
+    rotation = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0]) @ vt
+    gt_centres = gt_c2w[:, :3, 3] @ rotation.T
+    gt_mean, est_mean = gt_centres.mean(axis=0), est_c2w[:, :3, 3].mean(axis=0)
+    gt_spread = gt_centres - gt_mean
+    variance = float((gt_spread ** 2).sum())
+    if variance <= _DEGENERATE_VARIANCE * len(gt_c2w):
+        return None
+    scale = float((gt_spread * (est_c2w[:, :3, 3] - est_mean)).sum()) / variance if with_scale else 1.0
+    if scale <= 0:
+        return None
+    return Similarity(rotation, est_mean - scale * gt_mean, scale)
+
+
+def relative_rotation_errors(est_c2w: np.ndarray, gt_c2w: np.ndarray) -> np.ndarray:
+    """Angle (deg) between estimated and true relative rotation for every pair of frames: needs no alignment."""
+    est_r = np.asarray(est_c2w, dtype=np.float64)[:, :3, :3]
+    gt_r = np.asarray(gt_c2w, dtype=np.float64)[:, :3, :3]
+    first, second = np.triu_indices(len(est_r), 1)
+    est_rel = np.einsum("kji,kjl->kil", est_r[first], est_r[second])
+    gt_rel = np.einsum("kji,kjl->kil", gt_r[first], gt_r[second])
+    return rotation_angle_deg(est_rel @ np.transpose(gt_rel, (0, 2, 1)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pose errors
 

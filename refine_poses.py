@@ -35,9 +35,16 @@ class OptionallyOptimised(nn.Module):
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
-        if self.optimizer is not None:
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        """One optimiser step. Under mixed precision pass the head's GradScaler: the loss was scaled before
+        backward, so these gradients are too; the scaler divides them back and skips the step when they
+        overflowed (an inf in Adam's moments would turn every pose into NaN for good)."""
+        if self.optimizer is None:
+            return
+        if scaler is None:
             self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
 
 
 class PoseMLP(nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 import dataset_io  # noqa: E402
 from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene, symlinked_glob  # noqa: E402
-from eval_poses import evaluate  # noqa: E402
+from eval_poses import (evaluate, fit_similarity_to_poses, pose_errors,  # noqa: E402
+                        relative_rotation_errors)
 
 
 def perturb(cam_to_world: np.ndarray, degrees: float, distance: float, rng: np.random.Generator) -> np.ndarray:
@@ -60,15 +62,21 @@ def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance:
 
 
 def accuracy(cam_to_world: np.ndarray, truth: np.ndarray, images: list[str]) -> dict:
-    """Median errors after a least-squares similarity alignment of all cameras (none is left out)."""
+    """Median errors after a least-squares similarity alignment of all cameras (none is left out), fitted to the
+    centres (eval_poses.py's, the issue's measure) and to the orientations (`*_pose_aligned`; robust where the
+    centres are coplanar, as temple's are), and the alignment-free median error of the relative rotations."""
     entries = [dataset_io.PoseEntry(image, np.linalg.inv(pose), 1.0, 2000.0) for image, pose in
                zip(images, cam_to_world)]
     summary = evaluate(entries, list(truth), thresh_t=1e9, thresh_r=360.0)
+    rot_err, trans_err = pose_errors(cam_to_world, truth, fit_similarity_to_poses(truth, cam_to_world))
     return {"rot_deg": summary["median_rot_err_deg"], "trans": summary["median_trans_err"],
-            "scale": summary["alignment"]["scale"], "spread_deg": camera_spread_deg(cam_to_world)}
+            "scale": summary["alignment"]["scale"], "spread_deg": camera_spread_deg(cam_to_world),
+            "rot_deg_pose_aligned": float(np.median(rot_err)), "trans_pose_aligned": float(np.median(trans_err)),
+            "relative_rot_deg": float(np.median(relative_rotation_errors(cam_to_world, truth)))}
 
 
-def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int, extra: list[str]) -> dict:
+def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int, extra: list[str],
+                   keep: Path | None = None) -> dict:
     truth = np.array([dataset_io.load_cam_to_world(p) for p in data.poses])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,6 +91,11 @@ def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int
         if result.returncode != 0:
             raise SystemExit(f"error: train_ace.py failed: {result.stderr.strip().splitlines()[-1]}")
         refined = dataset_io.read_ace_pose_file(tmp / "poses_map_preliminary.txt")
+        if keep is not None:  # the input and output poses, for a closer look
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp / "noisy", keep / "noisy", dirs_exist_ok=True)
+            for name in ("poses_map_preliminary.txt", "map.txt"):  # the poses and the training log
+                shutil.copy(tmp / name, keep / name)
         noisy_c2w = np.array([dataset_io.load_cam_to_world(p) for p in noisy])
         refined_c2w = np.array([e.cam_to_world for e in refined])
     return {"dataset": data.name, "flags": " ".join(extra), "seconds": round(seconds, 1),
@@ -97,11 +110,13 @@ def main() -> None:
     parser.add_argument("--noise_distance", type=float, default=0.02, help="translation noise (scene units)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy the noisy input poses, the refined pose file and the training log here")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = rendered_scene(Path(tmp) / "rendered") if args.dataset == "rendered" else posed_folder(
             Path(args.dataset))
-        report = run_refinement(data, args.noise_deg, args.noise_distance, args.seed, extra)
+        report = run_refinement(data, args.noise_deg, args.noise_distance, args.seed, extra, args.keep)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

@@ -113,6 +113,67 @@ def test_fit_similarity_without_scale_and_degenerate_input():
     assert eval_poses.fit_similarity(src[:2], src[:2]) is None
 
 
+def test_fit_similarity_to_poses_recovers_known_transform_exactly():
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        rotation, translation, scale = random_similarity(rng)
+        gt = random_cam_to_world(rng, int(rng.integers(3, 30)))
+        fit = eval_poses.fit_similarity_to_poses(gt, apply_similarity(gt, rotation, translation, scale))
+        np.testing.assert_allclose(fit.rotation, rotation, atol=1e-9)
+        np.testing.assert_allclose(fit.translation, translation, atol=1e-9)
+        assert fit.scale == pytest.approx(scale, rel=1e-9)
+    gt = random_cam_to_world(rng, 5)
+    gt[:, :3, 3] = 1.0  # one centre for all: no scale to fit
+    assert eval_poses.fit_similarity_to_poses(gt, gt) is None
+
+
+def arc_of_cameras(count: int = 19, arc_deg: float = 50.0, radius: float = 0.6) -> np.ndarray:
+    """Cameras on a horizontal arc (coplanar centres, like temple's) looking at the origin."""
+    poses = np.tile(np.eye(4), (count, 1, 1))
+    for i, angle in enumerate(np.radians(np.linspace(-arc_deg / 2, arc_deg / 2, count))):
+        centre = radius * np.array([np.sin(angle), 0.0, -np.cos(angle)])
+        forward = -centre / radius
+        right = np.cross([0.0, 1.0, 0.0], forward)
+        poses[i, :3, :3] = np.stack([right, np.cross(forward, right), forward], axis=1)
+        poses[i, :3, 3] = centre
+    return poses
+
+
+def test_pose_fitted_alignment_reads_the_added_orientation_noise_on_coplanar_centres():
+    """Every camera turned by exactly 3 deg about its centre and moved by 2 cm: with the rotation taken from the
+    orientations, the aligned error of each camera stays near the 3 deg it was given, on every draw."""
+    truth = arc_of_cameras()
+    rotation, translation, scale = random_similarity(np.random.default_rng(12))
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        noisy = truth.copy()
+        axes = rng.normal(size=(len(truth), 3))
+        turns = Rotation.from_rotvec(np.radians(3.0) * axes / np.linalg.norm(axes, axis=1, keepdims=True))
+        noisy[:, :3, :3] = turns.as_matrix() @ truth[:, :3, :3]
+        moves = rng.normal(size=(len(truth), 3))
+        noisy[:, :3, 3] += 0.02 * moves / np.linalg.norm(moves, axis=1, keepdims=True)
+        estimate = apply_similarity(noisy, rotation, translation, scale)
+        fit = eval_poses.fit_similarity_to_poses(truth, estimate)
+        off = np.degrees(Rotation.from_matrix(fit.rotation @ rotation.T).magnitude())
+        assert off < 1.5  # the mean of 19 independent 3 deg turns
+        rot_err, _ = eval_poses.pose_errors(estimate, truth, fit)
+        assert 2.4 < np.median(rot_err) < 3.6
+
+
+def test_relative_rotation_errors_need_no_alignment():
+    rng = np.random.default_rng(13)
+    gt = random_cam_to_world(rng, 8)
+    est = apply_similarity(gt, *random_similarity(rng))
+    np.testing.assert_allclose(eval_poses.relative_rotation_errors(est, gt), 0.0, atol=1e-6)
+    turn = Rotation.from_rotvec([0.0, np.radians(7.0), 0.0]).as_matrix()
+    est[3, :3, :3] = est[3, :3, :3] @ turn  # camera 3 turned by 7 deg in its own frame
+    errors = eval_poses.relative_rotation_errors(est, gt)
+    first, second = np.triu_indices(8, 1)
+    involved = (first == 3) | (second == 3)
+    np.testing.assert_allclose(errors[involved], 7.0, atol=1e-6)
+    np.testing.assert_allclose(errors[~involved], 0.0, atol=1e-6)
+
+
 def test_ransac_recovers_similarity_with_30_percent_outliers():
     rng = np.random.default_rng(3)
     count = 60

@@ -115,3 +115,33 @@ def test_standardised_input_learns_individual_corrections_faster():
     raw = _fit_individual_corrections("pose", targets, poses, 300)
     standardised = _fit_individual_corrections("standardised", targets, poses, 300)
     assert standardised < 0.1 * raw, (standardised, raw)  # measured: 0.004 against 0.31 deg
+
+
+def _refiner_after_one_step(poses: torch.Tensor, loss_factor: float, scaler: torch.amp.GradScaler | None
+                            ) -> tuple[PoseRefiner, torch.Tensor]:
+    """The refiner after one step on a loss times `loss_factor`, and its poses before that step."""
+    torch.manual_seed(0)
+    refiner = PoseRefiner(poses, "mlp", learning_rate=3e-3, update="rotation")
+    with torch.no_grad():  # a non-zero last layer, so that every weight gets a gradient
+        refiner.mlp.fc3.weight.normal_(0, 0.01)
+        before = refiner().clone()
+    refiner.zero_grad_step()
+    loss = loss_factor * (refiner()[:, :, 3] - 1.0).pow(2).sum()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    refiner.step(scaler)
+    return refiner, before
+
+
+def test_refiner_steps_through_the_grad_scaler_of_mixed_precision():
+    """Under mixed precision the loss is scaled (2^16) before backward: the refiner must take the unscaled step,
+    and skip the step of an overflowed loss instead of writing inf into its Adam moments."""
+    poses = _ring_poses(6, radius=0.6, span=np.radians(40)).float()
+    reference, before = _refiner_after_one_step(poses, 1.0, None)
+    scaled, _ = _refiner_after_one_step(poses, 1.0, torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert torch.allclose(scaled(), reference(), atol=1e-6)
+    assert not torch.allclose(reference(), before, atol=1e-6)  # the step did move the poses
+    overflowed, before = _refiner_after_one_step(poses, float("inf"), torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert torch.isfinite(overflowed()).all()
+    assert torch.allclose(overflowed(), before, atol=1e-6)
+    steps = overflowed.optimizer.state_dict()["state"]
+    assert all(torch.isfinite(v["exp_avg"]).all() for v in steps.values())
