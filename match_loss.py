@@ -148,18 +148,26 @@ def transfer_errors(scene: torch.Tensor, world_to_cam: torch.Tensor, focals: tor
 
 def match_loss(predict, matches: MatchSet, poses_of, focal_scale: torch.Tensor, robust, depth_min: float
                ) -> tuple[torch.Tensor, float]:
-    """Mean robust transfer error of a batch of matches, both directions: the point `predict` (features -> scene
+    """Robust transfer error of a batch of matches, both directions: the point `predict` (features -> scene
     coordinates, fp32) gives at the keypoint of image a, seen in image b against its match there, and the other
-    way. Points behind the other camera get no loss (the main loss deals with them). Also returns the fraction
-    of transfers within 10 px."""
+    way; plus each point seen in its own image against its own keypoint. Points behind a camera get no loss (the
+    main loss deals with them). Normalised by the number of transfers, so the own-view part is an addition.
+    Also returns the fraction of transfers within 10 px.
+
+    Why the own view: the reprojection term holds the head only at cell centres, and a keypoint's interpolated
+    features are a vector the head may map elsewhere. Without it a point need only lie on the other camera's
+    ray, which any relative pose allows; with it the point must lie on both rays, which only a relative pose
+    that agrees with the match does (two-view triangulation, what bundle adjustment asks of a track)."""
     scene = predict(torch.cat([matches.features_a, matches.features_b]))
     count = len(matches)
     scene_a, scene_b = scene[:count], scene[count:]
-    errors_ab, ahead_ab = transfer_errors(scene_a, poses_of(matches.image_b), matches.focals_b * focal_scale,
-                                          matches.pixels_b, depth_min)
-    errors_ba, ahead_ba = transfer_errors(scene_b, poses_of(matches.image_a), matches.focals_a * focal_scale,
-                                          matches.pixels_a, depth_min)
-    errors = torch.cat([errors_ab, errors_ba])
-    ahead = torch.cat([ahead_ab, ahead_ba])
-    loss = robust(errors[ahead]) / max(1, len(errors))
-    return loss, float((errors[ahead] < 10).float().sum() / max(1, len(errors)))
+    poses_a, poses_b = poses_of(matches.image_a), poses_of(matches.image_b)
+    focals_a, focals_b = matches.focals_a * focal_scale, matches.focals_b * focal_scale
+    errors_ab, ahead_ab = transfer_errors(scene_a, poses_b, focals_b, matches.pixels_b, depth_min)
+    errors_ba, ahead_ba = transfer_errors(scene_b, poses_a, focals_a, matches.pixels_a, depth_min)
+    errors_aa, ahead_aa = transfer_errors(scene_a, poses_a, focals_a, matches.pixels_a, depth_min)
+    errors_bb, ahead_bb = transfer_errors(scene_b, poses_b, focals_b, matches.pixels_b, depth_min)
+    transfers, ahead = torch.cat([errors_ab, errors_ba]), torch.cat([ahead_ab, ahead_ba])
+    own, own_ahead = torch.cat([errors_aa, errors_bb]), torch.cat([ahead_aa, ahead_bb])
+    loss = (robust(transfers[ahead]) + robust(own[own_ahead])) / max(1, len(transfers))
+    return loss, float((transfers[ahead] < 10).float().sum() / max(1, len(transfers)))

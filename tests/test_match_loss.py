@@ -89,10 +89,41 @@ def test_match_term_prefers_true_poses_to_one_shared_pose():
     assert term(poses) < 1e-3
     disparity = float((pixels[0] - pixels[1]).abs().sum(1).mean())
     assert disparity > 5  # the relief parallax of an object-centred pair
-    # one camera keeps its true pose, so one direction of each match transfers exactly, the other by the
-    # disparity: the mean over both is half of it
-    assert term([poses[0], poses[0]]) == pytest.approx(disparity / 2, rel=1e-4)
-    assert term([poses[1], poses[1]]) == pytest.approx(disparity / 2, rel=1e-4)
+    # one camera keeps its true pose: one direction of each match transfers exactly, the other by the
+    # disparity, and the point of the moved camera's keypoint misses that keypoint in its own view by it too;
+    # per transfer (two a match) that is the disparity
+    assert term([poses[0], poses[0]]) == pytest.approx(disparity, rel=1e-4)
+    assert term([poses[1], poses[1]]) == pytest.approx(disparity, rel=1e-4)
+
+
+def test_match_term_needs_each_point_on_its_own_ray():
+    """A head that puts each keypoint's point on the other camera's ray, at the wrong depth, satisfies both
+    transfers for any relative pose; the own-view part sees that it misses its own keypoint."""
+    rng = np.random.default_rng(2)
+    points = rng.uniform(-0.5, 0.5, size=(50, 3))
+    focal = 400.0
+    poses = [_look_at(np.array([4 * np.sin(a), 0.0, -4 * np.cos(a)]), np.zeros(3)) for a in (0.0, np.radians(20))]
+    pixels = [torch.tensor(_project(p, points, focal)).float() for p in poses]
+    centres = [-p[:, :3].T @ p[:, 3] for p in poses]
+    # each end's point slid along the other camera's ray through the match (half-way to that camera)
+    slid_a = torch.tensor(0.5 * (points + centres[1])).float()
+    slid_b = torch.tensor(0.5 * (points + centres[0])).float()
+    count = len(points)
+    focals = torch.full((count, 2), focal)
+    matches = MatchSet(slid_a, slid_b, pixels[0], pixels[1], focals, focals, torch.zeros(count, dtype=torch.long),
+                       torch.ones(count, dtype=torch.long))
+    stacked = torch.tensor(np.stack(poses)).float()
+    errors = []
+    match_loss(_TrueScene(), matches, lambda ids: stacked[ids], torch.tensor(1.0),
+               lambda e: errors.append(e) or e.sum(), 0.1)
+    transfers, own = errors
+    assert float(transfers.abs().max()) < 1e-3  # the transfers alone cannot tell
+    expected = np.concatenate([np.abs(_project(poses[0], 0.5 * (points + centres[1]), focal) -
+                                      pixels[0].numpy()).sum(1),
+                               np.abs(_project(poses[1], 0.5 * (points + centres[0]), focal) -
+                                      pixels[1].numpy()).sum(1)])
+    assert expected.min() > 1  # sliding moved every point off its own keypoint
+    np.testing.assert_allclose(own.numpy(), expected, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -128,8 +159,8 @@ def test_matches_of_a_rendered_scene_agree_with_its_geometry(orbit_scene):
 def test_refinement_with_the_match_term_improves_noisy_poses(orbit_scene, tmp_path):
     """One 3000-iteration mapping round from the rendered orbit's poses perturbed by 3 deg / 5 cm: with the match
     term, the rotation update and the standardised refiner input, the refined poses come out far better than their
-    input (measured 3.17 -> 0.09 deg, spread 31.5 deg against the truth's 31.6; with the raw pose input 0.83-1.01
-    deg, without the term 7.93 deg, README)."""
+    input (bench_refinement.py, same round with 2 cm: 3.17 -> 0.21 deg, spread 31.3 deg against the truth's 31.6;
+    0.09 deg before the term had its own-view part; with the raw pose input 0.83-1.01 deg, README)."""
     data = posed_folder(orbit_scene)
     noisy = write_noisy_poses(data, tmp_path / "noisy", 3.0, 0.05, seed=0)
     run_cli("train_ace.py", symlinked_glob(tmp_path / "images", data.images), tmp_path / "map.pt",
@@ -148,8 +179,9 @@ def test_refinement_with_the_match_term_improves_noisy_poses(orbit_scene, tmp_pa
 @pytest.mark.slow
 def test_match_term_separates_true_poses_from_one_shared_pose(orbit_scene):
     """The identical-pose fit of bench_encoder.py on the rendered orbit (poses fixed, 1000 iterations): with the
-    match term one shared pose fits far worse than the truth (measured 0.078 / 0.221 = 0.35; without the term
-    0.258 / 0.343 = 0.75, README)."""
+    match term one shared pose fits worse than the truth (measured 0.111 / 0.186 = 0.60 with the own-view part;
+    without the term 0.258 / 0.343 = 0.75; the transfers alone gave 0.35, partly by keeping the head from fitting
+    its own views, README)."""
     true, identical = identical_pose_fit(posed_folder(orbit_scene), "xfeat", 1000, ["--match_loss_weight", "3"])
     assert true > 0.1
-    assert identical / true < 0.5
+    assert identical / true < 0.68
