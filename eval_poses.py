@@ -33,7 +33,8 @@ import numpy as np
 
 from ace_util import is_registered
 from cli_common import UserError, atomic_write_text, make_parser, run_main, str2bool
-from dataset_io import PoseEntry, glob_files, load_cam_to_world, read_ace_pose_file, valid_pose
+from dataset_io import (PoseEntry, glob_files, load_cam_to_world, nearest_rotation, read_ace_pose_file,
+                        valid_pose)
 
 _log = logging.getLogger("eval_poses")
 
@@ -121,8 +122,7 @@ def fit_similarity_to_poses(gt_c2w: np.ndarray, est_c2w: np.ndarray, with_scale:
     est_c2w = np.asarray(est_c2w, dtype=np.float64)
     if gt_c2w.shape != est_c2w.shape or len(gt_c2w) < MIN_FIT_FRAMES:
         return None
-    u, _, vt = np.linalg.svd(np.einsum("kij,klj->il", est_c2w[:, :3, :3], gt_c2w[:, :3, :3]))
-    rotation = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0]) @ vt
+    rotation = nearest_rotation(np.einsum("kij,klj->il", est_c2w[:, :3, :3], gt_c2w[:, :3, :3]))
     gt_centres = gt_c2w[:, :3, 3] @ rotation.T
     gt_mean, est_mean = gt_centres.mean(axis=0), est_c2w[:, :3, 3].mean(axis=0)
     gt_spread = gt_centres - gt_mean
