@@ -6,6 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ace_util import REPO_ROOT as REPO  # importable: pytest.ini puts the root on sys.path
@@ -35,6 +36,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: file order kept otherwise
+
+
+def ring_world_to_cam(count: int = 8, radius: float = 2.0, span: float = np.pi, start: float = 0.0) -> np.ndarray:
+    """N x 3 x 4 world-to-camera poses of cameras on a horizontal arc (coplanar centres) from angle `start` over
+    `span` radians, all looking at the origin."""
+    poses = []
+    for angle in np.linspace(start, start + span, count):
+        centre = radius * np.array([np.sin(angle), 0.0, -np.cos(angle)])
+        forward = -centre / np.linalg.norm(centre)
+        right = np.cross([0.0, -1.0, 0.0], forward)
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+        poses.append(np.concatenate([rotation, -(rotation @ centre)[:, None]], axis=1))
+    return np.array(poses)
 
 
 ORBIT_IMAGES = 16

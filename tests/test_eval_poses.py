@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import eval_poses
-from conftest import REPO
+from conftest import REPO, ring_world_to_cam
 from dataset_io import PoseEntry, invert_pose, write_ace_pose_file
 
 PYTHON = Path(sys.executable)
@@ -128,15 +128,10 @@ def test_fit_similarity_to_poses_recovers_known_transform_exactly():
 
 
 def arc_of_cameras(count: int = 19, arc_deg: float = 50.0, radius: float = 0.6) -> np.ndarray:
-    """Cameras on a horizontal arc (coplanar centres, like temple's) looking at the origin."""
-    poses = np.tile(np.eye(4), (count, 1, 1))
-    for i, angle in enumerate(np.radians(np.linspace(-arc_deg / 2, arc_deg / 2, count))):
-        centre = radius * np.array([np.sin(angle), 0.0, -np.cos(angle)])
-        forward = -centre / radius
-        right = np.cross([0.0, 1.0, 0.0], forward)
-        poses[i, :3, :3] = np.stack([right, np.cross(forward, right), forward], axis=1)
-        poses[i, :3, 3] = centre
-    return poses
+    """Camera-to-world poses on a horizontal arc (coplanar centres, like temple's) looking at the origin."""
+    span = np.radians(arc_deg)
+    return np.array([invert_pose(np.vstack([pose, [0.0, 0.0, 0.0, 1.0]]))
+                     for pose in ring_world_to_cam(count, radius, span, start=-span / 2)])
 
 
 def test_pose_fitted_alignment_reads_the_added_orientation_noise_on_coplanar_centres():

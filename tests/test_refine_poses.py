@@ -5,20 +5,12 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from conftest import ring_world_to_cam
 from refine_poses import PoseRefiner, camera_centres, hold_centre_gauge, rotate_and_move
 
 
 def _ring_poses(count: int = 8, radius: float = 2.0, span: float = np.pi) -> torch.Tensor:
-    """World-to-camera poses of cameras on an arc of `span` radians, all looking at the origin."""
-    poses = []
-    for angle in np.linspace(0, span, count):
-        centre = radius * np.array([np.sin(angle), 0.0, -np.cos(angle)])
-        forward = -centre / np.linalg.norm(centre)
-        right = np.cross([0.0, -1.0, 0.0], forward)
-        down = np.cross(forward, right)
-        rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
-        poses.append(np.concatenate([rotation, -(rotation @ centre)[:, None]], axis=1))
-    return torch.tensor(np.array(poses), dtype=torch.float64)
+    return torch.tensor(ring_world_to_cam(count, radius, span), dtype=torch.float64)
 
 
 def _pairwise_angles(poses: torch.Tensor) -> np.ndarray:
