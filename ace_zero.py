@@ -84,6 +84,12 @@ def build_parser():
                            "the structure the earlier images triangulate (gate_registrations.py); images that "
                            "disagree drop below --registration_confidence and are tried again next round (False: "
                            "the original's loop)")
+    loop.add_argument("--registration_resection", type=str2bool, default=False,
+                      help="new: with the gate's check (it runs for this too), first place each newly registered "
+                           "image again by PnP on its feature observations of the structure the earlier images "
+                           "triangulate, where that agrees with more of them: the head pulls images at the edge "
+                           "of the mapped views towards them, and the rounds cannot undo it (README, "
+                           "\"Registration at the edge\"; False: the original's loop)")
     loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
                       help="the gate's largest median miss of a new image's feature observations, in keypoint "
                            "accuracies (about a pixel at the 480 px detection size)")
@@ -549,7 +555,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
         rate = register(args, folder / f"{run_id}.pt", run_id, focal, render=args.render_visualization)
         if state.stop_scheduled and args.final_use_aug is False:
             rate = keep_unfitted_registrations(args, run_id, source)
-        if args.registration_gate:
+        if gates_registrations(args):
             rate = gate_registration(args, run_id, source)
         _complete(state, run_id, rate, folder)
         last = run_id
@@ -588,7 +594,7 @@ def gated_file(folder: Path, run_id: str) -> Path:
 def registration_file(args, state: RunState, run_id: str) -> Path:
     """The registration `run_id` as the loop goes on with it: gated under --registration_gate (every round's but
     the seed's, which has no earlier structure)."""
-    if args.registration_gate and run_id != state.seed_id:
+    if gates_registrations(args) and run_id != state.seed_id:
         return gated_file(args.results_folder, run_id)
     return args.results_folder / f"poses_{run_id}.txt"
 
@@ -608,15 +614,23 @@ def last_registration_files(folder: Path) -> dict[str, Path]:
     return registration_files(folder, json.loads((folder / STATE_FILE).read_text())["completed"][-1])
 
 
+def gates_registrations(args) -> bool:
+    """Whether each round's registration goes through gate_registrations.py (to be gated, resected or both)."""
+    return args.registration_gate or args.registration_resection
+
+
 def gate_registration(args, run_id: str, earlier: Path) -> float:
-    """--registration_gate: poses_<run_id>_gated.txt, the registration with the new images that disagree with the
-    structure of `earlier` (what the round mapped from) held back; returns its registration rate. When the gate
-    fails the registration goes on ungated (copied, so that the loop reads one name)."""
+    """--registration_gate / --registration_resection: poses_<run_id>_gated.txt, the registration with the new
+    images that disagree with the structure of `earlier` (what the round mapped from) held back (gate) or first
+    placed again against it (resection); returns its registration rate. When the stage fails the registration
+    goes on as it is (copied, so that the loop reads one name)."""
     registered = args.results_folder / f"poses_{run_id}.txt"
     gated = gated_file(args.results_folder, run_id)
+    max_miss = args.registration_gate_max_miss if args.registration_gate else float("inf")  # inf: holds none back
+    resect = ["--resect"] if args.registration_resection else []
     result = optional_stage("gate_registrations.py", registered, gated, [
         "--earlier_poses", earlier, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
-        "--confidence_threshold", args.registration_confidence, "--max_miss", args.registration_gate_max_miss],
+        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect],
         "registration gate", "the registration goes on ungated")
     if result != gated:
         atomic_write_text(gated, registered.read_text())

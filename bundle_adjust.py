@@ -623,22 +623,42 @@ def pnp_pose(tracks: Tracks, points: np.ndarray, camera: int, world_to_cam: np.n
              centre: np.ndarray, threshold_px: float) -> np.ndarray | None:
     """The camera's pose by RANSAC PnP on its known points, when that agrees with at least twice as many of them
     as its current pose."""
-    mine = (tracks.camera == camera) & np.isfinite(points[tracks.point]).all(axis=1)
-    if mine.sum() < MIN_CAMERA_OBSERVATIONS:
+    own = own_observations(tracks, points, camera)
+    if len(own.point) < MIN_CAMERA_OBSERVATIONS:
         return None
-    own = Tracks(np.zeros(int(mine.sum()), int), tracks.point[mine], tracks.pixels[mine], tracks.count)
     agreeing = int((observation_errors(own, world_to_cam[None], points, focal, centre) < threshold_px).sum())
+    pose, inliers = ransac_pnp(points[own.point], own.pixels, focal, centre, threshold_px)
+    if pose is None or len(inliers) <= max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
+        return None
+    _log.info("camera %d re-seated by PnP: %d -> %d of %d points agree", camera, agreeing, len(inliers),
+              len(own.point))
+    return pose
+
+
+def own_observations(tracks: Tracks, points: np.ndarray, camera: int) -> Tracks:
+    """The camera's observations of known (finite) points, as tracks of a single camera (index 0)."""
+    mine = (tracks.camera == camera) & np.isfinite(points[tracks.point]).all(axis=1)
+    return Tracks(np.zeros(int(mine.sum()), int), tracks.point[mine], tracks.pixels[mine], tracks.count)
+
+
+def ransac_pnp(points: np.ndarray, pixels: np.ndarray, focal: float, centre: np.ndarray, threshold_px: float,
+               refine: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+    """World-to-camera pose by RANSAC PnP (SQPnP minimal solver) and the indices of its inliers; `refine`: then
+    least squares (Levenberg-Marquardt) on the inliers. (None, empty) when RANSAC finds nothing."""
     camera_matrix = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
     found, rotation, translation, inliers = cv2.solvePnPRansac(
-        points[own.point], own.pixels, camera_matrix, None, iterationsCount=1000, reprojectionError=threshold_px,
+        points, pixels, camera_matrix, None, iterationsCount=1000, reprojectionError=threshold_px,
         flags=cv2.SOLVEPNP_SQPNP)
-    if not found or inliers is None or len(inliers) <= max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
-        return None
-    _log.info("camera %d re-seated by PnP: %d -> %d of %d points agree", camera, agreeing, len(inliers), mine.sum())
+    if not found or inliers is None:
+        return None, np.zeros(0, int)
+    inliers = inliers.ravel()
+    if refine and len(inliers) >= 6:
+        rotation, translation = cv2.solvePnPRefineLM(points[inliers], pixels[inliers], camera_matrix, None,
+                                                     rotation, translation)
     pose = np.eye(4)
     pose[:3, :3] = cv2.Rodrigues(rotation)[0]
     pose[:3, 3] = translation.ravel()
-    return pose
+    return pose, inliers
 
 
 def keep_input_frame(before: np.ndarray, after: np.ndarray, scale: float | None = None) -> np.ndarray:

@@ -41,6 +41,32 @@ def perturb(cam_to_world: np.ndarray, degrees: float, distance: float, rng: np.r
     return noisy
 
 
+def look_at_point(cam_to_world: np.ndarray) -> np.ndarray:
+    """The point nearest to all optical axes (least squares), where an orbit's cameras look."""
+    lhs, rhs = np.zeros((3, 3)), np.zeros(3)
+    for pose in cam_to_world:
+        axis, centre = pose[:3, 2], pose[:3, 3]
+        across = np.eye(3) - np.outer(axis, axis)  # distance to the axis is measured across it
+        lhs += across
+        rhs += across @ centre
+    return np.linalg.solve(lhs, rhs)
+
+
+def compress(cam_to_world: np.ndarray, factor: float) -> np.ndarray:
+    """A correlated error no similarity undoes, the bend incremental registration leaves: each camera turned
+    about the look-at point by (factor - 1) times its rotation from the first camera, so relative rotations
+    shrink to `factor` of the truth (neighbours registered at part of their rotation)."""
+    from scipy.spatial.transform import Rotation
+    centre = look_at_point(cam_to_world)
+    reference = cam_to_world[0, :3, :3]
+    bent = cam_to_world.copy()
+    for pose in bent:
+        turn = Rotation.from_rotvec((factor - 1) * Rotation.from_matrix(pose[:3, :3] @ reference.T).as_rotvec())
+        pose[:3, :3] = turn.as_matrix() @ pose[:3, :3]
+        pose[:3, 3] = centre + turn.apply(pose[:3, 3] - centre)
+    return bent
+
+
 def camera_spread_deg(cam_to_world: np.ndarray) -> float:
     """Mean angle between the optical axes of all camera pairs."""
     axes = cam_to_world[:, :3, 2]
@@ -49,12 +75,14 @@ def camera_spread_deg(cam_to_world: np.ndarray) -> float:
     return float(np.degrees(np.arccos(cosines[upper])).mean())
 
 
-def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance: float, seed: int) -> list[str]:
+def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance: float, seed: int,
+                      compression: float = 1.0) -> list[str]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     paths = []
-    for path in data.poses:
-        noisy = perturb(dataset_io.load_cam_to_world(path), degrees, distance, rng)
+    truth = compress(np.array([dataset_io.load_cam_to_world(p) for p in data.poses]), compression)
+    for path, pose in zip(data.poses, truth):
+        noisy = perturb(pose, degrees, distance, rng)
         target = folder / Path(path).name
         target.write_text("\n".join(" ".join(f"{v:.10f}" for v in row) for row in noisy) + "\n")
         paths.append(str(target))
@@ -76,11 +104,11 @@ def accuracy(cam_to_world: np.ndarray, truth: np.ndarray, images: list[str]) -> 
 
 
 def run_refinement(data: PosedImages, degrees: float, distance: float, seed: int, extra: list[str],
-                   keep: Path | None = None) -> dict:
+                   keep: Path | None = None, compression: float = 1.0) -> dict:
     truth = np.array([dataset_io.load_cam_to_world(p) for p in data.poses])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        noisy = write_noisy_poses(data, tmp / "noisy", degrees, distance, seed)
+        noisy = write_noisy_poses(data, tmp / "noisy", degrees, distance, seed, compression)
         out = tmp / "map.pt"
         command = script_command("train_ace.py", [symlinked_glob(tmp / "images", data.images), out,
                                                   "--pose_files", tmp / "noisy" / "*", "--use_external_focal_length",
@@ -109,6 +137,10 @@ def main() -> None:
     parser.add_argument("--noise_deg", type=float, default=3.0, help="rotation noise of every input pose")
     parser.add_argument("--noise_distance", type=float, default=0.02, help="translation noise (scene units)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--compression", type=float, default=1.0,
+                        help="before the noise, shrink every relative rotation to this fraction of the truth "
+                             "(turning the cameras about their look-at point): the bend of incremental "
+                             "registration; 1 = none")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--keep", type=Path, default=None,
                         help="copy the noisy input poses, the refined pose file and the training log here")
@@ -116,7 +148,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = rendered_scene(Path(tmp) / "rendered") if args.dataset == "rendered" else posed_folder(
             Path(args.dataset))
-        report = run_refinement(data, args.noise_deg, args.noise_distance, args.seed, extra, args.keep)
+        report = run_refinement(data, args.noise_deg, args.noise_distance, args.seed, extra, args.keep,
+                                args.compression)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

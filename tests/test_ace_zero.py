@@ -191,6 +191,34 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     assert ace_zero.registration_file(args, state, "iteration0_seed0") == out / "poses_iteration0_seed0.txt"
 
 
+@pytest.mark.parametrize("gate, resection", [(True, False), (False, True), (True, True)])
+def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate, resection):
+    """--registration_resection runs gate_registrations.py with --resect; without --registration_gate it holds
+    nothing back (no largest miss); each round then maps from the stage's file."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    dataset_io.write_ace_pose_file(out / "poses_iteration1.txt", [
+        dataset_io.PoseEntry(str(tmp_path / "a.png"), np.eye(4), ORBIT_FOCAL, 2000.0)])
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        calls.append([str(a) for a in arguments])
+        Path(arguments[1]).write_text(Path(arguments[0]).read_text())
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([str(tmp_path / "*.png"), str(out), "--device", "cpu",
+                                               "--registration_gate", str(gate),
+                                               "--registration_resection", str(resection)])
+    assert ace_zero.gate_registration(args, "iteration1", out / "poses_iteration0_seed0.txt") == 1.0
+    (arguments,) = calls
+    assert ("--resect" in arguments) == resection
+    assert float(arguments[arguments.index("--max_miss") + 1]) == (args.registration_gate_max_miss if gate
+                                                                   else float("inf"))
+    state = ace_zero.RunState(str(tmp_path / "*.png"), seed_id="iteration0_seed0")
+    assert ace_zero.registration_file(args, state, "iteration1") == out / "poses_iteration1_gated.txt"
+
+
 @pytest.mark.parametrize("adjustment_fails", [False, True])
 def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     """--round_bundle_adjustment with stand-in stages: round 2 maps from round 1's registration after
