@@ -5,7 +5,8 @@ A RANSAC inlier count says that an image agrees with the scene coordinate head, 
 images can hold a wrong group of views confidently (temple, README "Honest confidence": three images registered
 70-86 deg off with 500-1500 inliers, and the next rounds mapped them in). The images themselves can tell: XFeat
 matches, verified by a fundamental matrix (no pose needed), link each new image to images registered before; the
-points those earlier images see are triangulated from their poses alone and projected into the new image. A new
+points those earlier images see are triangulated from their poses alone (those of --earlier_poses, the file the
+round mapped from) and projected into the new image. A new
 image whose observations land far from where the earlier structure puts them (median beyond --max_miss keypoint
 accuracies) gets a confidence below --confidence_threshold, so that the next round does not map it; it is tried
 again next round. The pose file format is unchanged; a JSON report says per new image what was measured.
@@ -215,7 +216,8 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     empty = _empty_features(features)
     features = [f if f is not None else empty for f in features]
     world_to_cam = np.stack([e.world_to_cam for e in entries])
-    structure = earlier_structure(world_to_cam, cameras, reference, features, known, pairs, accuracy, cache)
+    structure = earlier_structure(structure_poses(entries, earlier, known), cameras, reference, features, known,
+                                  pairs, accuracy, cache)
     resected = resect_new_images(structure, world_to_cam, new, RESECTION_THRESHOLD * accuracy) if resect else {}
     placed = world_to_cam.copy()
     for k, pose in resected.items():
@@ -227,6 +229,15 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
             verdict.resected_deg = rotation_change_deg(world_to_cam[k], resected[k])
             verdict.reason += f"; resected, turned {verdict.resected_deg:.2f} deg"
     return verdicts, resected
+
+
+def structure_poses(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry], known: np.ndarray
+                    ) -> np.ndarray:
+    """World-to-camera poses of `entries` with the earlier images at their poses in `earlier`, the file the round
+    mapped from (its head, and so this registration, is in that frame): after a round's bundle adjustment those
+    are far better than the head's registration of the same images (temple: 0.3-0.5 deg against 0.3-2.2)."""
+    mapped_from = {e.path: e.world_to_cam for e in earlier}
+    return np.stack([mapped_from[e.path] if known[k] else e.world_to_cam for k, e in enumerate(entries)])
 
 
 def rotation_change_deg(before: np.ndarray, after: np.ndarray) -> float:

@@ -7,6 +7,8 @@ no alignment is needed). Reported per image: the rotation and position error, th
 nearest mapped camera, and the fraction of its true rotation from the middle camera it was registered at (1 is
 right; less is pulled towards the mapped views). With `--resect`, the same after `gate_registrations.py --resect`
 (each new image placed again by PnP on its feature observations of the structure the mapped images triangulate).
+With `--round "FLAGS"`, one more mapping round (`train_ace.py FLAGS`, e.g. a pose refiner) from the mapped images
+at their true poses and the images registered above --confidence as registered: can it undo the edge's error?
 
 Data set: a folder with images/, poses/<stem>.pose.txt, calibration.txt, or `rendered` for the project's own
 orbit. Unknown flags go to train_ace.py. Example:
@@ -58,10 +60,11 @@ def run(script: str, arguments: list, log: Path) -> None:
 
 
 def per_image(pose_file: Path, data: PosedImages, truth: np.ndarray, mapped: np.ndarray) -> list[dict]:
+    """The unmapped images of `pose_file` (those it holds) against the truth."""
     by_name = {Path(e.path).name: e for e in dataset_io.read_ace_pose_file(pose_file)}
     rows = []
     for k, image in enumerate(data.images):
-        if k in mapped:
+        if k in mapped or Path(image).name not in by_name:
             continue
         entry = by_name[Path(image).name]
         estimate = entry.cam_to_world
@@ -74,8 +77,32 @@ def per_image(pose_file: Path, data: PosedImages, truth: np.ndarray, mapped: np.
     return sorted(rows, key=lambda row: row["angle_to_mapped_deg"])
 
 
+def write_pose_files(folder: Path, images: list[str], cam_to_world: list[np.ndarray]) -> str:
+    """One 4x4 camera-to-world file per image (train_ace.py --pose_files) and the glob that selects them."""
+    folder.mkdir(parents=True)
+    for image, pose in zip(images, cam_to_world):
+        (folder / f"{Path(image).stem}.pose.txt").write_text(
+            "\n".join(" ".join(f"{v:.10f}" for v in row) for row in pose) + "\n")
+    return str(folder / "*")
+
+
+def mapping_round(data: PosedImages, truth: np.ndarray, mapped: np.ndarray, registered: Path, confidence: float,
+                  flags: list[str], calibration: Path, workdir: Path) -> Path:
+    """train_ace.py `flags` from the mapped images at their true poses and the confident others as registered;
+    returns its poses_*_preliminary.txt."""
+    by_name = {Path(e.path).name: e for e in dataset_io.read_ace_pose_file(registered)}
+    chosen = [k for k, image in enumerate(data.images)
+              if k in mapped or by_name[Path(image).name].confidence >= confidence]
+    images = symlinked_glob(workdir / "round_images", [data.images[k] for k in chosen])
+    poses = write_pose_files(workdir / "round_poses", [data.images[k] for k in chosen], [
+        truth[k] if k in mapped else by_name[Path(data.images[k]).name].cam_to_world for k in chosen])
+    run("train_ace.py", [images, workdir / "round.pt", "--pose_files", poses, "--calibration_file", calibration,
+                         "--device", "cpu", *flags], workdir / "round.log")
+    return workdir / "poses_round_preliminary.txt"
+
+
 def edge_registration(data: PosedImages, mapped_count: int, confidence: float, resect: bool, extra: list[str],
-                      workdir: Path) -> dict:
+                      workdir: Path, round_flags: list[str] | None = None) -> dict:
     truth = np.array([dataset_io.load_cam_to_world(p) for p in data.poses])
     mapped = middle_cameras(truth, mapped_count)
     images = symlinked_glob(workdir / "mapped_images", [data.images[k] for k in mapped])
@@ -95,29 +122,39 @@ def edge_registration(data: PosedImages, mapped_count: int, confidence: float, r
     report = {"dataset": data.name, "flags": " ".join(extra), "mapped": [Path(data.images[k]).name for k in mapped],
               "seconds": round(seconds, 1), "registered": per_image(registered, data, truth, mapped)}
     if resect:
-        earlier = workdir / "earlier.txt"  # the mapped images as the earlier structure, at their registered poses
-        dataset_io.write_ace_pose_file(earlier, [e for e in dataset_io.read_ace_pose_file(registered)
-                                                 if any(Path(e.path).name == Path(data.images[k]).name
-                                                        for k in mapped)])
+        earlier = workdir / "earlier.txt"  # what the head was mapped from: the mapped images at their true poses
+        by_name = {Path(e.path).name: e for e in dataset_io.read_ace_pose_file(registered)}
+        dataset_io.write_ace_pose_file(earlier, [
+            dataset_io.PoseEntry(by_name[Path(data.images[k]).name].path, dataset_io.invert_pose(truth[k]),
+                                 data.focal, float("inf")) for k in mapped])
         run("gate_registrations.py", [registered, workdir / "resected.txt", "--earlier_poses", earlier, "--device",
                                       "cpu", "--confidence_threshold", confidence, "--max_miss", "inf",
                                       "--resect", "--calibration_file", calibration],
             workdir / "resect.log")
         report["resected"] = per_image(workdir / "resected.txt", data, truth, mapped)
+    if round_flags is not None:
+        refined = mapping_round(data, truth, mapped, registered, confidence, round_flags, calibration, workdir)
+        report["round"] = per_image(refined, data, truth, mapped)  # only the images the round mapped from
     return report
 
 
 def print_table(report: dict, confidence: float) -> None:
     resected = {row["image"]: row for row in report.get("resected", [])}
+    after_round = {row["image"]: row for row in report.get("round", [])}
     print(f"{report['dataset']}: mapped from the true poses of {', '.join(report['mapped'])} ({report['seconds']} s)")
-    print("| image | to mapped | inliers | registered: rotation / position | fraction | resected: rotation / position |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| image | to mapped | inliers | registered: rotation / position | fraction | resected: rotation / position "
+          "| after a round: rotation / position |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in report["registered"]:
         mark = "**" if row["inliers"] >= confidence else ""
         after = resected.get(row["image"])
-        after_text = f"{after['rot_deg']:.2f} deg / {after['trans']:.4f}" if after else "-"
         print(f"| {row['image']} | {row['angle_to_mapped_deg']:.1f} deg | {mark}{row['inliers']:.0f}{mark} | "
-              f"{row['rot_deg']:.2f} deg / {row['trans']:.4f} | {row['registered_fraction']:.2f} | {after_text} |")
+              f"{error_text(row)} | {row['registered_fraction']:.2f} | {error_text(resected.get(row['image']))} | "
+              f"{error_text(after_round.get(row['image']))} |")
+
+
+def error_text(row: dict | None) -> str:
+    return f"{row['rot_deg']:.2f} deg / {row['trans']:.4f}" if row else "-"
 
 
 def main() -> None:
@@ -127,6 +164,9 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=1500,
                         help="inlier count from which a registration would be mapped (bold in the table)")
     parser.add_argument("--resect", action="store_true", help="also report the images after resection")
+    parser.add_argument("--round", type=str, default=None,
+                        help="then one mapping round with these train_ace.py flags (one string) from the mapped "
+                             "images at their true poses and the confident others as registered")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args, extra = parser.parse_known_args()
     if args.mapped < 2:
@@ -136,7 +176,8 @@ def main() -> None:
         data = rendered_scene(tmp / "rendered") if args.dataset == "rendered" else posed_folder(Path(args.dataset))
         if args.mapped >= len(data.images):
             parser.error(f"--mapped must be below the number of images ({len(data.images)})")
-        report = edge_registration(data, args.mapped, args.confidence, args.resect, extra, tmp)
+        report = edge_registration(data, args.mapped, args.confidence, args.resect, extra, tmp,
+                                   None if args.round is None else args.round.split())
     print_table(report, args.confidence)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

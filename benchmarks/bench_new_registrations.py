@@ -84,8 +84,9 @@ def new_registrations(pose_file: Path, previous: Path, threshold: float, max_mis
     import torch
     entries = dataset_io.read_ace_pose_file(pose_file)
     cameras = dataset_io.entry_cameras(entries, None, pose_file)
-    return gate_new_registrations(entries, dataset_io.read_ace_pose_file(previous), cameras, threshold, max_miss,
-                                  DETECTION_SHORT_SIDE, torch.device("cpu"), cache)
+    verdicts, _ = gate_new_registrations(entries, dataset_io.read_ace_pose_file(previous), cameras, threshold,
+                                         max_miss, DETECTION_SHORT_SIDE, torch.device("cpu"), cache)
+    return verdicts
 
 
 if __name__ == "__main__":
