@@ -6,15 +6,14 @@ images can hold a wrong group of views confidently (temple, README "Honest confi
 70-86 deg off with 500-1500 inliers, and the next rounds mapped them in). The images themselves can tell: XFeat
 matches, verified by a fundamental matrix (no pose needed), link each new image to images registered before; the
 points those earlier images see are triangulated from their poses alone (those of --earlier_poses, the file the
-round mapped from) and projected into the new image. A new
-image whose observations land far from where the earlier structure puts them (median beyond --max_miss keypoint
-accuracies) gets a confidence below --confidence_threshold, so that the next round does not map it; it is tried
-again next round. The pose file format is unchanged; a JSON report says per new image what was measured.
+round mapped from) and projected into the new image. A new image whose observations land far from where the
+earlier structure puts them (median beyond --max_miss keypoint accuracies) gets a confidence below
+--confidence_threshold, so that the next round does not map it; it is tried again next round. The pose file format is unchanged; a JSON report says per new image what was measured.
 
 With --resect, each new image is first placed again by RANSAC PnP on those same observations (resection against
 the earlier structure, which nothing here moves), when that agrees with more of them than its registration does.
 Why: a head extrapolates to views beyond the mapped ones, and it pulls an image at the edge towards the mapped
-views (temple mapped from seven true poses: the next image registered 11 deg off with 1551 inliers, at 0.65 of
+views (temple mapped from seven true poses: the next image registered 10.7 deg off with 2076 inliers, at 0.67 of
 its rotation; README "Registration at the edge"); the mapping rounds cannot take that out later, because two
 views hardly tell it apart (a rotation-depth ambiguity). The triangulated structure does.
 """
@@ -33,6 +32,7 @@ from ace_util import in_mapping_set
 from calibration import Intrinsics
 from cli_common import (DEFAULT_IMAGE_RESOLUTION, POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg,
                         add_device_arg, add_feature_cache_arg, atomic_write_text, make_parser, run_main, select_device)
+from eval_poses import rotation_angle_deg
 from feature_cache import FeatureCache
 
 _log = logging.getLogger("gate_registrations")
@@ -226,7 +226,7 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     verdicts = [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
     for verdict, k in zip(verdicts, sorted(misses)):
         if k in resected:
-            verdict.resected_deg = rotation_change_deg(world_to_cam[k], resected[k])
+            verdict.resected_deg = float(rotation_angle_deg(world_to_cam[k, :3, :3] @ resected[k][:3, :3].T))
             verdict.reason += f"; resected, turned {verdict.resected_deg:.2f} deg"
     return verdicts, resected
 
@@ -239,10 +239,6 @@ def structure_poses(entries: list[dataset_io.PoseEntry], earlier: list[dataset_i
     mapped_from = {e.path: e.world_to_cam for e in earlier}
     return np.stack([mapped_from[e.path] if known[k] else e.world_to_cam for k, e in enumerate(entries)])
 
-
-def rotation_change_deg(before: np.ndarray, after: np.ndarray) -> float:
-    cosine = (np.trace(before[:3, :3] @ after[:3, :3].T) - 1) / 2
-    return float(np.degrees(np.arccos(np.clip(cosine, -1, 1))))
 
 
 def _empty_features(features: list):
