@@ -104,9 +104,11 @@ def test_standardised_input_learns_individual_corrections_faster():
     generator = torch.Generator().manual_seed(1)
     directions = torch.nn.functional.normalize(torch.randn(12, 3, generator=generator), dim=1)
     targets = directions * np.radians(3.0)
-    raw = _fit_individual_corrections("pose", targets, poses, 300)
-    standardised = _fit_individual_corrections("standardised", targets, poses, 300)
-    assert standardised < 0.1 * raw, (standardised, raw)  # measured: 0.004 against 0.31 deg
+    # After 100 steps, while the raw input is still far off: near convergence (300 steps and more) both sit at
+    # Adam's noise floor, whose size depends on the CPU's float kernels (measured 0.004-0.036 deg for each).
+    raw = _fit_individual_corrections("pose", targets, poses, 100)
+    standardised = _fit_individual_corrections("standardised", targets, poses, 100)
+    assert standardised < 0.2 * raw, (standardised, raw)  # measured: 0.087 against 1.14-1.25 deg (AVX-512, none)
 
 
 def _refiner_after_one_step(poses: torch.Tensor, loss_factor: float, scaler: torch.amp.GradScaler | None
