@@ -626,7 +626,7 @@ def pnp_pose(tracks: Tracks, points: np.ndarray, camera: int, world_to_cam: np.n
     own = own_observations(tracks, points, camera)
     if len(own.point) < MIN_CAMERA_OBSERVATIONS:
         return None
-    agreeing = int((observation_errors(own, world_to_cam[None], points, focal, centre) < threshold_px).sum())
+    agreeing = agreeing_count(own, world_to_cam, points, focal, centre, threshold_px)
     pose, inliers = ransac_pnp(points[own.point], own.pixels, focal, centre, threshold_px)
     if pose is None or len(inliers) <= max(2 * agreeing, MIN_CAMERA_OBSERVATIONS):
         return None
@@ -639,6 +639,12 @@ def own_observations(tracks: Tracks, points: np.ndarray, camera: int) -> Tracks:
     """The camera's observations of known (finite) points, as tracks of a single camera (index 0)."""
     mine = (tracks.camera == camera) & np.isfinite(points[tracks.point]).all(axis=1)
     return Tracks(np.zeros(int(mine.sum()), int), tracks.point[mine], tracks.pixels[mine], tracks.count)
+
+
+def agreeing_count(own: Tracks, world_to_cam: np.ndarray, points: np.ndarray, focal: float, centre: np.ndarray,
+                   threshold_px: float) -> int:
+    """How many of one camera's observations (own_observations) land within `threshold_px` at this pose."""
+    return int((observation_errors(own, world_to_cam[None], points, focal, centre) < threshold_px).sum())
 
 
 def ransac_pnp(points: np.ndarray, pixels: np.ndarray, focal: float, centre: np.ndarray, threshold_px: float,

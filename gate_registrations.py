@@ -163,11 +163,10 @@ def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarr
         own = ba.own_observations(structure.tracks, structure.points, int(image))
         if len(own.point) < MIN_OBSERVATIONS:
             continue
-        points = structure.points[own.point]
-        agreeing = int((ba.observation_errors(own, world_to_cam[image][None], structure.points, structure.focal,
-                                              structure.centre) < threshold_px).sum())
-        pose, inliers = ba.ransac_pnp(points, own.pixels, structure.focal, structure.centre, threshold_px,
-                                      refine=True)
+        agreeing = ba.agreeing_count(own, world_to_cam[image], structure.points, structure.focal,
+                                     structure.centre, threshold_px)
+        pose, inliers = ba.ransac_pnp(structure.points[own.point], own.pixels, structure.focal, structure.centre,
+                                      threshold_px, refine=True)
         if pose is not None and len(inliers) >= max(MIN_OBSERVATIONS, agreeing + 1):
             resected[int(image)] = pose
     return resected

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 import dataset_io  # noqa: E402
 from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene, symlinked_glob  # noqa: E402
+from datasets.dataset_util import write_pose  # noqa: E402
 from eval_poses import rotation_angle_deg  # noqa: E402
 
 
@@ -81,8 +82,7 @@ def write_pose_files(folder: Path, images: list[str], cam_to_world: list[np.ndar
     """One 4x4 camera-to-world file per image (train_ace.py --pose_files) and the glob that selects them."""
     folder.mkdir(parents=True)
     for image, pose in zip(images, cam_to_world):
-        (folder / f"{Path(image).stem}.pose.txt").write_text(
-            "\n".join(" ".join(f"{v:.10f}" for v in row) for row in pose) + "\n")
+        write_pose(folder / f"{Path(image).stem}.pose.txt", pose)
     return str(folder / "*")
 
 

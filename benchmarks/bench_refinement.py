@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 import dataset_io  # noqa: E402
 from ace_util import REPO_ROOT as REPO, script_command  # noqa: E402
 from benchmarks.bench_encoder import PosedImages, posed_folder, rendered_scene, symlinked_glob  # noqa: E402
+from datasets.dataset_util import write_pose  # noqa: E402
 from eval_poses import (evaluate, fit_similarity_to_poses, pose_errors,  # noqa: E402
                         relative_rotation_errors)
 
@@ -84,7 +85,7 @@ def write_noisy_poses(data: PosedImages, folder: Path, degrees: float, distance:
     for path, pose in zip(data.poses, truth):
         noisy = perturb(pose, degrees, distance, rng)
         target = folder / Path(path).name
-        target.write_text("\n".join(" ".join(f"{v:.10f}" for v in row) for row in noisy) + "\n")
+        write_pose(target, noisy)
         paths.append(str(target))
     return paths
 
