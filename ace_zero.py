@@ -89,7 +89,8 @@ def build_parser():
                            "image again by PnP on its feature observations of the structure the earlier images "
                            "triangulate, where that agrees with more of them: the head pulls images at the edge "
                            "of the mapped views towards them, and the rounds cannot undo it (README, "
-                           "\"Registration at the edge\"; False: the original's loop)")
+                           "\"Registration at the edge\"). The seed's registration is resected too, against the "
+                           "seed image and its best two-view partner (False: the original's loop)")
     loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
                       help="the gate's largest median miss of a new image's feature observations, in keypoint "
                            "accuracies (about a pixel at the 480 px detection size)")
@@ -546,6 +547,10 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
         refocus_seed(args, state)
         state.refocus_checked = True
         state.save(folder)
+    if resects_seed_ring(args) and not gated_file(folder, state.seed_id).exists():
+        rate = gate_registration(args, state.seed_id, ["--seed_image", seed_image(args, state.seed_id)])
+        state.rates[state.seed_id] = state.max_rate = rate
+        state.save(folder)
     last = state.completed[-1]
     iteration = len(state.completed)
     if iteration > 1:
@@ -556,7 +561,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
         if state.stop_scheduled and args.final_use_aug is False:
             rate = keep_unfitted_registrations(args, run_id, source)
         if gates_registrations(args):
-            rate = gate_registration(args, run_id, source)
+            rate = gate_registration(args, run_id, ["--earlier_poses", source])
         _complete(state, run_id, rate, folder)
         last = run_id
         _update_stop(args, state, iteration, rate)
@@ -592,9 +597,9 @@ def gated_file(folder: Path, run_id: str) -> Path:
 
 
 def registration_file(args, state: RunState, run_id: str) -> Path:
-    """The registration `run_id` as the loop goes on with it: gated under --registration_gate (every round's but
-    the seed's, which has no earlier structure)."""
-    if gates_registrations(args) and run_id != state.seed_id:
+    """The registration `run_id` as the loop goes on with it: through gate_registrations.py under
+    --registration_gate or --registration_resection (the seed's only under resection of its first ring)."""
+    if resects_seed_ring(args) if run_id == state.seed_id else gates_registrations(args):
         return gated_file(args.results_folder, run_id)
     return args.results_folder / f"poses_{run_id}.txt"
 
@@ -619,17 +624,29 @@ def gates_registrations(args) -> bool:
     return args.registration_gate or args.registration_resection
 
 
-def gate_registration(args, run_id: str, earlier: Path) -> float:
+def resects_seed_ring(args) -> bool:
+    """Whether the seed's registration is resected against the seed image and its two-view partner (the seed
+    image is known only when the seed is mapped here)."""
+    return args.registration_resection and args.seed_network is None
+
+
+def seed_image(args, seed_id: str) -> str:
+    images = dataset_io.glob_files(args.rgb_files)
+    return images[dataset_io.seed_image_index(seed_values(args)[seed_index(seed_id)], len(images))]
+
+
+def gate_registration(args, run_id: str, structure: list) -> float:
     """--registration_gate / --registration_resection: poses_<run_id>_gated.txt, the registration with the new
-    images that disagree with the structure of `earlier` (what the round mapped from) held back (gate) or first
-    placed again against it (resection); returns its registration rate. When the stage fails the registration
-    goes on as it is (copied, so that the loop reads one name)."""
+    images that disagree with the earlier structure (`structure`: gate_registrations.py's --earlier_poses, the
+    file the round mapped from, or --seed_image) held back (gate) or first placed again against it (resection);
+    returns its registration rate. When the stage fails the registration goes on as it is (copied, so that the
+    loop reads one name)."""
     registered = args.results_folder / f"poses_{run_id}.txt"
     gated = gated_file(args.results_folder, run_id)
     max_miss = args.registration_gate_max_miss if args.registration_gate else float("inf")  # inf: holds none back
     resect = ["--resect"] if args.registration_resection else []
     result = optional_stage("gate_registrations.py", registered, gated, [
-        "--earlier_poses", earlier, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
+        *structure, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
         "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect],
         "registration gate", "the registration goes on ungated")
     if result != gated:

@@ -134,7 +134,7 @@ def load_mapping_data(config: DataConfig, encoder=None, device="cpu") -> Mapping
 def _seed_subset(data: MappingData, config: DataConfig, encoder, device) -> MappingData:
     """The single seed image int(seed * N) with identity pose and a depth estimate: a depth file, ZoeDepth,
     two-view geometry with a partner image, or (last resort) a constant depth."""
-    index = min(int(config.use_pose_seed * len(data.images)), len(data.images) - 1)
+    index = dataset_io.seed_image_index(config.use_pose_seed, len(data.images))
     subset = MappingData([data.images[index]], np.eye(4)[None], data.cameras[index:index + 1],
                          [data.depth_files[index]] if data.depth_files else None)
     if subset.depth_files is not None:

@@ -38,6 +38,11 @@ def glob_files(pattern: str, flag: str = "rgb_files") -> list[str]:
     return files
 
 
+def seed_image_index(fraction: float, count: int) -> int:
+    """The seed image of `--use_pose_seed fraction` among `count` sorted images."""
+    return min(int(fraction * count), count - 1)
+
+
 def check_counts(images: list[str], others: list[str], flag: str) -> None:
     if len(images) != len(others):
         raise UserError(f"{flag}: {len(others)} files for {len(images)} images (counts must match)")

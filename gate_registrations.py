@@ -16,6 +16,11 @@ Why: a head extrapolates to views beyond the mapped ones, and it pulls an image 
 views (temple mapped from seven true poses: the next image registered 10.7 deg off with 2076 inliers, at 0.67 of
 its rotation; README "Registration at the edge"); the mapping rounds cannot take that out later, because two
 views hardly tell it apart (a rotation-depth ambiguity). The triangulated structure does.
+
+With --seed_image (the seed's registration, which has no earlier rounds), the earlier structure is the seed image
+and its registered partner with the most well-triangulated matches, placed by their essential matrix (the baseline
+length from the registration): the seed's first ring is then resected against two-view geometry instead of the
+one-image head (temple: R0018 registered 5.9 deg off, resected 0.7).
 """
 from __future__ import annotations
 
@@ -59,8 +64,12 @@ def build_parser():
     parser = make_parser(__doc__)
     parser.add_argument("input_poses", type=Path, help="ACE pose file of this round's registration")
     parser.add_argument("output_poses", type=Path, help="where to write the pose file with gated confidences")
-    parser.add_argument("--earlier_poses", type=Path, required=True,
-                        help="the pose file the round mapped from: its confident images are the earlier structure")
+    earlier = parser.add_mutually_exclusive_group(required=True)
+    earlier.add_argument("--earlier_poses", type=Path,
+                         help="the pose file the round mapped from: its confident images are the earlier structure")
+    earlier.add_argument("--seed_image", type=str,
+                         help="the input is the seed's registration and this its seed image: the earlier structure "
+                              "is the seed image and its best two-view partner among the registered images")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON report per new image (default: output_poses with .gate.json)")
     add_device_arg(parser)
@@ -230,6 +239,49 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     return verdicts, resected
 
 
+def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], seed: int, threshold: float,
+              image_resolution: int, device, cache: FeatureCache | None = None
+              ) -> tuple[list[dataset_io.PoseEntry], str]:
+    """The seed image at its registered pose and its registered partner with the most well-triangulated matches
+    (two_view_seed.pair_geometry), placed by their essential matrix with the registered baseline length (the
+    head's scale); an empty list, and why, when no partner gives two-view geometry."""
+    import bundle_adjust as ba
+    from feature_matching import KEYPOINT_ACCURACY_PX, mutual_matches
+    from two_view_seed import pair_geometry
+    from verify_poses import candidate_partners
+    registered = [k for k, e in enumerate(entries) if k != seed and in_mapping_set(e.confidence, threshold)]
+    if not registered:
+        return [], "no other image is registered"
+    considered = [seed, *registered]
+    features: list = [None] * len(entries)
+    for k, found in zip(considered, ba.extract_features([entries[k].path for k in considered], image_resolution,
+                                                        device, [cameras[k] for k in considered], cache)):
+        features[k] = found
+    reference = cameras[seed]
+    accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / image_resolution
+    K = np.array([[reference.fx, 0, reference.cx], [0, reference.fx, reference.cy], [0, 0, 1]])
+    best = None
+    for _, partner in candidate_partners(features, PARTNERS_PER_IMAGE, np.array([seed]), np.array(registered)):
+        ia, ib = mutual_matches(features[seed].descriptors, features[partner].descriptors)
+        geometry = pair_geometry(ba.to_reference(features[seed].pixels[ia], cameras[seed], reference),
+                                 ba.to_reference(features[partner].pixels[ib], cameras[partner], reference),
+                                 K, accuracy)
+        if geometry is not None and (best is None or geometry.score > best[0].score):
+            best = (geometry, partner)
+    if best is None:
+        return [], "no registered image gives two-view geometry with the seed image"
+    geometry, partner = best
+    seed_entry, partner_entry = entries[seed], entries[partner]
+    baseline = float(np.linalg.norm(partner_entry.cam_to_world[:3, 3] - seed_entry.cam_to_world[:3, 3]))
+    relative = np.eye(4)
+    relative[:3, :3], relative[:3, 3] = geometry.R, geometry.t * baseline
+    placed = dataset_io.PoseEntry(partner_entry.path, relative @ seed_entry.world_to_cam, partner_entry.focal,
+                                  partner_entry.confidence)
+    return [seed_entry, placed], (f"seed pair {Path(seed_entry.path).name} + {Path(partner_entry.path).name}: "
+                                  f"{len(geometry.depths)} points triangulated, median parallax "
+                                  f"{geometry.parallax_deg:.1f} deg")
+
+
 def structure_poses(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry], known: np.ndarray
                     ) -> np.ndarray:
     """World-to-camera poses of `entries` with the earlier images at their poses in `earlier`, the file the round
@@ -263,8 +315,9 @@ def write_gated(input_poses: Path, output_poses: Path, entries: list[dataset_io.
     dataset_io.write_cameras_beside(output_poses, [e.path for e in entries], cameras)
 
 
-def write_report(path: Path, verdicts: list[GateVerdict], known: int) -> dict:
-    summary = {"earlier": known, "new": len(verdicts), "held_back": sum(not v.passed for v in verdicts),
+def write_report(path: Path, verdicts: list[GateVerdict], known: int, structure: str | None = None) -> dict:
+    """The JSON report; `structure` says what the earlier structure is when it is not the earlier poses' file."""
+    summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts), "held_back": sum(not v.passed for v in verdicts),
                "resected": sum(bool(np.isfinite(v.resected_deg)) for v in verdicts),
                "not_judged": sum(v.passed and not np.isfinite(v.median_miss) for v in verdicts)}
     images = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(verdict).items()}
@@ -278,24 +331,46 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_miss <= 0:
         raise UserError(f"--max_miss must be positive, got {args.max_miss}")
     entries = dataset_io.read_ace_pose_file(args.input_poses)
-    earlier = dataset_io.read_ace_pose_file(args.earlier_poses)
     if not entries:
         raise UserError(f"{args.input_poses}: no poses")
     cameras = dataset_io.entry_cameras(entries, args.calibration_file, args.input_poses)
     device = select_device(args.device)
     cache = FeatureCache(args.feature_cache)
     try:
-        verdicts, resected = gate_new_registrations(entries, earlier, cameras, args.confidence_threshold,
-                                                    args.max_miss, args.image_resolution, device, cache, args.resect)
+        if args.seed_image is not None:
+            earlier, structure = seed_structure(args, entries, cameras, device, cache)
+        else:
+            earlier, structure = dataset_io.read_ace_pose_file(args.earlier_poses), None
+        verdicts, resected = ([], {}) if not earlier else gate_new_registrations(
+            entries, earlier, cameras, args.confidence_threshold, args.max_miss, args.image_resolution, device,
+            cache, args.resect)
     except UserError as error:
         raise UserError(f"{args.input_poses}: {error}") from None
+    if args.seed_image is not None and earlier:  # the partner goes on at its two-view pose
+        resected[next(k for k, e in enumerate(entries) if e.path == earlier[1].path)] = earlier[1].world_to_cam
     write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, resected)
     known = int(earlier_and_new(entries, earlier, args.confidence_threshold)[0].sum())
-    summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known)
+    summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:
         _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
     _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged",
               summary["new"], known, summary["resected"], summary["held_back"], summary["not_judged"])
+
+
+def seed_structure(args, entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], device,
+                   cache: FeatureCache) -> tuple[list[dataset_io.PoseEntry], str]:
+    """--seed_image: the earlier images (the seed pair, or none when it has no geometry) and what they are."""
+    wanted = Path(args.seed_image).resolve()
+    seed = next((k for k, e in enumerate(entries) if Path(e.path).resolve() == wanted), None)
+    if seed is None:
+        raise UserError(f"--seed_image {args.seed_image} is not in the pose file")
+    if not in_mapping_set(entries[seed].confidence, args.confidence_threshold):
+        earlier, structure = [], f"the seed image {wanted.name} is not registered"
+    else:
+        earlier, structure = seed_pair(entries, cameras, seed, args.confidence_threshold, args.image_resolution,
+                                       device, cache)
+    _log.info("%s%s", structure, "" if earlier else ": nothing is judged")
+    return earlier, structure
 
 
 if __name__ == "__main__":

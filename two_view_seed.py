@@ -9,6 +9,7 @@ interpolated into a dense depth map. Its scale is arbitrary, so it is normalised
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -75,7 +76,7 @@ def two_view_depth(images: list[str], seed_index: int, cameras: list[Intrinsics]
     K = _network_matrix(cameras[seed_index], grey)
     seed_features, pixels = keypoints(encoder, grey, device)
     accuracy = KEYPOINT_ACCURACY_PX if encoder.spec.has_detector else CELL_ACCURACY_PX
-    best = None
+    best: tuple[PairGeometry, int] | None = None
     for partner in _partners(seed_index, len(images), np.random.default_rng(seed_index)):
         partner_grey, _ = dataset_io.load_network_input(images[partner], short_side, cameras[partner])
         partner_features, partner_pixels = keypoints(encoder, partner_grey, device)
@@ -83,25 +84,47 @@ def two_view_depth(images: list[str], seed_index: int, cameras: list[Intrinsics]
         to_seed = K @ np.linalg.inv(_network_matrix(cameras[partner], partner_grey))
         partner_pixels = partner_pixels @ to_seed[:2, :2].T + to_seed[:2, 2]
         ia, ib = mutual_matches(seed_features, partner_features)
-        if len(ia) < MIN_POINTS:
+        geometry = pair_geometry(pixels[ia], partner_pixels[ib], K, accuracy)
+        if geometry is None:
             continue
-        x1, x2 = pixels[ia], partner_pixels[ib]
-        pose = relative_pose(x1, x2, K, accuracy)
-        if pose is None:
-            continue
-        R, t, inliers = pose
-        points, errors, parallax, valid = _triangulate(K, R, t, x1[inliers], x2[inliers])
-        good = valid & (errors < 2 * accuracy) & (parallax > 0.5)
-        if good.sum() < MIN_POINTS:
-            continue
-        score = good.sum() * min(1.0, float(np.median(parallax[good])) / GOOD_PARALLAX_DEG)
         _log.info("seed %s + %s: %d matches, %d triangulated, median parallax %.1f deg", images[seed_index],
-                  images[partner], len(ia), good.sum(), np.median(parallax[good]))
-        if best is None or score > best[0]:
-            best = (score, x1[inliers][good], points[good, 2])
+                  images[partner], len(ia), len(geometry.depths), geometry.parallax_deg)
+        if best is None or geometry.score > best[0].score:
+            best = (geometry, partner)
     if best is None:
         return None
-    return _dense_depth(best[1], best[2], grey.shape, (width, height), median_depth)
+    return _dense_depth(best[0].pixels, best[0].depths, grey.shape, (width, height), median_depth)
+
+
+@dataclass
+class PairGeometry:
+    """Two views' relative pose (x2 ~ K [R|t] X for X in the first camera, |t| = 1) and the matches it
+    triangulates well: their first-view pixels and depths, the median parallax, and a score that prefers many
+    points, up to GOOD_PARALLAX_DEG of parallax."""
+    R: np.ndarray
+    t: np.ndarray
+    pixels: np.ndarray
+    depths: np.ndarray
+    parallax_deg: float
+    score: float
+
+
+def pair_geometry(x1: np.ndarray, x2: np.ndarray, K: np.ndarray, accuracy: float) -> PairGeometry | None:
+    """The relative pose of matched pixels x1 <-> x2 (one K for both) and its well triangulated matches, or None
+    when fewer than MIN_POINTS of them are."""
+    if len(x1) < MIN_POINTS:
+        return None
+    pose = relative_pose(x1, x2, K, accuracy)
+    if pose is None:
+        return None
+    R, t, inliers = pose
+    points, errors, parallax, valid = _triangulate(K, R, t, x1[inliers], x2[inliers])
+    good = valid & (errors < 2 * accuracy) & (parallax > 0.5)
+    if good.sum() < MIN_POINTS:
+        return None
+    median_parallax = float(np.median(parallax[good]))
+    return PairGeometry(R, t, x1[inliers][good], points[good, 2], median_parallax,
+                        float(good.sum() * min(1.0, median_parallax / GOOD_PARALLAX_DEG)))
 
 
 def _dense_depth(pixels: np.ndarray, depths: np.ndarray, shape: tuple[int, int], original_size: tuple[int, int],

@@ -210,13 +210,17 @@ def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate,
     args = ace_zero.build_parser().parse_args([str(tmp_path / "*.png"), str(out), "--device", "cpu",
                                                "--registration_gate", str(gate),
                                                "--registration_resection", str(resection)])
-    assert ace_zero.gate_registration(args, "iteration1", out / "poses_iteration0_seed0.txt") == 1.0
+    assert ace_zero.gate_registration(args, "iteration1",
+                                      ["--earlier_poses", out / "poses_iteration0_seed0.txt"]) == 1.0
     (arguments,) = calls
     assert ("--resect" in arguments) == resection
     assert float(arguments[arguments.index("--max_miss") + 1]) == (args.registration_gate_max_miss if gate
                                                                    else float("inf"))
     state = ace_zero.RunState(str(tmp_path / "*.png"), seed_id="iteration0_seed0")
     assert ace_zero.registration_file(args, state, "iteration1") == out / "poses_iteration1_gated.txt"
+    # the seed's registration goes through the stage only to resect its first ring
+    seed_gated = ace_zero.registration_file(args, state, "iteration0_seed0") == out / "poses_iteration0_seed0_gated.txt"
+    assert seed_gated == resection
 
 
 @pytest.mark.parametrize("adjustment_fails", [False, True])

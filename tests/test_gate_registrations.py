@@ -79,6 +79,18 @@ def test_new_images_with_wrong_poses_are_held_back(orbit_scene, tmp_path):
     assert max(errors[k] for k in turned) < 1.0 and max(errors) < 1.0
     assert json.loads((tmp_path / "resected.gate.json").read_text())["summary"]["resected"] >= len(turned)
 
+    # --seed_image: a seed's registration (views 0-6 registered, 1 and 5 turned, the seed view 3) is placed again
+    # against the seed view and its two-view partner alone
+    seed, ring = sorted(orbit_scene.glob("images/*.png"))[3], range(7)
+    _pose_file(orbit_scene, tmp_path / "seed.txt", {k: 100.0 for k in range(7, count)}, {1, 5})
+    run_cli("gate_registrations.py", tmp_path / "seed.txt", tmp_path / "seed_gated.txt", "--seed_image", seed,
+            "--device", "cpu", "--feature_cache", tmp_path / "cache", "--resect")
+    out = sorted(dataset_io.read_ace_pose_file(tmp_path / "seed_gated.txt"), key=lambda e: e.path)
+    errors = [_angle_deg(out[k].cam_to_world, truth[k]) for k in ring]
+    assert max(errors) < 1.0 and all(out[k].confidence == 2000 for k in ring)
+    summary = json.loads((tmp_path / "seed_gated.gate.json").read_text())["summary"]
+    assert summary["structure"].startswith(f"seed pair {seed.name} + ") and summary["earlier"] == 2
+
 
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(Rotation.from_matrix(a[:3, :3] @ b[:3, :3].T).magnitude()))
@@ -120,3 +132,9 @@ def test_errors_are_one_line(tmp_path):
     bad = run_cli("gate_registrations.py", tmp_path / "in.txt", tmp_path / "out.txt", "--earlier_poses",
                   tmp_path / "earlier.txt", "--max_miss", 0, check=False)
     assert bad.returncode == 2 and "--max_miss" in bad.stderr
+    from PIL import Image
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    dataset_io.write_ace_pose_file(tmp_path / "in.txt", [_entry(str(tmp_path / "a.png"), 900)])
+    unknown = run_cli("gate_registrations.py", tmp_path / "in.txt", tmp_path / "out.txt", "--seed_image",
+                      tmp_path / "b.png", check=False)
+    assert unknown.returncode == 2 and "--seed_image" in unknown.stderr and "Traceback" not in unknown.stderr
