@@ -91,11 +91,6 @@ def build_parser():
                            "of the mapped views towards them, and the rounds cannot undo it (README, "
                            "\"Registration at the edge\"). The seed's registration is resected too, against the "
                            "seed image and its best two-view partner (False: the original's loop)")
-    loop.add_argument("--registration_keep_mapped", type=str2bool, default=False,
-                      help="new: the images a round was mapped from keep the poses its head was mapped with "
-                           "(poses_<run>_preliminary.txt) instead of the head's registration of them, which drifts "
-                           "without adjustments (temple: 0.5-0.8 deg a round once resection placed them); the new "
-                           "images come from the registration (False: the original's loop)")
     loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
                       help="the gate's largest median miss of a new image's feature observations, in keypoint "
                            "accuracies (about a pixel at the 480 px detection size)")
@@ -626,7 +621,7 @@ def last_registration_files(folder: Path) -> dict[str, Path]:
 
 def gates_registrations(args) -> bool:
     """Whether each round's registration goes through gate_registrations.py (to be gated, resected or both)."""
-    return args.registration_gate or args.registration_resection or args.registration_keep_mapped
+    return args.registration_gate or args.registration_resection
 
 
 def resects_seed_ring(args) -> bool:
@@ -650,11 +645,9 @@ def gate_registration(args, run_id: str, structure: list) -> float:
     gated = gated_file(args.results_folder, run_id)
     max_miss = args.registration_gate_max_miss if args.registration_gate else float("inf")  # inf: holds none back
     resect = ["--resect"] if args.registration_resection else []
-    mapped = args.results_folder / f"poses_{run_id}_preliminary.txt"
-    keep = ["--mapped_poses", mapped] if args.registration_keep_mapped and mapped.exists() else []
     result = optional_stage("gate_registrations.py", registered, gated, [
         *structure, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
-        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect, *keep],
+        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect],
         "registration gate", "the registration goes on ungated")
     if result != gated:
         atomic_write_text(gated, registered.read_text())

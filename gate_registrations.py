@@ -84,9 +84,6 @@ def build_parser():
     parser.add_argument("--resect", action="store_true",
                         help="first place each new image again by RANSAC PnP on its observations of the earlier "
                              "structure, where that agrees with more of them than its registration")
-    parser.add_argument("--mapped_poses", type=Path, default=None,
-                        help="the poses the round's head was mapped with (poses_<run>_preliminary.txt): its images "
-                             "keep these poses instead of this registration's (confidences stay the registration's)")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser
@@ -305,12 +302,11 @@ def _empty_features(features: list):
 
 def write_gated(input_poses: Path, output_poses: Path, entries: list[dataset_io.PoseEntry],
                 verdicts: list[GateVerdict], cameras: list[Intrinsics],
-                placed: dict[int, np.ndarray] | None = None) -> None:
-    """The input's lines with only the confidences of held-back images and the poses of `placed` ones (resected,
-    or kept at their mapped poses; world-to-camera by index) changed."""
+                resected: dict[int, np.ndarray] | None = None) -> None:
+    """The input's lines with only the confidences of held-back images and the poses of resected ones changed."""
     lowered = {v.path: v.confidence for v in verdicts if not v.passed}
     lines = [line for line in input_poses.read_text().splitlines() if line.strip()]
-    for k, pose in (placed or {}).items():
+    for k, pose in (resected or {}).items():
         e = entries[k]
         lines[k] = dataset_io.format_pose_line(dataset_io.PoseEntry(e.path, pose, e.focal, e.confidence))
     atomic_write_text(output_poses, "".join(
@@ -352,22 +348,13 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.input_poses}: {error}") from None
     if args.seed_image is not None and earlier:  # the partner goes on at its two-view pose
         resected[next(k for k, e in enumerate(entries) if e.path == earlier[1].path)] = earlier[1].world_to_cam
-    kept = mapped_poses(entries, args.mapped_poses) if args.mapped_poses else {}
-    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, {**kept, **resected})
+    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, resected)
     known = int(earlier_and_new(entries, earlier, args.confidence_threshold)[0].sum())
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
-    if args.mapped_poses:
-        _log.info("%d mapped image(s) keep their poses of %s", len(kept), args.mapped_poses.name)
     for verdict in verdicts:
         _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
     _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged",
               summary["new"], known, summary["resected"], summary["held_back"], summary["not_judged"])
-
-
-def mapped_poses(entries: list[dataset_io.PoseEntry], mapped_file: Path) -> dict[int, np.ndarray]:
-    """--mapped_poses: world-to-camera poses of `mapped_file` for the entries it has (by index into `entries`)."""
-    mapped = {e.path: e.world_to_cam for e in dataset_io.read_ace_pose_file(mapped_file)}
-    return {k: mapped[e.path] for k, e in enumerate(entries) if e.path in mapped}
 
 
 def seed_structure(args, entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], device,

@@ -191,12 +191,10 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     assert ace_zero.registration_file(args, state, "iteration0_seed0") == out / "poses_iteration0_seed0.txt"
 
 
-@pytest.mark.parametrize("gate, resection, keep", [(True, False, False), (False, True, False), (True, True, False),
-                                                 (False, False, True)])
-def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate, resection, keep):
-    """--registration_resection runs gate_registrations.py with --resect, --registration_keep_mapped with the
-    round's mapping poses; without --registration_gate it holds nothing back (no largest miss); each round then
-    maps from the stage's file."""
+@pytest.mark.parametrize("gate, resection", [(True, False), (False, True), (True, True)])
+def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate, resection):
+    """--registration_resection runs gate_registrations.py with --resect; without --registration_gate it holds
+    nothing back (no largest miss); each round then maps from the stage's file."""
     import ace_zero
     out = tmp_path / "out"
     out.mkdir()
@@ -211,15 +209,11 @@ def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate,
     monkeypatch.setattr(ace_zero, "run_script", stage)
     args = ace_zero.build_parser().parse_args([str(tmp_path / "*.png"), str(out), "--device", "cpu",
                                                "--registration_gate", str(gate),
-                                               "--registration_resection", str(resection),
-                                               "--registration_keep_mapped", str(keep)])
-    (out / "poses_iteration1_preliminary.txt").write_text("")
+                                               "--registration_resection", str(resection)])
     assert ace_zero.gate_registration(args, "iteration1",
                                       ["--earlier_poses", out / "poses_iteration0_seed0.txt"]) == 1.0
     (arguments,) = calls
     assert ("--resect" in arguments) == resection
-    assert (arguments[arguments.index("--mapped_poses") + 1] == str(out / "poses_iteration1_preliminary.txt")
-            if keep else "--mapped_poses" not in arguments)
     assert float(arguments[arguments.index("--max_miss") + 1]) == (args.registration_gate_max_miss if gate
                                                                    else float("inf"))
     state = ace_zero.RunState(str(tmp_path / "*.png"), seed_id="iteration0_seed0")

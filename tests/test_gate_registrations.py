@@ -10,7 +10,6 @@ from scipy.spatial.transform import Rotation
 
 import dataset_io
 import gate_registrations
-from calibration import Intrinsics
 from conftest import ORBIT_FOCAL, ring_world_to_cam, run_cli
 
 
@@ -124,27 +123,6 @@ def test_resection_puts_an_image_at_the_edge_back():
     assert _angle_deg(resected.get(8, registered[8]), truth[8]) < 0.2
     misses = gate_registrations.misses_of_new_images(structure, registered, new, 1.0)
     assert np.median(misses[7]) > 10 and np.median(misses[8]) < 1  # what the gate alone sees
-
-
-def test_mapped_images_keep_their_mapped_poses(tmp_path):
-    """--mapped_poses: the images in the mapping file are written at its poses, the others (resected or not) as
-    placed, and every confidence stays the registration's."""
-    turn = np.eye(4)
-    turn[:3, :3] = Rotation.from_rotvec([0, 0.1, 0]).as_matrix()
-    entries = [dataset_io.PoseEntry(f"/images/{name}.png", np.eye(4), 500.0, c)
-               for name, c in (("a", 2000.0), ("b", 900.0), ("c", 2000.0))]
-    dataset_io.write_ace_pose_file(tmp_path / "in.txt", entries)
-    dataset_io.write_ace_pose_file(tmp_path / "mapped.txt", [dataset_io.PoseEntry("/images/a.png", turn, 500.0,
-                                                                                  np.inf)])
-    kept = gate_registrations.mapped_poses(entries, tmp_path / "mapped.txt")
-    assert list(kept) == [0]
-    resected = {2: np.linalg.inv(turn)}
-    gate_registrations.write_gated(tmp_path / "in.txt", tmp_path / "out.txt", entries, [],
-                                   [Intrinsics(500, 500, 32, 24, 64, 48)] * 3, {**kept, **resected})
-    out = dataset_io.read_ace_pose_file(tmp_path / "out.txt")
-    assert np.allclose(out[0].world_to_cam, turn) and np.allclose(out[1].world_to_cam, np.eye(4))
-    assert np.allclose(out[2].world_to_cam, np.linalg.inv(turn))
-    assert [e.confidence for e in out] == [2000.0, 900.0, 2000.0]
 
 
 def test_errors_are_one_line(tmp_path):
