@@ -20,7 +20,7 @@ views hardly tell it apart (a rotation-depth ambiguity). The triangulated struct
 With --seed_image (the seed's registration, which has no earlier rounds), the earlier structure is the seed image
 and its registered partner with the most well-triangulated matches, placed by their essential matrix (the baseline
 length from the registration): the seed's first ring is then resected against two-view geometry instead of the
-one-image head (temple: R0018 registered 5.9 deg off, resected 0.7).
+one-image head (temple: R0018 registered 5.9 deg off, resected 1.0).
 """
 from __future__ import annotations
 
@@ -317,7 +317,8 @@ def write_gated(input_poses: Path, output_poses: Path, entries: list[dataset_io.
 
 def write_report(path: Path, verdicts: list[GateVerdict], known: int, structure: str | None = None) -> dict:
     """The JSON report; `structure` says what the earlier structure is when it is not the earlier poses' file."""
-    summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts), "held_back": sum(not v.passed for v in verdicts),
+    summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts),
+               "held_back": sum(not v.passed for v in verdicts),
                "resected": sum(bool(np.isfinite(v.resected_deg)) for v in verdicts),
                "not_judged": sum(v.passed and not np.isfinite(v.median_miss) for v in verdicts)}
     images = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(verdict).items()}
