@@ -8,7 +8,8 @@ matches, verified by a fundamental matrix (no pose needed), link each new image 
 points those earlier images see are triangulated from their poses alone (those of --earlier_poses, the file the
 round mapped from) and projected into the new image. A new image whose observations land far from where the
 earlier structure puts them (median beyond --max_miss keypoint accuracies) gets a confidence below
---confidence_threshold, so that the next round does not map it; it is tried again next round. The pose file format is unchanged; a JSON report says per new image what was measured.
+--confidence_threshold, so that the next round does not map it; it is tried again next round. The pose file format is
+unchanged; a JSON report says per new image what was measured.
 
 With --resect, each new image is first placed again by RANSAC PnP on those same observations (resection against
 the earlier structure, which nothing here moves), when that agrees with more of them than its registration does.
