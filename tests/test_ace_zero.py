@@ -191,6 +191,49 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     assert ace_zero.registration_file(args, state, "iteration0_seed0") == out / "poses_iteration0_seed0.txt"
 
 
+def test_seed_registration_is_resected_in_the_loop(tmp_path, monkeypatch):
+    """--registration_resection with stand-in stages: the seed's registration goes through gate_registrations.py
+    with --seed_image set to the image the seed was mapped from (the --use_pose_seed fraction of the sorted
+    images), once, and round 1 maps from the stage's file, with the seed's rate that of the stage's file."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    images = [str(tmp_path / f"frame_{i}.png") for i in range(8)]
+    pattern = str(tmp_path / "frame_*.png")
+    for image in images:
+        Path(image).touch()
+    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt", [
+        dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images])
+    state = ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0"],
+                              rates={"iteration0_seed0": 1.0}, max_rate=1.0)
+    calls = []
+
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if _stand_in_round(script, arguments, images):
+            return
+        assert script == "gate_registrations.py", f"unexpected stage {script}"
+        entries = dataset_io.read_ace_pose_file(arguments[0])  # the seed stage holds one image back
+        held = "--seed_image" in arguments
+        dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, confidence=100.0) if (
+            held and e.path == images[-1]) else e for e in entries])
+
+    monkeypatch.setattr(ace_zero, "run_script", stage)
+    args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "2", "--device", "cpu",
+                                               "--use_external_focal_length", str(ORBIT_FOCAL), "--final_refine",
+                                               "False", "--registration_resection", "True", "--try_seeds", "1"])
+    ace_zero.reconstruct(args, state, ORBIT_FOCAL)
+    gates = [arguments for script, arguments in calls if script == "gate_registrations.py"]
+    seed_fraction = np.random.RandomState(args.random_seed).uniform(size=1)[0]  # ace_zero.seed_values' draw
+    assert gates[0][:2] == [str(out / "poses_iteration0_seed0.txt"), str(out / "poses_iteration0_seed0_gated.txt")]
+    assert gates[0][gates[0].index("--seed_image") + 1] == images[int(seed_fraction * len(images))]
+    assert "--resect" in gates[0] and sum("--seed_image" in g for g in gates) == 1
+    assert state.rates["iteration0_seed0"] == 7 / 8
+    mapping = next(arguments for script, arguments in calls if script == "train_ace.py")
+    assert mapping[mapping.index("--use_ace_pose_file") + 1] == str(out / "poses_iteration0_seed0_gated.txt")
+
+
 @pytest.mark.parametrize("gate, resection", [(True, False), (False, True), (True, True)])
 def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate, resection):
     """--registration_resection runs gate_registrations.py with --resect; without --registration_gate it holds
