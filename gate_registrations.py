@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -242,17 +242,18 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
 
 def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], seed: int, threshold: float,
               image_resolution: int, device, cache: FeatureCache | None = None
-              ) -> tuple[list[dataset_io.PoseEntry], str]:
+              ) -> tuple[list[dataset_io.PoseEntry], dict[int, np.ndarray], str]:
     """The seed image at its registered pose and its registered partner with the most well-triangulated matches
     (two_view_seed.pair_geometry), placed by their essential matrix with the registered baseline length (the
-    head's scale); an empty list, and why, when no partner gives two-view geometry."""
+    head's scale); the partner's new world-to-camera pose by its index; and what the pair is. Empty, with why,
+    when no partner gives two-view geometry."""
     import bundle_adjust as ba
     from feature_matching import KEYPOINT_ACCURACY_PX, mutual_matches
     from two_view_seed import pair_geometry
     from verify_poses import candidate_partners
     registered = [k for k, e in enumerate(entries) if k != seed and in_mapping_set(e.confidence, threshold)]
     if not registered:
-        return [], "no other image is registered"
+        return [], {}, "no other image is registered"
     considered = [seed, *registered]
     features: list = [None] * len(entries)
     for k, found in zip(considered, ba.extract_features([entries[k].path for k in considered], image_resolution,
@@ -260,7 +261,7 @@ def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], se
         features[k] = found
     reference = cameras[seed]
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / image_resolution
-    K = np.array([[reference.fx, 0, reference.cx], [0, reference.fx, reference.cy], [0, 0, 1]])
+    K = replace(reference, fy=reference.fx).matrix()  # to_reference's square pixels
     best = None
     for _, partner in candidate_partners(features, PARTNERS_PER_IMAGE, np.array([seed]), np.array(registered)):
         ia, ib = mutual_matches(features[seed].descriptors, features[partner].descriptors)
@@ -270,7 +271,7 @@ def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], se
         if geometry is not None and (best is None or geometry.score > best[0].score):
             best = (geometry, partner)
     if best is None:
-        return [], "no registered image gives two-view geometry with the seed image"
+        return [], {}, "no registered image gives two-view geometry with the seed image"
     geometry, partner = best
     seed_entry, partner_entry = entries[seed], entries[partner]
     baseline = float(np.linalg.norm(partner_entry.cam_to_world[:3, 3] - seed_entry.cam_to_world[:3, 3]))
@@ -278,7 +279,7 @@ def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], se
     relative[:3, :3], relative[:3, 3] = geometry.R, geometry.t * baseline
     placed = dataset_io.PoseEntry(partner_entry.path, relative @ seed_entry.world_to_cam, partner_entry.focal,
                                   partner_entry.confidence)
-    return [seed_entry, placed], (f"seed pair {Path(seed_entry.path).name} + {Path(partner_entry.path).name}: "
+    return [seed_entry, placed], {partner: placed.world_to_cam}, (f"seed pair {Path(seed_entry.path).name} + {Path(partner_entry.path).name}: "
                                   f"{len(geometry.depths)} points triangulated, median parallax "
                                   f"{geometry.parallax_deg:.1f} deg")
 
@@ -340,17 +341,16 @@ def main(argv: list[str] | None = None) -> None:
     cache = FeatureCache(args.feature_cache)
     try:
         if args.seed_image is not None:
-            earlier, structure = seed_structure(args, entries, cameras, device, cache)
+            earlier, placed, structure = seed_structure(args, entries, cameras, device, cache)
         else:
-            earlier, structure = dataset_io.read_ace_pose_file(args.earlier_poses), None
+            earlier, placed, structure = dataset_io.read_ace_pose_file(args.earlier_poses), {}, None
         verdicts, resected = ([], {}) if not earlier else gate_new_registrations(
             entries, earlier, cameras, args.confidence_threshold, args.max_miss, args.image_resolution, device,
             cache, args.resect)
     except UserError as error:
         raise UserError(f"{args.input_poses}: {error}") from None
-    if args.seed_image is not None and earlier:  # the partner goes on at its two-view pose
-        resected[next(k for k, e in enumerate(entries) if e.path == earlier[1].path)] = earlier[1].world_to_cam
-    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, resected)
+    # the seed's partner goes on at its two-view pose
+    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, {**resected, **placed})
     known = int(earlier_and_new(entries, earlier, args.confidence_threshold)[0].sum())
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:
@@ -360,19 +360,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def seed_structure(args, entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], device,
-                   cache: FeatureCache) -> tuple[list[dataset_io.PoseEntry], str]:
-    """--seed_image: the earlier images (the seed pair, or none when it has no geometry) and what they are."""
+                   cache: FeatureCache) -> tuple[list[dataset_io.PoseEntry], dict[int, np.ndarray], str]:
+    """--seed_image: seed_pair's earlier images, partner placement and description (all empty, with why, when the
+    seed image is not registered)."""
     wanted = Path(args.seed_image).resolve()
     seed = next((k for k, e in enumerate(entries) if Path(e.path).resolve() == wanted), None)
     if seed is None:
         raise UserError(f"--seed_image {args.seed_image} is not in the pose file")
     if not in_mapping_set(entries[seed].confidence, args.confidence_threshold):
-        earlier, structure = [], f"the seed image {wanted.name} is not registered"
+        earlier, placed, structure = [], {}, f"the seed image {wanted.name} is not registered"
     else:
-        earlier, structure = seed_pair(entries, cameras, seed, args.confidence_threshold, args.image_resolution,
-                                       device, cache)
+        earlier, placed, structure = seed_pair(entries, cameras, seed, args.confidence_threshold,
+                                               args.image_resolution, device, cache)
     _log.info("%s%s", structure, "" if earlier else ": nothing is judged")
-    return earlier, structure
+    return earlier, placed, structure
 
 
 if __name__ == "__main__":

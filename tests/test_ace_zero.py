@@ -102,6 +102,17 @@ def _stand_in_round(script: str, arguments: list[str], images: list[str]) -> boo
     return True
 
 
+def _after_seed(out: Path, pattern: str, images: list[str], confidences: list[float]):
+    """The state of a run whose seed registered `images` with these confidences (its pose file written), its rate
+    the share at or above 500."""
+    import ace_zero
+    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt", [
+        dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, c) for p, c in zip(images, confidences)])
+    rate = float(np.mean(np.array(confidences) >= 500))
+    return ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0"],
+                             rates={"iteration0_seed0": rate}, max_rate=rate)
+
+
 def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     """Resumption with the stages replaced by stand-ins that write their outputs: after the seed and round 1, a
     rerun maps and registers round 2 only, from round 1's poses and head."""
@@ -147,10 +158,7 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     out.mkdir()
     images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
     pattern = str(tmp_path / "frame_*.png")
-    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt", [
-        dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0 if k < 2 else 10.0) for k, p in enumerate(images)])
-    state = ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0"],
-                              rates={"iteration0_seed0": 0.5}, max_rate=0.5)
+    state = _after_seed(out, pattern, images, [2000.0, 2000.0, 10.0, 10.0])
     calls = []
 
     def stage(script, arguments, threads=None, label=""):
@@ -202,10 +210,7 @@ def test_seed_registration_is_resected_in_the_loop(tmp_path, monkeypatch):
     pattern = str(tmp_path / "frame_*.png")
     for image in images:
         Path(image).touch()
-    dataset_io.write_ace_pose_file(out / "poses_iteration0_seed0.txt", [
-        dataset_io.PoseEntry(p, np.eye(4), ORBIT_FOCAL, 2000.0) for p in images])
-    state = ace_zero.RunState(pattern, seed_id="iteration0_seed0", completed=["iteration0_seed0"],
-                              rates={"iteration0_seed0": 1.0}, max_rate=1.0)
+    state = _after_seed(out, pattern, images, [2000.0] * len(images))
     calls = []
 
     def stage(script, arguments, threads=None, label=""):
