@@ -37,6 +37,7 @@ REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted fo
 FOCAL_RECOVERY = "_focal_recovery"  # suffix of the final poses adjusted again from the focal the check found
 GATED = "_gated"  # suffix of a registration after --registration_gate
 ESTIMATED_FOCAL_MAX_CHANGE = 1.5  # most change of a focal that an earlier adjustment estimated
+KNOWN_FOCAL_MAX_CHANGE = 1.01  # most change of a known focal, unless holding it fits the tracks clearly worse
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
 
@@ -75,10 +76,11 @@ def build_parser():
                            "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
                            "default on CPU, where rounds are too short for the pose refiner")
     loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
-                      help="new: bundle-adjust every registration in the loop (poses, and the focal length unless "
-                           "--refine_calibration False) before the next round maps from it, the rounds keeping "
-                           "that focal fixed; the final one is left to --bundle_adjustment (False: the original's "
-                           "loop)")
+                      help="new: bundle-adjust every registration in the loop (poses, and a focal length that "
+                           "is not known, unless --refine_calibration False) before the next round maps from it, "
+                           "the rounds keeping that focal fixed; a known focal (given, calibrated or EXIF) is held "
+                           "until the final adjustment, which is left to --bundle_adjustment (False: the "
+                           "original's loop)")
     loop.add_argument("--registration_gate", type=str2bool, default=False,
                       help="new: before a round maps from a registration, check each newly registered image against "
                            "the structure the earlier images triangulate (gate_registrations.py); images that "
@@ -487,7 +489,15 @@ def round_input(args, state: RunState, previous: str) -> Path:
         return registered
     return adjust_poses(args, registered, "round bundle adjustment",
                         f"the next round maps from the unadjusted {registered.name}",
-                        has_estimated_focal(args, state, previous))
+                        has_estimated_focal(args, state, previous), rounds_refine_focal(args))
+
+
+def rounds_refine_focal(args) -> bool:
+    """Whether the round adjustments refine the focal length: not a known one. On a partial reconstruction they
+    pin it down worse than a calibration does: on temple (24 deg field of view, calibrated 1520.4 px) they moved
+    it to 1469, 1404 and 1555 px over three rounds, and the loop ended at 2.3-3.7 deg (by the RANSAC seed of the
+    evaluation's alignment) instead of 1.2 deg with it held (README, "A known focal in the rounds")."""
+    return args.refine_calibration and not focal_known(args)
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -1020,19 +1030,26 @@ def focal_held_by_user(args) -> bool:
 def has_estimated_focal(args, state: RunState, run_id: str) -> bool:
     """Whether the registration `run_id` has a focal length that an earlier adjustment estimated: the refocused
     seed's (mapped with the seed adjustment's focal), and under --round_bundle_adjustment every registration but
-    the seed's (each round maps with the previous adjustment's focal). An adjustment of such a registration may
-    refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the ring a round's adjustment ran it from
-    2761 to 15070 px, and nothing registered after)."""
-    return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and run_id != state.seed_id)
+    the seed's (each round maps with the previous adjustment's focal) unless those hold a known focal. An
+    adjustment of such a registration may refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the
+    ring a round's adjustment ran it from 2761 to 15070 px, and nothing registered after)."""
+    return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and rounds_refine_focal(args)
+                                          and run_id != state.seed_id)
 
 
-def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool) -> Path:
+def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool,
+                 refine_focal: bool | None = None) -> Path:
     """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails; the focal
-    may change by at most ESTIMATED_FOCAL_MAX_CHANGE when `focal_estimated`."""
-    limit = ["--max_focal_change", ESTIMATED_FOCAL_MAX_CHANGE] if focal_estimated else []
+    is refined when `refine_focal` (default: --refine_calibration), by at most ESTIMATED_FOCAL_MAX_CHANGE when
+    `focal_estimated`, and a known one by more than KNOWN_FOCAL_MAX_CHANGE only when the tracks pin the change
+    down (bundle_adjust.py --focal_change_support; temple's calibrated 1520.4 px went to 1466 px without, at a
+    median reprojection error 1.00 times that with it held)."""
+    limit = ESTIMATED_FOCAL_MAX_CHANGE if focal_estimated else KNOWN_FOCAL_MAX_CHANGE if focal_known(args) else 0
+    refine = args.refine_calibration if refine_focal is None else refine_focal
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),
-        "--confidence_threshold", args.registration_confidence, "--refine_focal", args.refine_calibration, *limit],
+        "--confidence_threshold", args.registration_confidence, "--refine_focal", refine,
+        *(["--max_focal_change", limit] if limit else [])],
         what, fallback_note)
 
 
