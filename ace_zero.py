@@ -203,6 +203,7 @@ def build_parser():
     add_render_args(out, "render a video of the process (frames in results_folder/renderings)", target_path=False,
                     depth_hist=True)
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
+    parser.set_defaults(focal_guessed=False)  # set by initial_cameras: some image's focal is the heuristic's guess
     return parser
 
 
@@ -781,6 +782,7 @@ def initial_cameras(args, images: list[str]) -> None:
     """Resolve the cameras once. When one focal length cannot say them (EXIF focals, images of several sizes),
     write them as a calibration file that every stage reads."""
     cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
+    args.focal_guessed = any(c.source.startswith("heuristic") for c in cameras)
     if args.calibration_file or len({(c.fx, c.width, c.height) for c in cameras}) == 1 and \
             cameras[0].source.startswith(("heuristic", "external")):
         return
@@ -1018,8 +1020,9 @@ def adjust_final_poses(args, state: RunState, last: str) -> Path:
 
 def focal_known(args) -> bool:
     """Whether the focal length is known rather than guessed: given (--use_external_focal_length), calibrated
-    (--calibration_file) or from EXIF (written as the initial calibration file)."""
-    return args.use_external_focal_length > 0 or bool(args.calibration_file)
+    (--calibration_file) or from EXIF (written as the initial calibration file, which also holds the heuristic's
+    guesses when the images have several sizes: then it is not known)."""
+    return args.use_external_focal_length > 0 or (bool(args.calibration_file) and not args.focal_guessed)
 
 
 def focal_held_by_user(args) -> bool:

@@ -163,3 +163,8 @@ def test_ace_zero_writes_initial_cameras_for_mixed_sizes(tmp_path):
     cameras = image_cameras(images, [(640, 480), (640, 480), (480, 640)], args.calibration_file, log=False)
     assert [(c.cx, c.cy) for c in cameras] == [(320, 240), (320, 240), (240, 320)]
     assert all(c.fx == pytest.approx(560.0) for c in cameras)
+    assert not ace_zero.focal_known(args)  # the file holds the heuristic's guesses: nothing is known
+    args.calibration_file = None
+    args.use_external_focal_length = 500.0
+    ace_zero.initial_cameras(args, images)
+    assert ace_zero.focal_known(args)
