@@ -73,8 +73,9 @@ def build_parser():
     loop.add_argument("--warmstart", type=str2bool, default=True, help="start each round from the previous head")
     loop.add_argument("--bundle_adjustment", type=str2bool, default=False,
                       help="new: polish the final registration by bundle adjustment on XFeat feature tracks "
-                           "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
-                           "default on CPU, where rounds are too short for the pose refiner")
+                           "(bundle_adjust.py; the focal length too unless --refine_calibration False, a known "
+                           "one by more than 1 %% only when the tracks pin the change down). On by default on "
+                           "CPU, where rounds are too short for the pose refiner")
     loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
                       help="new: bundle-adjust every registration in the loop (poses, and a focal length that "
                            "is not known, unless --refine_calibration False) before the next round maps from it, "
