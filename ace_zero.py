@@ -37,7 +37,6 @@ REFOCUSED = "_refocused"  # suffix of the seed mapped again with the adjusted fo
 FOCAL_RECOVERY = "_focal_recovery"  # suffix of the final poses adjusted again from the focal the check found
 GATED = "_gated"  # suffix of a registration after --registration_gate
 ESTIMATED_FOCAL_MAX_CHANGE = 1.5  # most change of a focal that an earlier adjustment estimated
-KNOWN_FOCAL_MAX_CHANGE = 1.01  # most change of a known focal, unless holding it fits the tracks clearly worse
 REPORTED_CONFIDENCES = (500, 1000, 2000, 4000)
 VERIFICATION_REPORT = "poses_final_verification.json"
 
@@ -73,14 +72,13 @@ def build_parser():
     loop.add_argument("--warmstart", type=str2bool, default=True, help="start each round from the previous head")
     loop.add_argument("--bundle_adjustment", type=str2bool, default=False,
                       help="new: polish the final registration by bundle adjustment on XFeat feature tracks "
-                           "(bundle_adjust.py; the focal length too unless --refine_calibration False, a known "
-                           "one by more than 1 %% only when the tracks pin the change down). On by default on "
-                           "CPU, where rounds are too short for the pose refiner")
+                           "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
+                           "default on CPU, where rounds are too short for the pose refiner")
     loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
-                      help="new: bundle-adjust every registration in the loop (poses, and a focal length that "
-                           "is not known, unless --refine_calibration False) before the next round maps from it, "
-                           "the rounds keeping that focal fixed; a known focal (given, calibrated or EXIF) is held "
-                           "until the final adjustment, which is left to --bundle_adjustment (False: the "
+                      help="new: bundle-adjust every registration in the loop (poses, and the focal length "
+                           "unless --refine_calibration False) before the next round maps from it, "
+                           "the rounds keeping that focal fixed; a focal the user states (given or calibrated) is "
+                           "held until the final adjustment, which is left to --bundle_adjustment (False: the "
                            "original's loop)")
     loop.add_argument("--registration_gate", type=str2bool, default=False,
                       help="new: before a round maps from a registration, check each newly registered image against "
@@ -204,7 +202,8 @@ def build_parser():
     add_render_args(out, "render a video of the process (frames in results_folder/renderings)", target_path=False,
                     depth_hist=True)
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
-    parser.set_defaults(focal_guessed=False)  # set by initial_cameras: some image's focal is the heuristic's guess
+    # set by initial_cameras: some image's focal is the heuristic's guess / comes from EXIF
+    parser.set_defaults(focal_guessed=False, focal_from_exif=False)
     return parser
 
 
@@ -495,11 +494,12 @@ def round_input(args, state: RunState, previous: str) -> Path:
 
 
 def rounds_refine_focal(args) -> bool:
-    """Whether the round adjustments refine the focal length: not a known one. On a partial reconstruction they
-    pin it down worse than a calibration does: on temple (24 deg field of view, calibrated 1520.4 px) they moved
-    it to 1469, 1404 and 1555 px over three rounds, and the loop ended at 2.3-3.7 deg (by the RANSAC seed of the
-    evaluation's alignment) instead of 1.2 deg with it held (README, "A known focal in the rounds")."""
-    return args.refine_calibration and not focal_known(args)
+    """Whether the round adjustments refine the focal length: not one the user stated, which the final adjustment
+    refines over all images (an EXIF focal, often a few per cent off, they refine). On a partial reconstruction they pin it down worse than a calibration does: on temple (24 deg
+    field of view, calibrated 1520.4 px) they moved it to 1469, 1404 and 1555 px over three rounds, and the loop
+    ended at 2.3-3.7 deg (by the RANSAC seed of the evaluation's alignment) instead of 1.2 deg with it held
+    (README, "A known focal in the rounds")."""
+    return args.refine_calibration and not focal_stated(args)
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -784,6 +784,7 @@ def initial_cameras(args, images: list[str]) -> None:
     write them as a calibration file that every stage reads."""
     cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
     args.focal_guessed = any(c.source.startswith("heuristic") for c in cameras)
+    args.focal_from_exif = any(c.source.startswith("EXIF") for c in cameras)
     if args.calibration_file or len({(c.fx, c.width, c.height) for c in cameras}) == 1 and \
             cameras[0].source.startswith(("heuristic", "external")):
         return
@@ -1026,6 +1027,12 @@ def focal_known(args) -> bool:
     return args.use_external_focal_length > 0 or (bool(args.calibration_file) and not args.focal_guessed)
 
 
+def focal_stated(args) -> bool:
+    """Whether the user stated the focal length: given (--use_external_focal_length) or calibrated
+    (--calibration_file), not read from EXIF."""
+    return focal_known(args) and not args.focal_from_exif
+
+
 def focal_held_by_user(args) -> bool:
     """The focal length is known and held (--refine_calibration False): the verification does not question it."""
     return focal_known(args) and not args.refine_calibration
@@ -1045,15 +1052,12 @@ def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_es
                  refine_focal: bool | None = None) -> Path:
     """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails; the focal
     is refined when `refine_focal` (default: --refine_calibration), by at most ESTIMATED_FOCAL_MAX_CHANGE when
-    `focal_estimated`, and a known one by more than KNOWN_FOCAL_MAX_CHANGE only when the tracks pin the change
-    down (bundle_adjust.py --focal_change_support; temple's calibrated 1520.4 px went to 1466 px without, at a
-    median reprojection error 1.00 times that with it held)."""
-    limit = ESTIMATED_FOCAL_MAX_CHANGE if focal_estimated else KNOWN_FOCAL_MAX_CHANGE if focal_known(args) else 0
+    `focal_estimated`."""
+    limit = ["--max_focal_change", ESTIMATED_FOCAL_MAX_CHANGE] if focal_estimated else []
     refine = args.refine_calibration if refine_focal is None else refine_focal
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),
-        "--confidence_threshold", args.registration_confidence, "--refine_focal", refine,
-        *(["--max_focal_change", limit] if limit else [])],
+        "--confidence_threshold", args.registration_confidence, "--refine_focal", refine, *limit],
         what, fallback_note)
 
 

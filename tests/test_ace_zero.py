@@ -324,8 +324,8 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
                                                          (["--refine_calibration", "False"], False)])
 def test_round_adjustments_hold_a_known_focal(tmp_path, monkeypatch, focal_flags, rounds_refine):
     """A round's adjustment refines a focal that is only guessed; a known one (here given) it holds, and the final
-    adjustment refines it unless --refine_calibration False, beyond a small change only with the tracks' support
-    (an estimated one by at most ESTIMATED_FOCAL_MAX_CHANGE)."""
+    adjustment refines it unless --refine_calibration False, with no limit (a focal the rounds estimated: by at
+    most ESTIMATED_FOCAL_MAX_CHANGE)."""
     import ace_zero
     out = tmp_path / "out"
     out.mkdir()
@@ -344,10 +344,7 @@ def test_round_adjustments_hold_a_known_focal(tmp_path, monkeypatch, focal_flags
     round_adjustment, final_adjustment = calls
     assert round_adjustment[round_adjustment.index("--refine_focal") + 1] == str(rounds_refine)
     assert final_adjustment[final_adjustment.index("--refine_focal") + 1] == str(args.refine_calibration)
-    limits = {"True": ace_zero.ESTIMATED_FOCAL_MAX_CHANGE, "False": ace_zero.KNOWN_FOCAL_MAX_CHANGE}
-    expected = limits[str(rounds_refine)] if rounds_refine or ace_zero.focal_known(args) else None
-    limit = final_adjustment.index("--max_focal_change") + 1 if "--max_focal_change" in final_adjustment else None
-    assert (None if limit is None else float(final_adjustment[limit])) == expected
+    assert ("--max_focal_change" in final_adjustment) == rounds_refine
     assert ace_zero.has_estimated_focal(args, state, "iteration2") == rounds_refine
 
 

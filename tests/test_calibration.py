@@ -115,6 +115,28 @@ def test_exif_focal_plane_resolution(tmp_path):
     assert image_cameras([path], [(400, 300)], log=False)[0].fx == pytest.approx(420.0)
 
 
+@pytest.mark.parametrize("source", ["exif", "external", "file", "heuristic"])
+def test_ace_zero_knows_where_the_focal_comes_from(tmp_path, source):
+    """ace_zero's rounds hold a focal the user states (given or calibrated) and refine an EXIF or guessed one; the
+    cameras file written for EXIF focals makes the focal known but not stated."""
+    import ace_zero
+    images = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for path in images:
+        if source == "exif":
+            _jpeg_with_exif(path, (400, 300), {0xA405: 28})
+        else:
+            Image.new("RGB", (400, 300)).save(path)
+    flags = {"external": ["--use_external_focal_length", "420"], "file": ["--calibration_file", str(tmp_path / "k.txt")]}
+    (tmp_path / "k.txt").write_text("420 420 200 150 400 300\n")
+    args = ace_zero.build_parser().parse_args([str(tmp_path / "*.jpg"), str(tmp_path / "out"),
+                                               *flags.get(source, [])])
+    args.results_folder.mkdir()
+    ace_zero.initial_cameras(args, [str(p) for p in images])
+    assert ace_zero.focal_known(args) == (source != "heuristic")
+    assert ace_zero.focal_stated(args) == (source in ("external", "file"))
+    assert ace_zero.rounds_refine_focal(args) == (source in ("exif", "heuristic"))
+
+
 def test_heuristic_without_exif(tmp_path, caplog):
     path = tmp_path / "c.png"
     Image.new("RGB", (640, 480)).save(path)
