@@ -495,10 +495,10 @@ def round_input(args, state: RunState, previous: str) -> Path:
 
 def rounds_refine_focal(args) -> bool:
     """Whether the round adjustments refine the focal length: not one the user stated, which the final adjustment
-    refines over all images (an EXIF focal, often a few per cent off, they refine). On a partial reconstruction they pin it down worse than a calibration does: on temple (24 deg
-    field of view, calibrated 1520.4 px) they moved it to 1469, 1404 and 1555 px over three rounds, and the loop
-    ended at 2.3-3.7 deg (by the RANSAC seed of the evaluation's alignment) instead of 1.2 deg with it held
-    (README, "A known focal in the rounds")."""
+    refines over all images (an EXIF focal, often a few per cent off, they refine). On a partial reconstruction
+    they pin it down worse than a calibration does: on temple (24 deg field of view, calibrated 1520.4 px) they
+    moved it to 1469, 1404 and 1555 px over three rounds, and the loop ended at 2.3-3.7 deg (by the RANSAC seed
+    of the evaluation's alignment) instead of 1.2 deg with it held (README, "A known focal in the rounds")."""
     return args.refine_calibration and not focal_stated(args)
 
 
@@ -1041,7 +1041,7 @@ def focal_held_by_user(args) -> bool:
 def has_estimated_focal(args, state: RunState, run_id: str) -> bool:
     """Whether the registration `run_id` has a focal length that an earlier adjustment estimated: the refocused
     seed's (mapped with the seed adjustment's focal), and under --round_bundle_adjustment every registration but
-    the seed's (each round maps with the previous adjustment's focal) unless those hold a known focal. An
+    the seed's (each round maps with the previous adjustment's focal) unless they hold a stated focal. An
     adjustment of such a registration may refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the
     ring a round's adjustment ran it from 2761 to 15070 px, and nothing registered after)."""
     return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and rounds_refine_focal(args)

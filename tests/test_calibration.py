@@ -126,7 +126,8 @@ def test_ace_zero_knows_where_the_focal_comes_from(tmp_path, source):
             _jpeg_with_exif(path, (400, 300), {0xA405: 28})
         else:
             Image.new("RGB", (400, 300)).save(path)
-    flags = {"external": ["--use_external_focal_length", "420"], "file": ["--calibration_file", str(tmp_path / "k.txt")]}
+    flags = {"external": ["--use_external_focal_length", "420"],
+             "file": ["--calibration_file", str(tmp_path / "k.txt")]}
     (tmp_path / "k.txt").write_text("420 420 200 150 400 300\n")
     args = ace_zero.build_parser().parse_args([str(tmp_path / "*.jpg"), str(tmp_path / "out"),
                                                *flags.get(source, [])])
