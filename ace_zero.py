@@ -75,11 +75,10 @@ def build_parser():
                            "(bundle_adjust.py; the focal length too unless --refine_calibration False). On by "
                            "default on CPU, where rounds are too short for the pose refiner")
     loop.add_argument("--round_bundle_adjustment", type=str2bool, default=False,
-                      help="new: bundle-adjust every registration in the loop (poses, and the focal length "
-                           "unless --refine_calibration False) before the next round maps from it, "
-                           "the rounds keeping that focal fixed; a focal the user states (given or calibrated) is "
-                           "held until the final adjustment, which is left to --bundle_adjustment (False: the "
-                           "original's loop)")
+                      help="new: bundle-adjust every registration in the loop (poses, and the focal length unless "
+                           "--refine_calibration False) before the next round maps from it, the rounds keeping "
+                           "that focal fixed; the final one is left to --bundle_adjustment (False: the original's "
+                           "loop)")
     loop.add_argument("--registration_gate", type=str2bool, default=False,
                       help="new: before a round maps from a registration, check each newly registered image against "
                            "the structure the earlier images triangulate (gate_registrations.py); images that "
@@ -202,8 +201,7 @@ def build_parser():
     add_render_args(out, "render a video of the process (frames in results_folder/renderings)", target_path=False,
                     depth_hist=True)
     out.add_argument("--iterations_output", type=int, default=500, help="log/render every n training iterations")
-    # set by initial_cameras: some image's focal is the heuristic's guess / comes from EXIF
-    parser.set_defaults(focal_guessed=False, focal_from_exif=False)
+    parser.set_defaults(focal_guessed=False)  # set by initial_cameras: some image's focal is the heuristic's guess
     return parser
 
 
@@ -490,16 +488,7 @@ def round_input(args, state: RunState, previous: str) -> Path:
         return registered
     return adjust_poses(args, registered, "round bundle adjustment",
                         f"the next round maps from the unadjusted {registered.name}",
-                        has_estimated_focal(args, state, previous), rounds_refine_focal(args))
-
-
-def rounds_refine_focal(args) -> bool:
-    """Whether the round adjustments refine the focal length: not one the user stated, which the final adjustment
-    refines over all images (an EXIF focal, often a few per cent off, they refine). On a partial reconstruction
-    they pin it down worse than a calibration does: on temple (24 deg field of view, calibrated 1520.4 px) they
-    moved it to 1469, 1404 and 1555 px over three rounds, and the loop ended at 2.3-3.7 deg (by the RANSAC seed
-    of the evaluation's alignment) instead of 1.2 deg with it held (README, "A known focal in the rounds")."""
-    return args.refine_calibration and not focal_stated(args)
+                        has_estimated_focal(args, state, previous))
 
 
 def resolved_prior(args, state: RunState) -> tuple[float | None, float | None]:
@@ -784,7 +773,6 @@ def initial_cameras(args, images: list[str]) -> None:
     write them as a calibration file that every stage reads."""
     cameras = dataset_io.image_cameras(images, args.calibration_file, args.use_external_focal_length)
     args.focal_guessed = any(c.source.startswith("heuristic") for c in cameras)
-    args.focal_from_exif = any(c.source.startswith("EXIF") for c in cameras)
     if args.calibration_file or len({(c.fx, c.width, c.height) for c in cameras}) == 1 and \
             cameras[0].source.startswith(("heuristic", "external")):
         return
@@ -1027,12 +1015,6 @@ def focal_known(args) -> bool:
     return args.use_external_focal_length > 0 or (bool(args.calibration_file) and not args.focal_guessed)
 
 
-def focal_stated(args) -> bool:
-    """Whether the user stated the focal length: given (--use_external_focal_length) or calibrated
-    (--calibration_file), not read from EXIF."""
-    return focal_known(args) and not args.focal_from_exif
-
-
 def focal_held_by_user(args) -> bool:
     """The focal length is known and held (--refine_calibration False): the verification does not question it."""
     return focal_known(args) and not args.refine_calibration
@@ -1041,23 +1023,19 @@ def focal_held_by_user(args) -> bool:
 def has_estimated_focal(args, state: RunState, run_id: str) -> bool:
     """Whether the registration `run_id` has a focal length that an earlier adjustment estimated: the refocused
     seed's (mapped with the seed adjustment's focal), and under --round_bundle_adjustment every registration but
-    the seed's (each round maps with the previous adjustment's focal) unless they hold a stated focal. An
-    adjustment of such a registration may refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the
-    ring a round's adjustment ran it from 2761 to 15070 px, and nothing registered after)."""
-    return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and rounds_refine_focal(args)
-                                          and run_id != state.seed_id)
+    the seed's (each round maps with the previous adjustment's focal). An adjustment of such a registration may
+    refine its focal but not replace it (ESTIMATED_FOCAL_MAX_CHANGE; on the ring a round's adjustment ran it from
+    2761 to 15070 px, and nothing registered after)."""
+    return run_id.endswith(REFOCUSED) or (args.round_bundle_adjustment and run_id != state.seed_id)
 
 
-def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool,
-                 refine_focal: bool | None = None) -> Path:
+def adjust_poses(args, registered: Path, what: str, fallback_note: str, focal_estimated: bool) -> Path:
     """<registered>_adjusted.txt by bundle_adjust.py, or `registered` itself when the adjustment fails; the focal
-    is refined when `refine_focal` (default: --refine_calibration), by at most ESTIMATED_FOCAL_MAX_CHANGE when
-    `focal_estimated`."""
+    may change by at most ESTIMATED_FOCAL_MAX_CHANGE when `focal_estimated`."""
     limit = ["--max_focal_change", ESTIMATED_FOCAL_MAX_CHANGE] if focal_estimated else []
-    refine = args.refine_calibration if refine_focal is None else refine_focal
     return optional_stage("bundle_adjust.py", registered, registered.with_name(registered.stem + "_adjusted.txt"), [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), *depth_scale_args(args),
-        "--confidence_threshold", args.registration_confidence, "--refine_focal", refine, *limit],
+        "--confidence_threshold", args.registration_confidence, "--refine_focal", args.refine_calibration, *limit],
         what, fallback_note)
 
 

@@ -320,34 +320,6 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     assert [script for script, _ in calls] == (["bundle_adjust.py"] if adjustment_fails else []) + ["train_ace.py"]
 
 
-@pytest.mark.parametrize("focal_flags, rounds_refine", [([], True), (["--use_external_focal_length", "300"], False),
-                                                         (["--refine_calibration", "False"], False)])
-def test_round_adjustments_hold_a_known_focal(tmp_path, monkeypatch, focal_flags, rounds_refine):
-    """A round's adjustment refines a focal that is only guessed; a known one (here given) it holds, and the final
-    adjustment refines it unless --refine_calibration False, with no limit (a focal the rounds estimated: by at
-    most ESTIMATED_FOCAL_MAX_CHANGE)."""
-    import ace_zero
-    out = tmp_path / "out"
-    out.mkdir()
-    pattern = str(tmp_path / "frame_*.png")
-    entries = [dataset_io.PoseEntry(str(tmp_path / f"frame_{i}.png"), np.eye(4), 300.0, 2000.0) for i in range(3)]
-    for run_id in ("iteration1", "iteration2"):
-        dataset_io.write_ace_pose_file(out / f"poses_{run_id}.txt", entries)
-    calls = []
-    monkeypatch.setattr(ace_zero, "optional_stage", lambda script, source, target, arguments, what, note:
-                        calls.append([str(a) for a in arguments]) or source)
-    args = ace_zero.build_parser().parse_args([pattern, str(out), "--device", "cpu", "--round_bundle_adjustment",
-                                               "True", *focal_flags])
-    state = ace_zero.RunState(pattern, "iteration0_seed0", ["iteration0_seed0"])
-    ace_zero.round_input(args, state, "iteration1")
-    ace_zero.adjust_final_poses(args, state, "iteration2")
-    round_adjustment, final_adjustment = calls
-    assert round_adjustment[round_adjustment.index("--refine_focal") + 1] == str(rounds_refine)
-    assert final_adjustment[final_adjustment.index("--refine_focal") + 1] == str(args.refine_calibration)
-    assert ("--max_focal_change" in final_adjustment) == rounds_refine
-    assert ace_zero.has_estimated_focal(args, state, "iteration2") == rounds_refine
-
-
 @pytest.mark.parametrize("flags, final, expected", [
     ([], False, "True"), ([], True, "True"),                                     # the original: always
     (["--round_use_aug", "False"], False, "False"), (["--round_use_aug", "False"], True, "False"),

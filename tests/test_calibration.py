@@ -116,9 +116,9 @@ def test_exif_focal_plane_resolution(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["exif", "external", "file", "heuristic"])
-def test_ace_zero_knows_where_the_focal_comes_from(tmp_path, source):
-    """ace_zero's rounds hold a focal the user states (given or calibrated) and refine an EXIF or guessed one; the
-    cameras file written for EXIF focals makes the focal known but not stated."""
+def test_ace_zero_knows_whether_the_focal_is_known(tmp_path, source):
+    """A focal given, calibrated or from EXIF (in the cameras file ace_zero writes for EXIF focals) is known; the
+    heuristic's guess is not."""
     import ace_zero
     images = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
     for path in images:
@@ -134,8 +134,6 @@ def test_ace_zero_knows_where_the_focal_comes_from(tmp_path, source):
     args.results_folder.mkdir()
     ace_zero.initial_cameras(args, [str(p) for p in images])
     assert ace_zero.focal_known(args) == (source != "heuristic")
-    assert ace_zero.focal_stated(args) == (source in ("external", "file"))
-    assert ace_zero.rounds_refine_focal(args) == (source in ("exif", "heuristic"))
 
 
 def test_heuristic_without_exif(tmp_path, caplog):
