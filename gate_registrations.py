@@ -279,9 +279,9 @@ def seed_pair(entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], se
     relative[:3, :3], relative[:3, 3] = geometry.R, geometry.t * baseline
     placed = dataset_io.PoseEntry(partner_entry.path, relative @ seed_entry.world_to_cam, partner_entry.focal,
                                   partner_entry.confidence)
-    return [seed_entry, placed], {partner: placed.world_to_cam}, (f"seed pair {Path(seed_entry.path).name} + {Path(partner_entry.path).name}: "
-                                  f"{len(geometry.depths)} points triangulated, median parallax "
-                                  f"{geometry.parallax_deg:.1f} deg")
+    description = (f"seed pair {Path(seed_entry.path).name} + {Path(partner_entry.path).name}: "
+                   f"{len(geometry.depths)} points triangulated, median parallax {geometry.parallax_deg:.1f} deg")
+    return [seed_entry, placed], {partner: placed.world_to_cam}, description
 
 
 def structure_poses(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry], known: np.ndarray

@@ -102,6 +102,20 @@ def _stand_in_round(script: str, arguments: list[str], images: list[str]) -> boo
     return True
 
 
+def _stand_in_stages(images: list[str], calls: list, gate=None):
+    """A run_script replacement that records each call (arguments as strings) in `calls`, runs the round's
+    stand-ins (_stand_in_round) and hands gate_registrations.py's arguments to `gate`; any other stage fails."""
+    def stage(script, arguments, threads=None, label=""):
+        arguments = [str(a) for a in arguments]
+        calls.append((script, arguments))
+        if _stand_in_round(script, arguments, images):
+            return
+        if script != "gate_registrations.py" or gate is None:
+            raise AssertionError(f"unexpected stage {script}")
+        gate(arguments)
+    return stage
+
+
 def _after_seed(out: Path, pattern: str, images: list[str], confidences: list[float]):
     """The state of a run whose seed registered `images` with these confidences (its pose file written), its rate
     the share at or above 500."""
@@ -125,14 +139,7 @@ def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
                               rates={"iteration0_seed0": 0.5, "iteration1": 0.75}, max_rate=0.75)
     state.save(out)
     calls = []
-
-    def stage(script, arguments, threads=None, label=""):
-        arguments = [str(a) for a in arguments]
-        calls.append((script, arguments))
-        if not _stand_in_round(script, arguments, images):
-            raise AssertionError(f"unexpected stage {script}")
-
-    monkeypatch.setattr(ace_zero, "run_script", stage)
+    monkeypatch.setattr(ace_zero, "run_script", _stand_in_stages(images, calls))
     args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "3", "--device", "cpu",
                                                "--use_external_focal_length", str(ORBIT_FOCAL)])
     last = ace_zero.reconstruct(args, ace_zero.RunState.load_or_create(out, pattern), ORBIT_FOCAL)
@@ -161,23 +168,16 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     state = _after_seed(out, pattern, images, [2000.0, 2000.0, 10.0, 10.0])
     calls = []
 
-    def stage(script, arguments, threads=None, label=""):
-        arguments = [str(a) for a in arguments]
-        calls.append((script, arguments))
-        if _stand_in_round(script, arguments, images):
-            return
-        if script == "gate_registrations.py":
-            if gate_fails:
-                raise UserError("gate_registrations.py failed with exit code 1")
-            earlier = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(arguments[
-                arguments.index("--earlier_poses") + 1])}
-            entries = dataset_io.read_ace_pose_file(arguments[0])  # frame_3 is always held back when new
-            dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, confidence=100.0) if (
-                e.path == images[3] and earlier[e.path] < 500) else e for e in entries])
-        else:
-            raise AssertionError(f"unexpected stage {script}")
+    def gate(arguments):
+        if gate_fails:
+            raise UserError("gate_registrations.py failed with exit code 1")
+        earlier = {e.path: e.confidence for e in dataset_io.read_ace_pose_file(arguments[
+            arguments.index("--earlier_poses") + 1])}
+        entries = dataset_io.read_ace_pose_file(arguments[0])  # frame_3 is always held back when new
+        dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, confidence=100.0) if (
+            e.path == images[3] and earlier[e.path] < 500) else e for e in entries])
 
-    monkeypatch.setattr(ace_zero, "run_script", stage)
+    monkeypatch.setattr(ace_zero, "run_script", _stand_in_stages(images, calls, gate))
     args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "3", "--device", "cpu",
                                                "--use_external_focal_length", str(ORBIT_FOCAL), "--final_refine",
                                                "False", "--registration_gate", "True"])
@@ -213,18 +213,13 @@ def test_seed_registration_is_resected_in_the_loop(tmp_path, monkeypatch):
     state = _after_seed(out, pattern, images, [2000.0] * len(images))
     calls = []
 
-    def stage(script, arguments, threads=None, label=""):
-        arguments = [str(a) for a in arguments]
-        calls.append((script, arguments))
-        if _stand_in_round(script, arguments, images):
-            return
-        assert script == "gate_registrations.py", f"unexpected stage {script}"
+    def gate(arguments):
         entries = dataset_io.read_ace_pose_file(arguments[0])  # the seed stage holds one image back
         held = "--seed_image" in arguments
         dataset_io.write_ace_pose_file(Path(arguments[1]), [dataclasses.replace(e, confidence=100.0) if (
             held and e.path == images[-1]) else e for e in entries])
 
-    monkeypatch.setattr(ace_zero, "run_script", stage)
+    monkeypatch.setattr(ace_zero, "run_script", _stand_in_stages(images, calls, gate))
     args = ace_zero.build_parser().parse_args([pattern, str(out), "--iterations_max", "2", "--device", "cpu",
                                                "--use_external_focal_length", str(ORBIT_FOCAL), "--final_refine",
                                                "False", "--registration_resection", "True", "--try_seeds", "1"])
