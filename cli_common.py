@@ -294,7 +294,7 @@ CPU_PROFILES: dict[str, dict[str, Any]] = {
         # ... and placed again by PnP against that structure before the round's adjustment (README, "Resection in
         # the CPU profile"): a head pulls images beyond its mapped views 8-35 deg towards them, and a round's
         # adjustment can lock such a chain into a bend; temple's literal deliverable-4 command over three seed
-        # draws 94.7-100 % within 5 cm / 5 deg, 1.49-2.32 deg -> 100 %, 1.42-1.51 deg, in 3.9-5.2 min, not 4.9-9.2
+        # draws 94.7-100 % within 5 cm / 5 deg, 1.49-2.32 deg -> 100 %, 1.42-1.54 deg, in 4.2-7.4 min, not 4.9-9.2
         "registration_resection": True,
         # The final refit without augmentation fits the registered views as they are (README, "Cameras"): the
         # loop's own result on fox 0.62 -> 0.50 deg (84 -> 100 % within 1 % / 1 deg), temple 1.76 -> 1.28 deg;

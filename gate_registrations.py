@@ -16,9 +16,7 @@ the earlier structure, which nothing here moves), when that agrees with more of 
 Why: a head extrapolates to views beyond the mapped ones, and it pulls an image at the edge towards the mapped
 views (temple mapped from seven true poses: the next image registered 10.7 deg off with 2076 inliers, at 0.67 of
 its rotation; README "Registration at the edge"); the mapping rounds cannot take that out later, because two
-views hardly tell it apart (a rotation-depth ambiguity). The triangulated structure does. Resection works
-outwards: the new images that pass join the structure, and those that saw too little of it are resected and judged
-against that, ring by ring, so an image beyond the earlier structure is placed too instead of passing unjudged.
+views hardly tell it apart (a rotation-depth ambiguity). The triangulated structure does.
 
 With --seed_image (the seed's registration, which has no earlier rounds), the earlier structure is the seed image
 and its registered partner with the most well-triangulated matches, placed by their essential matrix (the baseline
@@ -86,8 +84,7 @@ def build_parser():
                         help="short side for keypoint detection")
     parser.add_argument("--resect", action="store_true",
                         help="first place each new image again by RANSAC PnP on its observations of the earlier "
-                             "structure, where that agrees with more of them than its registration; new images "
-                             "that pass join the structure for those that saw too little of it")
+                             "structure, where that agrees with more of them than its registration")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser
@@ -185,36 +182,6 @@ def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarr
     return resected
 
 
-def resect_outwards(structure: EarlierStructure | None, world_to_cam: np.ndarray, known: np.ndarray,
-                    new: np.ndarray, accuracy: float, max_miss: float
-                    ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """--resect, ring by ring: the new images that see enough of the structure are resected and judged, those that
-    pass join it (the points are triangulated again with them), and the rest are tried against that, until no
-    image joins. A new image beyond the earlier structure is then judged and placed against its resected
-    neighbours instead of passing unjudged (temple: R0016 registered 66 deg off sees no earlier point, but the
-    R0018 and R0019 placed in the same round). Returns the resected poses and each new image's misses."""
-    placed = world_to_cam.copy()
-    resected: dict[int, np.ndarray] = {}
-    misses: dict[int, np.ndarray] = {}
-    in_structure, pending = known.copy(), new.copy()
-    while structure is not None and pending.any():
-        found = resect_new_images(structure, placed, pending, RESECTION_THRESHOLD * accuracy)
-        for k, pose in found.items():
-            placed[k] = resected[k] = pose
-        measured = misses_of_new_images(structure, placed, pending, accuracy)
-        misses.update(measured)
-        judged = [k for k, m in measured.items() if len(m) >= MIN_OBSERVATIONS]
-        joining = [k for k in judged if np.median(measured[k]) <= max_miss]
-        pending[judged] = False
-        if not joining or not pending.any():
-            break
-        in_structure[joining] = True
-        structure = structure_of_tracks(structure.tracks, placed, in_structure, structure.focal, structure.centre)
-    if structure is None:
-        misses = misses_of_new_images(None, placed, new, accuracy)
-    return resected, misses
-
-
 def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, threshold: float) -> GateVerdict:
     if len(misses) < MIN_OBSERVATIONS:
         return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), float("nan"), True,
@@ -252,22 +219,19 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
         features[k] = found
     reference = cameras[considered[0]]  # bundle_adjust.py's reference camera too: the cached matches are shared
     accuracy = KEYPOINT_ACCURACY_PX * min(reference.width, reference.height) / image_resolution
-    # Witnesses chosen by descriptor overlap alone: a wrong pose must not choose its own. Under resection the new
-    # images are matched with each other too, so that those placed first can hold the structure for the rest.
+    # Witnesses chosen by descriptor overlap alone: a wrong pose must not choose its own.
     pairs = candidate_partners(features, PARTNERS_PER_IMAGE, considered, np.flatnonzero(known))
-    if resect:
-        pairs = sorted(set(pairs) | set(candidate_partners(features, PARTNERS_PER_IMAGE, np.flatnonzero(new),
-                                                           np.flatnonzero(new))))
     # Unconsidered images take no part: empty features keep the indices of the pose file.
     empty = _empty_features(features)
     features = [f if f is not None else empty for f in features]
     world_to_cam = np.stack([e.world_to_cam for e in entries])
     structure = earlier_structure(structure_poses(entries, earlier, known), cameras, reference, features, known,
                                   pairs, accuracy, cache)
-    if resect:
-        resected, misses = resect_outwards(structure, world_to_cam, known, new, accuracy, max_miss)
-    else:
-        resected, misses = {}, misses_of_new_images(structure, world_to_cam, new, accuracy)
+    resected = resect_new_images(structure, world_to_cam, new, RESECTION_THRESHOLD * accuracy) if resect else {}
+    placed = world_to_cam.copy()
+    for k, pose in resected.items():
+        placed[k] = pose
+    misses = misses_of_new_images(structure, placed, new, accuracy)
     verdicts = [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
     for verdict, k in zip(verdicts, sorted(misses)):
         if k in resected:
