@@ -652,9 +652,12 @@ def ransac_pnp(points: np.ndarray, pixels: np.ndarray, focal: float, centre: np.
     """World-to-camera pose by RANSAC PnP (SQPnP minimal solver) and the indices of its inliers; `refine`: then
     least squares (Levenberg-Marquardt) on the inliers. (None, empty) when RANSAC finds nothing."""
     camera_matrix = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
-    found, rotation, translation, inliers = cv2.solvePnPRansac(
-        points, pixels, camera_matrix, None, iterationsCount=1000, reprojectionError=threshold_px,
-        flags=cv2.SOLVEPNP_SQPNP)
+    try:
+        found, rotation, translation, inliers = cv2.solvePnPRansac(
+            points, pixels, camera_matrix, None, iterationsCount=1000, reprojectionError=threshold_px,
+            flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error:  # SQPnP refuses points that barely spread (the ring's seed structure did): no pose from them
+        return None, np.zeros(0, int)
     if not found or inliers is None:
         return None, np.zeros(0, int)
     inliers = inliers.ravel()

@@ -285,3 +285,24 @@ def test_starting_scale_reaches_the_links_of_a_part_registered_off():
     camera = np.repeat([0, 1], 100)
     assert np.median(errors[:100]) < 1.0
     assert starting_scale(errors, camera) > 40.0 / 3  # the next round keeps errors under 3 x the scale
+
+
+def test_pnp_recovers_a_pose_and_refuses_points_without_spread():
+    """ransac_pnp puts a camera back at its known pose from exact projections of spread points; from points that
+    all but coincide (SQPnP's assertion, met on the rendered ring's seed structure) it finds no pose instead of
+    failing the whole adjustment."""
+    import bundle_adjust as ba
+    rng = np.random.default_rng(0)
+    focal, centre = 500.0, np.array([320.0, 240.0])
+    truth = np.eye(4)
+    truth[:3, :3] = Rotation.from_rotvec([0.1, -0.2, 0.05]).as_matrix()
+    truth[:3, 3] = [0.1, -0.05, 2.0]
+    points = rng.uniform(-0.5, 0.5, size=(60, 3))
+    in_camera = points @ truth[:3, :3].T + truth[:3, 3]
+    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre
+    pose, inliers = ba.ransac_pnp(points, pixels, focal, centre, 1.0, refine=True)
+    assert len(inliers) == len(points) and np.abs(pose - truth).max() < 1e-6
+    together = truth[:3, :3].T @ ([0.0, 0.0, 2.0] - truth[:3, 3]) + rng.normal(0, 1e-4, size=(60, 3))
+    in_camera = together @ truth[:3, :3].T + truth[:3, 3]
+    pose, inliers = ba.ransac_pnp(together, focal * in_camera[:, :2] / in_camera[:, 2:] + centre, focal, centre, 1.0)
+    assert pose is None and len(inliers) == 0
