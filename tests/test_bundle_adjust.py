@@ -297,12 +297,14 @@ def test_pnp_recovers_a_pose_and_refuses_points_without_spread():
     truth = np.eye(4)
     truth[:3, :3] = Rotation.from_rotvec([0.1, -0.2, 0.05]).as_matrix()
     truth[:3, 3] = [0.1, -0.05, 2.0]
+
+    def seen(points: np.ndarray) -> np.ndarray:
+        in_camera = points @ truth[:3, :3].T + truth[:3, 3]
+        return focal * in_camera[:, :2] / in_camera[:, 2:] + centre
+
     points = rng.uniform(-0.5, 0.5, size=(60, 3))
-    in_camera = points @ truth[:3, :3].T + truth[:3, 3]
-    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre
-    pose, inliers = ba.ransac_pnp(points, pixels, focal, centre, 1.0, refine=True)
+    pose, inliers = ba.ransac_pnp(points, seen(points), focal, centre, 1.0, refine=True)
     assert len(inliers) == len(points) and np.abs(pose - truth).max() < 1e-6
     together = truth[:3, :3].T @ ([0.0, 0.0, 2.0] - truth[:3, 3]) + rng.normal(0, 1e-4, size=(60, 3))
-    in_camera = together @ truth[:3, :3].T + truth[:3, 3]
-    pose, inliers = ba.ransac_pnp(together, focal * in_camera[:, :2] / in_camera[:, 2:] + centre, focal, centre, 1.0)
+    pose, inliers = ba.ransac_pnp(together, seen(together), focal, centre, 1.0)
     assert pose is None and len(inliers) == 0
