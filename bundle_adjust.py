@@ -33,7 +33,7 @@ from scipy.spatial.transform import Rotation
 import dataset_io
 from ace_util import (XFEAT_ENCODER_ID, atomic_write_text, config_from_args, in_mapping_set, progress_bar,
                       project_pinhole)
-from calibration import Intrinsics, focal_changed
+from calibration import Intrinsics, diagonal_field_of_view_deg, focal_changed
 from cli_common import (POSE_FILE_CAMERAS_HELP, UserError, add_calibration_arg, add_device_arg, add_feature_cache_arg,
                         make_parser, run_main, select_device, str2bool)
 from eval_poses import rotation_angle_deg
@@ -69,6 +69,7 @@ class BundleAdjustConfig:
     depth_files: str | None = None  # glob of sensor depth maps, one per pose-file image: the metric scale
     max_focal_change: float = 0.0  # > 1: a larger change of the focal is refused (adjusted again with it held) ...
     focal_change_support: float = 1.08  # ... unless holding it raises the median error by this factor (0: never)
+    min_field_of_view: float = 2.0  # deg, diagonal: a focal that leaves a narrower view is refused (0: no bound)
 
 
 @dataclass
@@ -120,6 +121,11 @@ def build_parser():
                              "with the focal held ends with a median reprojection error this many times the free "
                              "one's: then the tracks pin the new focal down (a runaway leaves the error flat); "
                              "0: refuse every such change")
+    parser.add_argument("--min_field_of_view", type=float, default=defaults.min_field_of_view,
+                        help="new: when the adjusted focal length leaves a narrower diagonal field of view than this "
+                             "(deg), adjust again with it held, whatever the fit says: nearly affine views let the "
+                             "focal run away to millions of pixels while the error falls (a 1200 mm lens on full "
+                             "frame sees 2 deg); 0: no bound")
     return parser
 
 
@@ -817,18 +823,24 @@ def read_kept_fractions(pose_file: Path | str, entries: list[dataset_io.PoseEntr
 
 def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig, device
                              ) -> tuple[list[dataset_io.PoseEntry], dict]:
-    """bundle_adjust, repeated with the focal length held when it changes by more than config.max_focal_change;
-    the free result stands after all when the held one fits the tracks clearly worse (focal_change_supported)."""
-    limited = config.refine_focal and config.max_focal_change > 1
-    if limited and config.feature_cache is None:
+    """bundle_adjust, repeated with the focal length held when the free focal leaves a field of view narrower than
+    config.min_field_of_view, or changes by more than config.max_focal_change; in the second case the free result
+    stands after all when the held one fits the tracks clearly worse (focal_change_supported)."""
+    if config.refine_focal and config.feature_cache is None:
         # a repeat reads the keypoints and matches of the first adjustment instead of computing them again
         with tempfile.TemporaryDirectory(prefix="bundle_adjust_features_") as folder:
             return bounded_focal_adjustment(entries, replace(config, feature_cache=folder), device)
     free, free_stats = bundle_adjust(entries, config, device)
-    if not (free_stats["adjusted"] and limited):
+    if not (free_stats["adjusted"] and config.refine_focal):
         return free, free_stats
     before, after = free_stats["focal_before"], free_stats["focal_after"]
-    if not focal_changed(before, after, config.max_focal_change):
+    if not plausible_focal(free_stats["cameras"], config.min_field_of_view):
+        _log.warning("refused the focal change %.1f -> %.1f px: it leaves a diagonal field of view of %.1f deg, "
+                     "narrower than --min_field_of_view %g (how a focal runs away on nearly affine views); "
+                     "adjusting again with it held", before, after, narrowest_field_of_view(free_stats["cameras"]),
+                     config.min_field_of_view)
+        return bundle_adjust(entries, replace(config, refine_focal=False), device)
+    if not (config.max_focal_change > 1 and focal_changed(before, after, config.max_focal_change)):
         return free, free_stats
     _log.info("the focal length would change %.1f -> %.1f px, more than a factor %g (--max_focal_change): "
               "adjusting again with it held to see whether the tracks pin the new one down", before, after,
@@ -843,6 +855,16 @@ def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: Bundle
                  "%.2f times the free one's (--focal_change_support %g), so the tracks do not pin it down",
                  before, after, ratio, config.focal_change_support)
     return held, held_stats
+
+
+def narrowest_field_of_view(cameras: list[Intrinsics]) -> float:
+    """The smallest diagonal field of view of the cameras (deg)."""
+    return min(diagonal_field_of_view_deg(c) for c in cameras)
+
+
+def plausible_focal(cameras: list[Intrinsics], min_field_of_view: float) -> bool:
+    """Whether every camera sees at least `min_field_of_view` (deg, diagonal)."""
+    return narrowest_field_of_view(cameras) >= min_field_of_view
 
 
 def error_ratio(held_stats: dict, free_stats: dict) -> float:
@@ -867,20 +889,24 @@ def focal_probe(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig,
     far off fit their own tracks, and an adjustment started there stays (the distorted reconstruction is a local
     minimum), so this adjusts with f held and then twice with the focal free, started at f / factor and at
     f * factor. Returns {"focal": f, "probes": [(focal where a free start ended, median error at f / there), ...],
-    "better": the (focal, ratio) of the probe with the highest ratio, if at least config.focal_change_support;
-    else None}."""
+    "better": the (focal, ratio) of the probe with the highest ratio, if at least config.focal_change_support
+    and its focal plausible (config.min_field_of_view); else None}."""
     cameras = cameras or dataset_io.entry_cameras(entries, config.calibration_file, config.input_poses)
     _, own = bundle_adjust(entries, replace(config, refine_focal=False), device, features_of, cameras)
     focal = cameras[0].fx
     result = {"focal": focal, "probes": [], "better": None}
     if not own["adjusted"]:
         return result
+    implausible = []  # focals of probes that ran away (config.min_field_of_view): never the better one
     for scale in (1 / factor, factor):
         started = [moved_camera(c, scale, np.zeros(2)) for c in cameras]
         _, probe = bundle_adjust(entries, replace(config, refine_focal=True), device, features_of, started)
         if probe["adjusted"]:
             result["probes"].append((probe["focal_after"], error_ratio(own, probe)))
-    supported = [p for p in result["probes"] if focal_change_supported(p[1], config.focal_change_support)]
+            if not plausible_focal(probe["cameras"], config.min_field_of_view):
+                implausible.append(probe["focal_after"])
+    supported = [p for p in result["probes"]
+                 if focal_change_supported(p[1], config.focal_change_support) and p[0] not in implausible]
     result["better"] = max(supported, key=lambda p: p[1], default=None)
     return result
 
@@ -902,6 +928,8 @@ def validate(args) -> None:
     if args.focal_change_support != 0 and args.focal_change_support < 1:
         raise UserError(f"--focal_change_support must be 0 (refuse every change beyond --max_focal_change) or at "
                         f"least 1, got {args.focal_change_support:g}")
+    if not 0 <= args.min_field_of_view < 180:
+        raise UserError(f"--min_field_of_view must be in [0, 180) degrees, got {args.min_field_of_view:g}")
     if not 0 < args.max_view_angle <= 180:
         raise UserError(f"--max_view_angle must be in (0, 180] degrees, got {args.max_view_angle}")
 

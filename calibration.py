@@ -103,6 +103,11 @@ def focal_changed(before: float, after: float, factor: float) -> bool:
     return abs(math.log(after / before)) > math.log(factor)
 
 
+def diagonal_field_of_view_deg(camera: Intrinsics) -> float:
+    """The angle the image diagonal spans (fx taken for both axes)."""
+    return math.degrees(2 * math.atan(math.hypot(camera.width, camera.height) / (2 * camera.fx)))
+
+
 def heuristic_focal(width: int, height: int) -> float:
     return HEURISTIC_FOCAL_FACTOR * math.sqrt(width ** 2 + height ** 2)
 

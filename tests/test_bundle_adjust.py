@@ -254,7 +254,7 @@ def test_focal_change_beyond_the_limit(orbit_scene, tmp_path):
     """The orbit registered with a focal 60 % long: the adjustment moves it back to the truth. That is more change
     than --max_focal_change 1.5 allows, so it adjusts again with the focal held; the held fit is clearly worse
     (the orbit's wide views pin the focal down), so the free result stands, unless --focal_change_support 0
-    refuses every such change."""
+    refuses every such change, or the focal leaves a narrower view than --min_field_of_view."""
     noisy = tmp_path / "noisy.txt"
     _perturbed_pose_file(orbit_scene, noisy, 1.0, 0.01, ORBIT_FOCAL * 1.6)
     dataset_io.write_ace_pose_file(noisy, dataset_io.read_ace_pose_file(noisy)[:8])
@@ -268,8 +268,14 @@ def test_focal_change_beyond_the_limit(orbit_scene, tmp_path):
                      "--focal_change_support", 0)
     assert "refused the focal change" in result.stderr
     assert dataset_io.read_ace_pose_file(held)[0].focal == pytest.approx(ORBIT_FOCAL * 1.6, rel=1e-9)
+    # The true focal sees 2 atan(400 / 525) = 74.6 deg across the diagonal: a bound of 80 deg refuses it outright,
+    # however well it fits (the bound is for focals that run away on nearly affine views).
+    result = run_cli("bundle_adjust.py", noisy, held, "--device", "cpu", "--min_field_of_view", 80)
+    assert "refused the focal change" in result.stderr and "74.6" in result.stderr
+    assert dataset_io.read_ace_pose_file(held)[0].focal == pytest.approx(ORBIT_FOCAL * 1.6, rel=1e-9)
     for flag, value, message in (("--max_focal_change", 0.5, "--max_focal_change must be 0 (no limit) or above 1"),
-                                 ("--focal_change_support", 0.9, "--focal_change_support must be 0")):
+                                 ("--focal_change_support", 0.9, "--focal_change_support must be 0"),
+                                 ("--min_field_of_view", 180, "--min_field_of_view must be in [0, 180)")):
         bad = run_cli("bundle_adjust.py", noisy, held, flag, value, check=False)
         assert bad.returncode == 2 and message in bad.stderr
 
