@@ -19,6 +19,7 @@ import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
 from calibration import focal_changed
 from gate_registrations import DEFAULT_MAX_MISS
+from verify_poses import default_report, write_unverified
 from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
                         add_render_args, apply_cpu_profile, atomic_write_text, check_match_loss_weight,
@@ -110,7 +111,8 @@ def build_parser():
                            "its own check passes and fewer images are unreliable (both reports are kept; needs "
                            "--bundle_adjustment). False: the flagged poses stand")
     loop.add_argument("--fail_on_unreliable", type=str2bool, default=False,
-                      help="new: exit with an error when most images fail that check")
+                      help="new: exit with an error when most images fail that check, or when the check itself "
+                           "fails (then every confidence in poses_final.txt is lowered)")
     loop.add_argument("--feature_cache", type=str2bool, default=True,
                       help=f"new: keep the XFeat keypoints and verified matches of the bundle adjustments and the "
                            f"check in <results>/{FEATURE_CACHE_FOLDER} (about 1 MB per image), so that each image is "
@@ -861,11 +863,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.bundle_adjustment:
             final_source = adjust_final_poses(args, state, last)
         if args.verify_poses:
-            verified = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
-            if args.recover_focal and args.bundle_adjustment and verified != final_source:
-                verified = recover_focal(args, final_source, verified)
-            publish_verification(args, verified)
-            final_source = verified
+            final_source = checked_final_poses(args, final_source)
         atomic_write_text(args.results_folder / "poses_final.txt", final_source.read_text())
         write_final_cameras(args, final_source)
         if args.export_point_cloud:
@@ -876,21 +874,43 @@ def main(argv: list[str] | None = None) -> None:
     report_verification(args)
 
 
+def checked_final_poses(args, final_source: Path) -> Path:
+    """--verify_poses: the pose file that becomes poses_final.txt, verified (and its focal recovered), or with every
+    confidence lowered when the verification failed; its report published."""
+    verified = verify_final_poses(args, final_source, adjusted=final_source.stem.endswith("_adjusted"))
+    if verified == final_source:
+        verified = unverified_copy(args, final_source)
+    elif args.recover_focal and args.bundle_adjustment:
+        verified = recover_focal(args, final_source, verified)
+    publish_verification(args, verified)
+    return verified
+
+
 def verify_final_poses(args, source: Path, adjusted: bool) -> Path:
     """<source>_verified.txt: the final poses with the confidence of images that fail verify_poses.py lowered
     (which checks a bundle-adjusted copy unless the poses are adjusted already); its report lies beside it."""
     verified = source.with_name(source.stem + "_verified.txt")
-    # On failure, keep the reconstruction and say plainly that its confidences are unchecked.
     return optional_stage("verify_poses.py", source, verified, [
         "--device", args.device, *calibration_args(args), *feature_cache_args(args), "--confidence_threshold",
         args.registration_confidence, "--adjust", not adjusted,
         "--check_focal", args.verify_focal and not focal_held_by_user(args)],
-        "verification", "poses_final.txt holds unverified confidences")
+        "verification", "the poses count as unverified")
+
+
+def unverified_copy(args, source: Path) -> Path:
+    """<source>_unverified.txt: the poses with every confidence lowered below --registration_confidence, for when
+    the verification failed. Unchecked poses must not read as good (stop 43's ring: a failed check left 11
+    confident images, up to 179 deg off); the source keeps the registration's confidences."""
+    unverified = source.with_name(source.stem + "_unverified.txt")
+    write_unverified(source, unverified, args.registration_confidence, args.calibration_file,
+                     f"verify_poses.py failed on {source.name} (see the log); check them with verify_poses.py "
+                     f"{source} {source.stem}_verified.txt")
+    return unverified
 
 
 def verification_report(verified: Path) -> Path:
     """Where verify_poses.py writes the report of `verified` (its default)."""
-    return verified.with_suffix(".verification.json")
+    return default_report(verified)
 
 
 def verification_summary(verified: Path) -> dict:
@@ -973,6 +993,13 @@ def report_verification(args) -> None:
     if not args.verify_poses or not report_file.exists():
         return
     summary = json.loads(report_file.read_text())["summary"]
+    if "verification_failed" in summary:
+        message = (f"the poses are not verified: {summary['verification_failed']}; every confidence in "
+                   f"poses_final.txt is lowered below {args.registration_confidence}, so exports leave them out")
+        if args.fail_on_unreliable:
+            raise UserError(message)
+        _log.warning(message)
+        return
     if summary["unreliable"]:
         _log.warning("%d of %d registered images are unreliable: their poses disagree with independent feature "
                      "matches (confidence lowered below %d in poses_final.txt; exports leave them out; details: "

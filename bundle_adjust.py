@@ -835,7 +835,7 @@ def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: Bundle
         return free, free_stats
     before, after = free_stats["focal_before"], free_stats["focal_after"]
     if not plausible_focal(free_stats["cameras"], config.min_field_of_view):
-        _log.warning("refused the focal change %.1f -> %.1f px: it leaves a diagonal field of view of %.1f deg, "
+        _log.warning("refused the focal change %.1f -> %.1f px: it leaves a diagonal field of view of %.3g deg, "
                      "narrower than --min_field_of_view %g (how a focal runs away on nearly affine views); "
                      "adjusting again with it held", before, after, narrowest_field_of_view(free_stats["cameras"]),
                      config.min_field_of_view)

@@ -393,6 +393,37 @@ def unreliable(verdict: ImageVerdict, reason: str, threshold: float) -> ImageVer
                         verdict.witnesses, verdict.agreement, False, reason)
 
 
+def default_report(output_poses: Path) -> Path:
+    return output_poses.with_suffix(".verification.json")
+
+
+def write_checked_poses(input_poses: Path, output_poses: Path, verdicts: list[ImageVerdict],
+                        cameras: list[Intrinsics]) -> None:
+    """output_poses: the lines of input_poses with the verdicts' confidences (the poses keep their exact digits),
+    and the input's cameras beside it."""
+    lines = [line for line in input_poses.read_text().splitlines() if line.strip()]  # as read_ace_pose_file
+    atomic_write_text(output_poses, "".join(dataset_io.with_confidence(line, v.confidence) + "\n"
+                                            for line, v in zip(lines, verdicts)))
+    dataset_io.write_cameras_beside(output_poses, [v.path for v in verdicts], cameras)
+
+
+def write_unverified(input_poses: Path, output_poses: Path, threshold: float, calibration_file: str | None,
+                     why: str) -> None:
+    """For when the check itself failed: output_poses with every image at or above `threshold` flagged as not
+    verified, and its report (summary["verification_failed"] = why). Poses nobody checked must not read as good."""
+    entries = dataset_io.read_ace_pose_file(input_poses)
+    verdicts = []
+    for entry in entries:
+        as_read = ImageVerdict(entry.path, entry.confidence, entry.confidence, 0, float("nan"), False,
+                               "below the confidence threshold already")
+        confident = entry.confidence >= threshold
+        verdicts.append(unreliable(as_read, f"not verified: {why}", threshold) if confident else as_read)
+    write_checked_poses(input_poses, output_poses, verdicts,
+                        dataset_io.entry_cameras(entries, calibration_file, input_poses))
+    write_report(default_report(output_poses), verdicts, [],
+                 summarise(verdicts, threshold, {"verification_failed": why}))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0 <= args.min_agreement <= 1:
@@ -439,12 +470,8 @@ def check_pose_file(args: argparse.Namespace) -> None:
         if wrong_focal is not None:
             verdicts = [unreliable(v, wrong_focal, args.confidence_threshold) if v.reliable else v for v in verdicts]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
-    # Same lines as the input but for the confidences (read_ace_pose_file skips blank lines too).
-    lines = [line for line in args.input_poses.read_text().splitlines() if line.strip()]
-    atomic_write_text(args.output_poses, "".join(dataset_io.with_confidence(line, v.confidence) + "\n"
-                                                 for line, v in zip(lines, verdicts)))
-    dataset_io.write_cameras_beside(args.output_poses, paths, cameras)  # the input's: only confidences change
-    report = args.report or args.output_poses.with_suffix(".verification.json")
+    write_checked_poses(args.input_poses, args.output_poses, verdicts, cameras)
+    report = args.report or default_report(args.output_poses)
     write_report(report, verdicts, checks, summary)
     _log.info("%d pairs checked; neighbours in the reconstruction share matches for %.0f%% of them; %d of %d "
               "images unreliable, %d not checkable; report: %s", len(checks), 100 * summary["neighbour_overlap"],

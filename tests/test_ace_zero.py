@@ -452,6 +452,52 @@ def test_recover_focal(tmp_path, monkeypatch, first_better, second_better, secon
     assert report["unreliable"] == (second_unreliable if adopted else 4)
 
 
+def test_failed_verification_flags_every_pose(tmp_path, monkeypatch, caplog):
+    """When verify_poses.py itself fails, poses_final.txt's source is a copy with every confident image lowered
+    below --registration_confidence (the poses unchanged), its report says so, and --fail_on_unreliable makes that
+    an error: poses nobody checked must not read as good."""
+    import ace_zero
+    import cv2
+    from ace_util import UserError
+    out = tmp_path / "out"
+    out.mkdir()
+    rng = np.random.default_rng(1)
+    entries = []
+    for k, confidence in enumerate((2000.0, 1500.0, 100.0, 800.0)):
+        world_to_cam = np.eye(4)
+        world_to_cam[:3, 3] = rng.normal(size=3)
+        image = tmp_path / f"frame_{k}.png"
+        cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))  # the copy's cameras read the image size
+        entries.append(dataset_io.PoseEntry(str(image), world_to_cam, 512.5, confidence))
+    source = out / "poses_iteration3_adjusted.txt"
+    dataset_io.write_ace_pose_file(source, entries)
+
+    def failing_stage(script, arguments, threads=None, label=""):
+        assert script == "verify_poses.py"
+        raise UserError("the check broke")
+
+    monkeypatch.setattr(ace_zero, "run_script", failing_stage)
+    flags = [str(tmp_path / "frame_*.png"), str(out), "--device", "cpu"]
+    args = ace_zero.build_parser().parse_args(flags)
+    chosen = ace_zero.checked_final_poses(args, source)
+    assert chosen == out / "poses_iteration3_adjusted_unverified.txt"
+    flagged = dataset_io.read_ace_pose_file(chosen)
+    assert [e.confidence for e in flagged] == [499, 499, 100, 499]
+    for before, after in zip(entries, flagged):
+        np.testing.assert_allclose(after.world_to_cam, before.world_to_cam, atol=1e-6)
+        assert after.focal == pytest.approx(before.focal)
+    assert [e.confidence for e in dataset_io.read_ace_pose_file(source)] == [2000, 1500, 100, 800]  # kept
+    summary = json.loads((out / ace_zero.VERIFICATION_REPORT).read_text())["summary"]
+    assert summary["checked"] == 3 and summary["unreliable"] == 3
+    assert source.name in summary["verification_failed"]
+    with caplog.at_level("WARNING"):
+        ace_zero.report_verification(args)
+    assert "the poses are not verified" in caplog.text
+    strict = ace_zero.build_parser().parse_args([*flags, "--fail_on_unreliable", "True"])
+    with pytest.raises(UserError, match="not verified"):
+        ace_zero.report_verification(strict)
+
+
 def test_errors(orbit_scene, tmp_path):
     one = run_cli("ace_zero.py", f"{orbit_scene}/images/frame_00000.png", tmp_path / "r", check=False)
     assert one.returncode == 2 and "at least 2" in one.stderr
