@@ -95,6 +95,10 @@ def build_parser():
     loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
                       help="the gate's largest median miss of a new image's feature observations, in keypoint "
                            "accuracies (about a pixel at the 480 px detection size)")
+    loop.add_argument("--registration_gate_hold_unjudged", type=str2bool, default=True,
+                      help="new: the gate also holds back the new images that see too little of the earlier "
+                           "structure to be judged, until a later round can judge them (README, \"Unjudged "
+                           "images\"); False: they pass")
     loop.add_argument("--verify_poses", type=str2bool, default=True,
                       help="new: check the final poses against independent feature matches (verify_poses.py); "
                            "registered images that disagree drop below --registration_confidence in "
@@ -648,9 +652,10 @@ def gate_registration(args, run_id: str, structure: list) -> float:
     gated = gated_file(args.results_folder, run_id)
     max_miss = args.registration_gate_max_miss if args.registration_gate else float("inf")  # inf: holds none back
     resect = ["--resect"] if args.registration_resection else []
+    hold = ["--hold_unjudged"] if args.registration_gate and args.registration_gate_hold_unjudged else []
     result = optional_stage("gate_registrations.py", registered, gated, [
         *structure, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
-        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect],
+        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect, *hold],
         "registration gate", "the registration goes on ungated")
     if result != gated:
         atomic_write_text(gated, registered.read_text())

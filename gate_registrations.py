@@ -85,6 +85,9 @@ def build_parser():
     parser.add_argument("--resect", action="store_true",
                         help="first place each new image again by RANSAC PnP on its observations of the earlier "
                              "structure, where that agrees with more of them than its registration")
+    parser.add_argument("--hold_unjudged", action="store_true",
+                        help=f"also hold back the new images with fewer than {MIN_OBSERVATIONS} observations of the "
+                             f"earlier structure, which cannot be judged (default: they pass)")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser
@@ -182,11 +185,15 @@ def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarr
     return resected
 
 
-def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, threshold: float) -> GateVerdict:
+def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, threshold: float,
+         hold_unjudged: bool = False) -> GateVerdict:
     if len(misses) < MIN_OBSERVATIONS:
+        unjudged = f"{len(misses)} observations of earlier structure (fewer than {MIN_OBSERVATIONS})"
+        if hold_unjudged:
+            return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)),
+                               len(misses), float("nan"), False, f"held back unjudged: {unjudged}")
         return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), float("nan"), True,
-                           f"not judged: {len(misses)} observations of earlier structure (fewer than "
-                           f"{MIN_OBSERVATIONS})")
+                           f"not judged: {unjudged}")
     median = float(np.median(misses))
     if median <= max_miss:
         return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), median, True,
@@ -198,10 +205,11 @@ def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, thres
 
 def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry],
                            cameras: list[Intrinsics], threshold: float, max_miss: float, image_resolution: int,
-                           device, cache: FeatureCache | None = None, resect: bool = False
-                           ) -> tuple[list[GateVerdict], dict[int, np.ndarray]]:
+                           device, cache: FeatureCache | None = None, resect: bool = False,
+                           hold_unjudged: bool = False) -> tuple[list[GateVerdict], dict[int, np.ndarray]]:
     """A verdict for each new image of `entries` (registered now, not in `earlier`), and under `resect` the new
-    world-to-camera poses of the images resection placed again (by index into `entries`)."""
+    world-to-camera poses of the images resection placed again (by index into `entries`); under `hold_unjudged`
+    the images with too few observations of the earlier structure to judge are held back too."""
     from bundle_adjust import extract_features
     from feature_matching import KEYPOINT_ACCURACY_PX
     known, new = earlier_and_new(entries, earlier, threshold)
@@ -232,7 +240,7 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     for k, pose in resected.items():
         placed[k] = pose
     misses = misses_of_new_images(structure, placed, new, accuracy)
-    verdicts = [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
+    verdicts = [gate(entries[k], misses[k], max_miss, threshold, hold_unjudged) for k in sorted(misses)]
     for verdict, k in zip(verdicts, sorted(misses)):
         if k in resected:
             verdict.resected_deg = float(rotation_angle_deg(world_to_cam[k, :3, :3] @ resected[k][:3, :3].T))
@@ -322,7 +330,7 @@ def write_report(path: Path, verdicts: list[GateVerdict], known: int, structure:
     summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts),
                "held_back": sum(not v.passed for v in verdicts),
                "resected": sum(bool(np.isfinite(v.resected_deg)) for v in verdicts),
-               "not_judged": sum(v.passed and not np.isfinite(v.median_miss) for v in verdicts)}
+               "not_judged": sum(not np.isfinite(v.median_miss) for v in verdicts)}
     images = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(verdict).items()}
               for verdict in verdicts]
     atomic_write_text(path, json.dumps({"summary": summary, "images": images}, indent=1))
@@ -346,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             earlier, placed, structure = dataset_io.read_ace_pose_file(args.earlier_poses), {}, None
         verdicts, resected = ([], {}) if not earlier else gate_new_registrations(
             entries, earlier, cameras, args.confidence_threshold, args.max_miss, args.image_resolution, device,
-            cache, args.resect)
+            cache, args.resect, args.hold_unjudged)
     except UserError as error:
         raise UserError(f"{args.input_poses}: {error}") from None
     # the seed's partner goes on at its two-view pose
@@ -355,8 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:
         _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
-    _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged",
-              summary["new"], known, summary["resected"], summary["held_back"], summary["not_judged"])
+    _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged (%s)",
+              summary["new"], known, summary["resected"], summary["held_back"], summary["not_judged"],
+              "held back" if args.hold_unjudged else "passed")
 
 
 def seed_structure(args, entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], device,

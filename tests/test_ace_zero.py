@@ -259,6 +259,7 @@ def test_registration_resection_runs_the_gate_stage(tmp_path, monkeypatch, gate,
     assert ("--resect" in arguments) == resection
     assert float(arguments[arguments.index("--max_miss") + 1]) == (args.registration_gate_max_miss if gate
                                                                    else float("inf"))
+    assert ("--hold_unjudged" in arguments) == gate  # resection alone holds nothing back
     state = ace_zero.RunState(str(tmp_path / "*.png"), seed_id="iteration0_seed0")
     assert ace_zero.registration_file(args, state, "iteration1") == out / "poses_iteration1_gated.txt"
     # the seed's registration goes through the stage only to resect its first ring

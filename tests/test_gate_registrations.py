@@ -27,8 +27,11 @@ def test_new_images_are_those_registered_only_now():
 
 def test_a_verdict_needs_enough_observations():
     entry = _entry("a", 900)
-    unjudged = gate_registrations.gate(entry, np.full(gate_registrations.MIN_OBSERVATIONS - 1, 500.0), 30, 500)
+    too_few = np.full(gate_registrations.MIN_OBSERVATIONS - 1, 1.0)
+    unjudged = gate_registrations.gate(entry, too_few, 30, 500)
     assert unjudged.passed and unjudged.confidence == 900 and np.isnan(unjudged.median_miss)
+    held = gate_registrations.gate(entry, too_few, 30, 500, hold_unjudged=True)
+    assert not held.passed and held.confidence == 499 and np.isnan(held.median_miss)
     failed = gate_registrations.gate(entry, np.r_[np.full(30, 50.0), np.full(20, 1.0)], 30, 500)
     assert not failed.passed and failed.confidence == 499 and failed.median_miss == 50
     passed = gate_registrations.gate(entry, np.r_[np.full(20, 50.0), np.full(30, 1.0)], 30, 500)
