@@ -826,8 +826,9 @@ def bounded_focal_adjustment(entries: list[dataset_io.PoseEntry], config: Bundle
     """bundle_adjust, repeated with the focal length held when the free focal leaves a field of view narrower than
     config.min_field_of_view, or changes by more than config.max_focal_change; in the second case the free result
     stands after all when the held one fits the tracks clearly worse (focal_change_supported)."""
-    if config.refine_focal and config.feature_cache is None:
-        # a repeat reads the keypoints and matches of the first adjustment instead of computing them again
+    if config.refine_focal and config.max_focal_change > 1 and config.feature_cache is None:
+        # a repeat reads the keypoints and matches of the first adjustment instead of computing them again (one
+        # refused for its field of view, rare, computes them again)
         with tempfile.TemporaryDirectory(prefix="bundle_adjust_features_") as folder:
             return bounded_focal_adjustment(entries, replace(config, feature_cache=folder), device)
     free, free_stats = bundle_adjust(entries, config, device)
