@@ -520,8 +520,8 @@ class NormalEquations:
 
 def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_tracks: Tracks, refine_focal: bool,
            accuracy_px: float, max_iterations: int, refine_centre: bool = False, depth: DepthMaps | None = None
-           ) -> tuple[np.ndarray, float, dict]:
-    """Robust bundle adjustment in rounds of shrinking error scale. Errors start far above the keypoint accuracy
+           ) -> tuple[np.ndarray, float, dict] | None:
+    """Robust bundle adjustment in rounds of shrinking error scale (None when no camera sees enough points). Errors start far above the keypoint accuracy
     (poses a few degrees off), so the loss scale follows the median error down: most observations keep pulling,
     and those far beyond the scale are left out of the next round. Between rounds, badly registered cameras
     are re-seated by PnP and the points are triangulated again. The result is in the input's frame, at the scale
@@ -542,6 +542,9 @@ def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_track
         # A camera in too few tracks would be placed by its outliers: it keeps its pose.
         seen = np.bincount(all_tracks.camera[keep], minlength=len(poses))
         tracks, ids = keep_observations(all_tracks, keep & (seen[all_tracks.camera] >= MIN_CAMERA_OBSERVATIONS))
+        if not len(tracks.camera):
+            # no camera sees enough triangulable points (a ring of 5 images at 3768 px did): nothing to adjust
+            return None
         final = f_scale <= accuracy_px
         problem = Problem(tracks, poses, fixed, centre, refine_focal, focal, refine_centre)
         # Intermediate rounds only need to bring the errors down to the next scale.
@@ -790,8 +793,11 @@ def adjust_with_pair_passes(world_to_cam: np.ndarray, focal: float, centre: np.n
         tracks = observations(build_tracks(features, matches), features) if matches else None
         if tracks is None or tracks.count < MIN_PAIR_MATCHES:
             break
-        poses, focal, pass_stats = adjust(poses, focal, centre, tracks, config.refine_focal, accuracy,
-                                          config.max_iterations, config.refine_principal_point, depth)
+        adjusted = adjust(poses, focal, centre, tracks, config.refine_focal, accuracy, config.max_iterations,
+                          config.refine_principal_point, depth)
+        if adjusted is None:
+            break
+        poses, focal, pass_stats = adjusted
         centre = pass_stats["centre"]
         first_error = pass_stats["median_error_before"] if stats is None else stats["median_error_before"]
         stats = {**pass_stats, "median_error_before": first_error, "pairs": len(matches), "passes": passes}

@@ -7,8 +7,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import dataset_io
-from bundle_adjust import (Problem, Tracks, keep_input_frame, kept_fraction, kept_fractions_beside,
-                           read_kept_fractions, reseat_cameras, starting_scale)
+from bundle_adjust import (MIN_CAMERA_OBSERVATIONS, Problem, Tracks, adjust, keep_input_frame, kept_fraction,
+                           kept_fractions_beside, read_kept_fractions, reseat_cameras, starting_scale)
 from conftest import ORBIT_FOCAL, run_cli
 from eval_poses import evaluate
 
@@ -102,6 +102,21 @@ def test_bent_end_of_the_arc_is_straightened(orbit_scene, tmp_path):
     # straightened, every camera keeps most of its observations (verify_poses flags those under half)
     kept = read_kept_fractions(adjusted, dataset_io.read_ace_pose_file(adjusted))
     assert kept.min() > 0.8
+
+
+def test_no_camera_in_enough_tracks_adjusts_nothing():
+    """Every camera sees fewer points than MIN_CAMERA_OBSERVATIONS: no camera may move, so there is nothing to
+    adjust (before: a round over no observations, a NaN median error and the poses written back as adjusted)."""
+    rng = np.random.default_rng(3)
+    cameras, points = 4, MIN_CAMERA_OBSERVATIONS - 1
+    world_to_cam = np.tile(np.eye(4), (cameras, 1, 1))
+    world_to_cam[:, 0, 3] = np.arange(cameras) * 0.5  # a baseline: the points triangulate
+    xyz = rng.normal(size=(points, 3)) * 0.5 + [0, 0, 4]
+    camera, point = np.repeat(np.arange(cameras), points), np.tile(np.arange(points), cameras)
+    in_camera = xyz[point] + world_to_cam[camera, :3, 3]
+    pixels = 500 * in_camera[:, :2] / in_camera[:, 2:] + [320, 240]
+    tracks = Tracks(camera, point, pixels, points)
+    assert adjust(world_to_cam, 500.0, np.array([320.0, 240.0]), tracks, True, 1.0, 50) is None
 
 
 def test_kept_fraction_per_camera():
