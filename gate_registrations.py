@@ -87,7 +87,8 @@ def build_parser():
                              "structure, where that agrees with more of them than its registration")
     parser.add_argument("--hold_unjudged", action="store_true",
                         help=f"also hold back the new images with fewer than {MIN_OBSERVATIONS} observations of the "
-                             f"earlier structure, which cannot be judged (default: they pass)")
+                             f"earlier structure, which cannot be judged, unless no new image passes a judgement "
+                             f"(holding them then would leave the round nothing new; default: they pass)")
     add_calibration_arg(parser, POSE_FILE_CAMERAS_HELP)
     add_feature_cache_arg(parser)
     return parser
@@ -203,13 +204,27 @@ def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, thres
                                       f"accuracies (most {max_miss:g})")
 
 
+def verdicts_of(entries: list[dataset_io.PoseEntry], misses: dict[int, np.ndarray], max_miss: float,
+                threshold: float, hold_unjudged: bool) -> list[GateVerdict]:
+    """gate() of each new image (the keys of `misses`, in order); under `hold_unjudged` the unjudged ones are held
+    back unless no new image passes on its own judgement."""
+    verdicts = [gate(entries[k], misses[k], max_miss, threshold, hold_unjudged) for k in sorted(misses)]
+    if hold_unjudged and not any(v.passed for v in verdicts):
+        # Holding them too would leave the round nothing new and end the loop (two of three ring draws stopped
+        # with nothing confident): with no image judged right, the unjudged ones pass as without the hold.
+        _log.info("no new image agrees with the earlier structure: the unjudged ones pass")
+        verdicts = [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
+    return verdicts
+
+
 def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry],
                            cameras: list[Intrinsics], threshold: float, max_miss: float, image_resolution: int,
                            device, cache: FeatureCache | None = None, resect: bool = False,
                            hold_unjudged: bool = False) -> tuple[list[GateVerdict], dict[int, np.ndarray]]:
     """A verdict for each new image of `entries` (registered now, not in `earlier`), and under `resect` the new
     world-to-camera poses of the images resection placed again (by index into `entries`); under `hold_unjudged`
-    the images with too few observations of the earlier structure to judge are held back too."""
+    the images with too few observations of the earlier structure to judge are held back too, unless no new image
+    passes on its own judgement."""
     from bundle_adjust import extract_features
     from feature_matching import KEYPOINT_ACCURACY_PX
     known, new = earlier_and_new(entries, earlier, threshold)
@@ -240,7 +255,7 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     for k, pose in resected.items():
         placed[k] = pose
     misses = misses_of_new_images(structure, placed, new, accuracy)
-    verdicts = [gate(entries[k], misses[k], max_miss, threshold, hold_unjudged) for k in sorted(misses)]
+    verdicts = verdicts_of(entries, misses, max_miss, threshold, hold_unjudged)
     for verdict, k in zip(verdicts, sorted(misses)):
         if k in resected:
             verdict.resected_deg = float(rotation_angle_deg(world_to_cam[k, :3, :3] @ resected[k][:3, :3].T))
@@ -363,9 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:
         _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
-    _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged (%s)",
-              summary["new"], known, summary["resected"], summary["held_back"], summary["not_judged"],
-              "held back" if args.hold_unjudged else "passed")
+    held_unjudged = sum(not v.passed and not np.isfinite(v.median_miss) for v in verdicts)
+    _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged (%d "
+              "of them held back)", summary["new"], known, summary["resected"], summary["held_back"],
+              summary["not_judged"], held_unjudged)
 
 
 def seed_structure(args, entries: list[dataset_io.PoseEntry], cameras: list[Intrinsics], device,

@@ -38,6 +38,19 @@ def test_a_verdict_needs_enough_observations():
     assert passed.passed and passed.confidence == 900
 
 
+def test_unjudged_images_are_held_back_while_another_passes():
+    """--hold_unjudged holds back an image too little seen to judge while some new image passes on its own
+    judgement; when none does, holding it would leave the round nothing new, so it passes."""
+    entries = [_entry("a", 900), _entry("b", 900)]
+    unjudged, right, wrong = np.full(5, 1.0), np.full(40, 1.0), np.full(40, 80.0)
+    verdicts = gate_registrations.verdicts_of(entries, {0: unjudged, 1: right}, 30, 500, True)
+    assert [v.passed for v in verdicts] == [False, True] and verdicts[0].confidence == 499
+    verdicts = gate_registrations.verdicts_of(entries, {0: unjudged, 1: wrong}, 30, 500, True)
+    assert [v.passed for v in verdicts] == [True, False] and verdicts[0].confidence == 900
+    verdicts = gate_registrations.verdicts_of(entries, {0: unjudged, 1: right}, 30, 500, False)
+    assert [v.passed for v in verdicts] == [True, True]
+
+
 def _pose_file(scene, path, confidence: dict[int, float], turned: set[int]) -> None:
     images = sorted(scene.glob("images/*.png"))
     entries = []
