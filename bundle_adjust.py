@@ -521,11 +521,11 @@ class NormalEquations:
 def adjust(world_to_cam: np.ndarray, focal: float, centre: np.ndarray, all_tracks: Tracks, refine_focal: bool,
            accuracy_px: float, max_iterations: int, refine_centre: bool = False, depth: DepthMaps | None = None
            ) -> tuple[np.ndarray, float, dict] | None:
-    """Robust bundle adjustment in rounds of shrinking error scale (None when no camera sees enough points). Errors start far above the keypoint accuracy
+    """Robust bundle adjustment in rounds of shrinking error scale. Errors start far above the keypoint accuracy
     (poses a few degrees off), so the loss scale follows the median error down: most observations keep pulling,
     and those far beyond the scale are left out of the next round. Between rounds, badly registered cameras
     are re-seated by PnP and the points are triangulated again. The result is in the input's frame, at the scale
-    of `depth` when given."""
+    of `depth` when given; None when no camera sees enough points."""
     poses = world_to_cam.copy()
     fixed = int(np.argmax(np.bincount(all_tracks.camera, minlength=len(poses))))
     f_scale, stats = None, {"points": all_tracks.count, "observations": len(all_tracks.camera)}

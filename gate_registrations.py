@@ -346,7 +346,7 @@ def write_report(path: Path, verdicts: list[GateVerdict], known: int, structure:
     summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts),
                "held_back": sum(not v.passed for v in verdicts),
                "resected": sum(bool(np.isfinite(v.resected_deg)) for v in verdicts),
-               "not_judged": sum(not np.isfinite(v.median_miss) for v in verdicts)}
+               "not_judged": sum(bool(np.isnan(v.median_miss)) for v in verdicts)}
     images = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(verdict).items()}
               for verdict in verdicts]
     atomic_write_text(path, json.dumps({"summary": summary, "images": images}, indent=1))
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:
         _log.info("%s: %s", Path(verdict.path).name, verdict.reason)
-    held_unjudged = sum(not v.passed and not np.isfinite(v.median_miss) for v in verdicts)
+    held_unjudged = sum(not v.passed and bool(np.isnan(v.median_miss)) for v in verdicts)
     _log.info("%d new registration(s) against %d earlier image(s): %d resected, %d held back, %d not judged (%d "
               "of them held back)", summary["new"], known, summary["resected"], summary["held_back"],
               summary["not_judged"], held_unjudged)
