@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=500, help="the run's --registration_confidence")
     parser.add_argument("--max_miss", type=float, default=DEFAULT_MAX_MISS,
                         help="the gate's threshold (keypoint accuracies), for the verdicts printed")
+    parser.add_argument("--hold_unjudged", action="store_true",
+                        help="verdicts as ace_zero.py --registration_gate_hold_unjudged True gives them (default: "
+                             "the unjudged images pass)")
     args = parser.parse_args()
     found = rounds(args.result_folder)
     if not found:
@@ -70,7 +73,8 @@ def main() -> None:
                          else None)
     for number, pose_file, previous in found:
         try:
-            verdicts = new_registrations(pose_file, previous, args.confidence, args.max_miss, cache)
+            verdicts = new_registrations(pose_file, previous, args.confidence, args.max_miss, cache,
+                                         args.hold_unjudged)
         except UserError as error:
             sys.exit(f"{pose_file}: {error} (image paths are read from the pose file: run from the folder "
                      "ace_zero.py ran in)")
@@ -79,13 +83,14 @@ def main() -> None:
             print(f"  {Path(verdict.path).name}: {verdict.observations} observations; {verdict.reason}")
 
 
-def new_registrations(pose_file: Path, previous: Path, threshold: float, max_miss: float, cache: FeatureCache
-                      ) -> list[GateVerdict]:
+def new_registrations(pose_file: Path, previous: Path, threshold: float, max_miss: float, cache: FeatureCache,
+                      hold_unjudged: bool = False) -> list[GateVerdict]:
     import torch
     entries = dataset_io.read_ace_pose_file(pose_file)
     cameras = dataset_io.entry_cameras(entries, None, pose_file)
     verdicts, _ = gate_new_registrations(entries, dataset_io.read_ace_pose_file(previous), cameras, threshold,
-                                         max_miss, DETECTION_SHORT_SIDE, torch.device("cpu"), cache)
+                                         max_miss, DETECTION_SHORT_SIDE, torch.device("cpu"), cache,
+                                         hold_unjudged=hold_unjudged)
     return verdicts
 
 
