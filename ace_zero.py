@@ -913,21 +913,16 @@ def unverified_copy(args, source: Path) -> Path:
     return unverified
 
 
-def verification_report(verified: Path) -> Path:
-    """Where verify_poses.py writes the report of `verified` (its default)."""
-    return default_report(verified)
-
-
 def verification_summary(verified: Path) -> dict:
     """The summary of the report beside `verified` ({} when there is none)."""
-    report = verification_report(verified)
+    report = default_report(verified)
     return json.loads(report.read_text())["summary"] if report.exists() else {}
 
 
 def publish_verification(args, verified: Path) -> None:
     """<results>/poses_final_verification.json: the report of the poses that become poses_final.txt (none when
     the verification failed)."""
-    report = verification_report(verified)
+    report = default_report(verified)
     final_report = args.results_folder / VERIFICATION_REPORT
     if report.exists():
         atomic_write_text(final_report, report.read_text())

@@ -904,16 +904,15 @@ def focal_probe(entries: list[dataset_io.PoseEntry], config: BundleAdjustConfig,
     result = {"focal": focal, "probes": [], "better": None}
     if not own["adjusted"]:
         return result
-    implausible = []  # focals of probes that ran away (config.min_field_of_view): never the better one
+    candidates = []  # the probes whose focal did not run away (config.min_field_of_view)
     for scale in (1 / factor, factor):
         started = [moved_camera(c, scale, np.zeros(2)) for c in cameras]
         _, probe = bundle_adjust(entries, replace(config, refine_focal=True), device, features_of, started)
         if probe["adjusted"]:
             result["probes"].append((probe["focal_after"], error_ratio(own, probe)))
-            if not plausible_focal(probe["cameras"], config.min_field_of_view):
-                implausible.append(probe["focal_after"])
-    supported = [p for p in result["probes"]
-                 if focal_change_supported(p[1], config.focal_change_support) and p[0] not in implausible]
+            if plausible_focal(probe["cameras"], config.min_field_of_view):
+                candidates.append(result["probes"][-1])
+    supported = [p for p in candidates if focal_change_supported(p[1], config.focal_change_support)]
     result["better"] = max(supported, key=lambda p: p[1], default=None)
     return result
 

@@ -209,7 +209,7 @@ def verdicts_of(entries: list[dataset_io.PoseEntry], misses: dict[int, np.ndarra
     """gate() of each new image (the keys of `misses`, in order); under `hold_unjudged` the unjudged ones are held
     back unless no new image passes on its own judgement."""
     verdicts = [gate(entries[k], misses[k], max_miss, threshold, hold_unjudged) for k in sorted(misses)]
-    unjudged = any(len(m) < MIN_OBSERVATIONS for m in misses.values())
+    unjudged = any(np.isnan(v.median_miss) for v in verdicts)
     if hold_unjudged and unjudged and not any(v.passed for v in verdicts):
         # Holding them too would leave the round nothing new and end the loop (two of three ring draws stopped
         # with nothing confident): with no image judged right, the unjudged ones pass as without the hold.

@@ -394,6 +394,7 @@ def unreliable(verdict: ImageVerdict, reason: str, threshold: float) -> ImageVer
 
 
 def default_report(output_poses: Path) -> Path:
+    """Where the report of `output_poses` goes unless --report names another file."""
     return output_poses.with_suffix(".verification.json")
 
 
