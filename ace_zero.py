@@ -18,7 +18,7 @@ import numpy as np
 import dataset_io
 from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
 from calibration import focal_changed
-from gate_registrations import DEFAULT_MAX_MISS
+from gate_registrations import DEFAULT_MAX_MISS, DEFAULT_MAX_SPREAD
 from verify_poses import default_report, write_unverified
 from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
                         add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
@@ -95,6 +95,10 @@ def build_parser():
     loop.add_argument("--registration_gate_max_miss", type=float, default=DEFAULT_MAX_MISS,
                       help="the gate's largest median miss of a new image's feature observations, in keypoint "
                            "accuracies (about a pixel at the 480 px detection size)")
+    loop.add_argument("--registration_gate_max_spread", type=float, default=DEFAULT_MAX_SPREAD,
+                      help="new: a new image is judged right or resected only when PnP on two random halves of "
+                           "its observations of the earlier structure gives poses within this many degrees; "
+                           "otherwise it counts as unjudged (README, \"Undetermined images\"; 0: no such test)")
     loop.add_argument("--registration_gate_hold_unjudged", type=str2bool, default=True,
                       help="new: the gate also holds back the new images that see too little of the earlier "
                            "structure to be judged, until a later round can judge them (README, \"Unjudged "
@@ -655,7 +659,8 @@ def gate_registration(args, run_id: str, structure: list) -> float:
     hold = ["--hold_unjudged"] if args.registration_gate and args.registration_gate_hold_unjudged else []
     result = optional_stage("gate_registrations.py", registered, gated, [
         *structure, "--device", args.device, *calibration_args(args), *feature_cache_args(args),
-        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss, *resect, *hold],
+        "--confidence_threshold", args.registration_confidence, "--max_miss", max_miss,
+        "--max_spread", args.registration_gate_max_spread, *resect, *hold],
         "registration gate", "the registration goes on ungated")
     if result != gated:
         atomic_write_text(gated, registered.read_text())
@@ -759,6 +764,9 @@ def validate(args) -> float:
     check_match_loss_weight(args)
     if args.registration_gate_max_miss <= 0:
         raise UserError(f"--registration_gate_max_miss must be positive, got {args.registration_gate_max_miss:g}")
+    if args.registration_gate_max_spread < 0:
+        raise UserError("--registration_gate_max_spread must be 0 (no test) or positive, got "
+                        f"{args.registration_gate_max_spread:g}")
     check_prior_flags(args, has_depth=args.depth_files is not None)
     if args.loss_structure == "probabilistic" and args.prior_loss_type == "none":
         raise UserError(PROBABILISTIC_NEEDS_PRIOR)  # train_ace.py would raise it at its first step

@@ -22,6 +22,12 @@ With --seed_image (the seed's registration, which has no earlier rounds), the ea
 and its registered partner with the most well-triangulated matches, placed by their essential matrix (the baseline
 length from the registration): the seed's first ring is then resected against two-view geometry instead of the
 one-image head (temple: R0018 registered 5.9 deg off, resected 1.0).
+
+An image is judged (and resected) only where its observations determine a pose: RANSAC PnP on two random halves
+of them must land within --max_spread degrees of each other. Where the structure it sees is too shallow or noisy
+(temple's seed pair seen from 30 deg away), RANSAC places it anywhere in a range of 10-50 deg and every such pose
+misses by little; such an image is not resected, and unless its registration misses by more than --max_miss it
+counts as unjudged (held back under --hold_unjudged).
 """
 from __future__ import annotations
 
@@ -47,6 +53,11 @@ DEFAULT_MAX_MISS = 30.0     # keypoint accuracies; measured: right new images 1.
 MIN_OBSERVATIONS = 20       # predicted observations below which a new image cannot be judged (it passes)
 PARTNERS_PER_IMAGE = 8      # earlier images matched to each image, chosen by descriptor overlap (not by pose)
 RESECTION_THRESHOLD = 4.0   # keypoint accuracies: an observation within this agrees with a resected pose
+# Default --max_spread (deg). Measured (halves' median over SPREAD_SPLITS splits): fox's resections at most 5.6,
+# temple's right ones at most 8.2; temple's seed pair seen from 30 deg away 17-18 (resected 1 or 30 deg off by the
+# draw), images resected against a structure holding a wrong image 19-47.
+DEFAULT_MAX_SPREAD = 10.0
+SPREAD_SPLITS = 5
 
 
 @dataclass
@@ -59,6 +70,7 @@ class GateVerdict:
     passed: bool
     reason: str
     resected_deg: float = float("nan")  # --resect: how far resection turned the registered pose (nan: it did not)
+    spread_deg: float = float("nan")    # PnP on two halves of the observations: how far apart (nan: not measured)
 
 
 def build_parser():
@@ -85,6 +97,11 @@ def build_parser():
     parser.add_argument("--resect", action="store_true",
                         help="first place each new image again by RANSAC PnP on its observations of the earlier "
                              "structure, where that agrees with more of them than its registration")
+    parser.add_argument("--max_spread", type=float, default=DEFAULT_MAX_SPREAD,
+                        help="an image is judged and resected only when RANSAC PnP on two random halves of its "
+                             "observations of the earlier structure gives poses within this many degrees (median "
+                             f"of {SPREAD_SPLITS} splits); otherwise it is unjudged unless its registration misses "
+                             "by more than --max_miss (0: no such test)")
     parser.add_argument("--hold_unjudged", action="store_true",
                         help=f"also hold back the new images with fewer than {MIN_OBSERVATIONS} observations of the "
                              f"earlier structure, which cannot be judged, unless no new image passes a judgement "
@@ -164,6 +181,35 @@ def misses_of_new_images(structure: EarlierStructure | None, world_to_cam: np.nd
     return misses
 
 
+def resection_spread_deg(structure: EarlierStructure, image: int, threshold_px: float) -> float:
+    """How well an image's observations of the earlier structure determine its pose: the median rotation between
+    the poses RANSAC PnP finds on two random halves of them, over SPREAD_SPLITS splits (inf where a half gives
+    none). The draw is fixed, so that a rerun decides the same."""
+    import bundle_adjust as ba
+    own = ba.own_observations(structure.tracks, structure.points, image)
+    points, pixels = structure.points[own.point], own.pixels
+    rng = np.random.default_rng(0)
+    angles = []
+    for _ in range(SPREAD_SPLITS):
+        order = rng.permutation(len(points))
+        halves = order[:len(order) // 2], order[len(order) // 2:]
+        poses = [ba.ransac_pnp(points[h], pixels[h], structure.focal, structure.centre, threshold_px, refine=True)[0]
+                 for h in halves]
+        angles.append(np.inf if any(p is None for p in poses)
+                      else float(rotation_angle_deg(poses[0][:3, :3] @ poses[1][:3, :3].T)))
+    return float(np.median(angles))
+
+
+def spreads_of_new_images(structure: EarlierStructure | None, new: np.ndarray, threshold_px: float
+                          ) -> dict[int, float]:
+    """resection_spread_deg of each new image with at least MIN_OBSERVATIONS observations of the structure."""
+    if structure is None:
+        return {}
+    import bundle_adjust as ba
+    return {int(k): resection_spread_deg(structure, int(k), threshold_px) for k in np.flatnonzero(new)
+            if len(ba.own_observations(structure.tracks, structure.points, int(k)).point) >= MIN_OBSERVATIONS}
+
+
 def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarray, new: np.ndarray,
                       threshold_px: float) -> dict[int, np.ndarray]:
     """--resect: new world-to-camera poses by RANSAC PnP (then least squares on its inliers) on each new image's
@@ -187,45 +233,65 @@ def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarr
 
 
 def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, threshold: float,
-         hold_unjudged: bool = False) -> GateVerdict:
+         hold_unjudged: bool = False, spread: float = float("nan"), max_spread: float = 0.0) -> GateVerdict:
+    """The verdict on one new image from its misses (keypoint accuracies) and, when measured, its spread: an image
+    whose observations do not determine a pose can show that it is wrong, never that it is right."""
     if len(misses) < MIN_OBSERVATIONS:
-        unjudged = f"{len(misses)} observations of earlier structure (fewer than {MIN_OBSERVATIONS})"
-        if hold_unjudged:
-            return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)),
-                               len(misses), float("nan"), False, f"held back unjudged: {unjudged}")
-        return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), float("nan"), True,
-                           f"not judged: {unjudged}")
+        return unjudged(entry, f"{len(misses)} observations of earlier structure (fewer than {MIN_OBSERVATIONS})",
+                        len(misses), threshold, hold_unjudged, spread)
     median = float(np.median(misses))
-    if median <= max_miss:
-        return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), median, True,
-                           f"agrees with the earlier structure (median miss {median:.1f})")
-    return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), len(misses),
-                       median, False, f"disagrees with the earlier structure: median miss {median:.1f} keypoint "
-                                      f"accuracies (most {max_miss:g})")
+    if median > max_miss:
+        return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), len(misses),
+                           median, False, f"disagrees with the earlier structure: median miss {median:.1f} "
+                                          f"keypoint accuracies (most {max_miss:g})", spread_deg=spread)
+    if max_spread > 0 and spread > max_spread:
+        return unjudged(entry, f"its {len(misses)} observations of earlier structure do not determine a pose (PnP "
+                               f"on halves of them {spread:.1f} deg apart, most {max_spread:g}; median miss "
+                               f"{median:.1f})", len(misses), threshold, hold_unjudged, spread)
+    return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), median, True,
+                       f"agrees with the earlier structure (median miss {median:.1f})", spread_deg=spread)
+
+
+def unjudged(entry: dataset_io.PoseEntry, why: str, observations: int, threshold: float, hold: bool,
+             spread: float) -> GateVerdict:
+    """The verdict on an image the earlier structure cannot judge (its miss: nan): held back under `hold`."""
+    if hold:
+        return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), observations,
+                           float("nan"), False, f"held back unjudged: {why}", spread_deg=spread)
+    return GateVerdict(entry.path, entry.confidence, entry.confidence, observations, float("nan"), True,
+                       f"not judged: {why}", spread_deg=spread)
 
 
 def verdicts_of(entries: list[dataset_io.PoseEntry], misses: dict[int, np.ndarray], max_miss: float,
-                threshold: float, hold_unjudged: bool) -> list[GateVerdict]:
+                threshold: float, hold_unjudged: bool, spreads: dict[int, float] | None = None,
+                max_spread: float = 0.0) -> list[GateVerdict]:
     """gate() of each new image (the keys of `misses`, in order); under `hold_unjudged` the unjudged ones are held
     back unless no new image passes on its own judgement."""
-    verdicts = [gate(entries[k], misses[k], max_miss, threshold, hold_unjudged) for k in sorted(misses)]
-    unjudged = any(np.isnan(v.median_miss) for v in verdicts)
-    if hold_unjudged and unjudged and not any(v.passed for v in verdicts):
+    spreads = spreads or {}
+
+    def judged(k: int, hold: bool) -> GateVerdict:
+        return gate(entries[k], misses[k], max_miss, threshold, hold, spreads.get(k, float("nan")), max_spread)
+
+    verdicts = [judged(k, hold_unjudged) for k in sorted(misses)]
+    unjudged_any = any(np.isnan(v.median_miss) for v in verdicts)
+    if hold_unjudged and unjudged_any and not any(v.passed for v in verdicts):
         # Holding them too would leave the round nothing new and end the loop (two of three ring draws stopped
         # with nothing confident): with no image judged right, the unjudged ones pass as without the hold.
         _log.info("no new image agrees with the earlier structure: the unjudged ones pass")
-        verdicts = [gate(entries[k], misses[k], max_miss, threshold) for k in sorted(misses)]
+        verdicts = [judged(k, False) for k in sorted(misses)]
     return verdicts
 
 
 def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[dataset_io.PoseEntry],
                            cameras: list[Intrinsics], threshold: float, max_miss: float, image_resolution: int,
                            device, cache: FeatureCache | None = None, resect: bool = False,
-                           hold_unjudged: bool = False) -> tuple[list[GateVerdict], dict[int, np.ndarray]]:
+                           hold_unjudged: bool = False, max_spread: float = 0.0
+                           ) -> tuple[list[GateVerdict], dict[int, np.ndarray]]:
     """A verdict for each new image of `entries` (registered now, not in `earlier`), and under `resect` the new
     world-to-camera poses of the images resection placed again (by index into `entries`); under `hold_unjudged`
     the images with too few observations of the earlier structure to judge are held back too, unless no new image
-    passes on its own judgement."""
+    passes on its own judgement; under `max_spread` (deg) the images whose observations do not determine a pose
+    are neither resected nor judged right."""
     from bundle_adjust import extract_features
     from feature_matching import KEYPOINT_ACCURACY_PX
     known, new = earlier_and_new(entries, earlier, threshold)
@@ -251,12 +317,16 @@ def gate_new_registrations(entries: list[dataset_io.PoseEntry], earlier: list[da
     world_to_cam = np.stack([e.world_to_cam for e in entries])
     structure = earlier_structure(structure_poses(entries, earlier, known), cameras, reference, features, known,
                                   pairs, accuracy, cache)
-    resected = resect_new_images(structure, world_to_cam, new, RESECTION_THRESHOLD * accuracy) if resect else {}
+    spreads = spreads_of_new_images(structure, new, RESECTION_THRESHOLD * accuracy) if max_spread > 0 else {}
+    determined = new.copy()
+    determined[[k for k, spread in spreads.items() if spread > max_spread]] = False
+    resected = (resect_new_images(structure, world_to_cam, determined, RESECTION_THRESHOLD * accuracy)
+                if resect else {})
     placed = world_to_cam.copy()
     for k, pose in resected.items():
         placed[k] = pose
     misses = misses_of_new_images(structure, placed, new, accuracy)
-    verdicts = verdicts_of(entries, misses, max_miss, threshold, hold_unjudged)
+    verdicts = verdicts_of(entries, misses, max_miss, threshold, hold_unjudged, spreads, max_spread)
     for verdict, k in zip(verdicts, sorted(misses)):
         if k in resected:
             verdict.resected_deg = float(rotation_angle_deg(world_to_cam[k, :3, :3] @ resected[k][:3, :3].T))
@@ -357,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.max_miss <= 0:
         raise UserError(f"--max_miss must be positive, got {args.max_miss}")
+    if args.max_spread < 0:
+        raise UserError(f"--max_spread must be 0 (no test) or positive, got {args.max_spread}")
     entries = dataset_io.read_ace_pose_file(args.input_poses)
     if not entries:
         raise UserError(f"{args.input_poses}: no poses")
@@ -370,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             earlier, placed, structure = dataset_io.read_ace_pose_file(args.earlier_poses), {}, None
         verdicts, resected = ([], {}) if not earlier else gate_new_registrations(
             entries, earlier, cameras, args.confidence_threshold, args.max_miss, args.image_resolution, device,
-            cache, args.resect, args.hold_unjudged)
+            cache, args.resect, args.hold_unjudged, args.max_spread)
     except UserError as error:
         raise UserError(f"{args.input_poses}: {error}") from None
     # the seed's partner goes on at its two-view pose

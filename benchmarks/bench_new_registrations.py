@@ -22,7 +22,8 @@ import dataset_io  # noqa: E402
 from ace_util import UserError  # noqa: E402
 from ace_zero import STATE_FILE, registration_files  # noqa: E402
 from feature_cache import FeatureCache  # noqa: E402
-from gate_registrations import DEFAULT_MAX_MISS, GateVerdict, gate_new_registrations  # noqa: E402
+from gate_registrations import (DEFAULT_MAX_MISS, DEFAULT_MAX_SPREAD, GateVerdict,  # noqa: E402
+                                gate_new_registrations)
 
 DETECTION_SHORT_SIDE = 480  # bundle_adjust.py's and gate_registrations.py's default
 
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--hold_unjudged", action="store_true",
                         help="verdicts as ace_zero.py --registration_gate_hold_unjudged True gives them (default: "
                              "the unjudged images pass)")
+    parser.add_argument("--resect", action="store_true", help="resect the new images first, as "
+                        "ace_zero.py --registration_resection True does (default: verdicts on the registration)")
+    parser.add_argument("--max_spread", type=float, default=0.0,
+                        help=f"judge only the images whose observations determine a pose within this many degrees "
+                             f"(ace_zero.py's default: {DEFAULT_MAX_SPREAD:g}; default here: 0, no such test)")
     args = parser.parse_args()
     found = rounds(args.result_folder)
     if not found:
@@ -74,23 +80,25 @@ def main() -> None:
     for number, pose_file, previous in found:
         try:
             verdicts = new_registrations(pose_file, previous, args.confidence, args.max_miss, cache,
-                                         args.hold_unjudged)
+                                         args.hold_unjudged, args.resect, args.max_spread)
         except UserError as error:
             sys.exit(f"{pose_file}: {error} (image paths are read from the pose file: run from the folder "
                      "ace_zero.py ran in)")
         print(f"round {number} ({pose_file.name} against {previous.name}): {len(verdicts)} new image(s)")
         for verdict in verdicts:
-            print(f"  {Path(verdict.path).name}: {verdict.observations} observations; {verdict.reason}")
+            spread = f"; halves {verdict.spread_deg:.1f} deg apart" if verdict.spread_deg == verdict.spread_deg else ""
+            print(f"  {Path(verdict.path).name}: {verdict.observations} observations; {verdict.reason}{spread}")
 
 
 def new_registrations(pose_file: Path, previous: Path, threshold: float, max_miss: float, cache: FeatureCache,
-                      hold_unjudged: bool = False) -> list[GateVerdict]:
+                      hold_unjudged: bool = False, resect: bool = False, max_spread: float = 0.0
+                      ) -> list[GateVerdict]:
     import torch
     entries = dataset_io.read_ace_pose_file(pose_file)
     cameras = dataset_io.entry_cameras(entries, None, pose_file)
     verdicts, _ = gate_new_registrations(entries, dataset_io.read_ace_pose_file(previous), cameras, threshold,
                                          max_miss, DETECTION_SHORT_SIDE, torch.device("cpu"), cache,
-                                         hold_unjudged=hold_unjudged)
+                                         resect=resect, hold_unjudged=hold_unjudged, max_spread=max_spread)
     return verdicts
 
 

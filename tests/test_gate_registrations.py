@@ -51,6 +51,57 @@ def test_unjudged_images_are_held_back_while_another_passes():
     assert [v.passed for v in verdicts] == [True, True]
 
 
+def test_an_image_whose_pose_is_undetermined_is_not_judged_right():
+    """An image whose observations do not determine a pose (halves of them resected far apart) can be shown wrong
+    by a large miss, never right: unjudged, so held back under --hold_unjudged, and passed without it."""
+    entry, small, large = _entry("a", 900), np.full(40, 1.0), np.full(40, 80.0)
+    verdict = gate_registrations.gate(entry, small, 30, 500, hold_unjudged=True, spread=19.7, max_spread=10)
+    assert not verdict.passed and verdict.confidence == 499 and np.isnan(verdict.median_miss)
+    assert "do not determine a pose" in verdict.reason
+    verdict = gate_registrations.gate(entry, small, 30, 500, spread=19.7, max_spread=10)
+    assert verdict.passed and verdict.confidence == 900 and np.isnan(verdict.median_miss)
+    verdict = gate_registrations.gate(entry, large, 30, 500, spread=19.7, max_spread=10)
+    assert not verdict.passed and verdict.median_miss == 80
+    for spread, max_spread in ((5.0, 10.0), (19.7, 0.0)):  # determined, or the test off
+        verdict = gate_registrations.gate(entry, small, 30, 500, hold_unjudged=True, spread=spread,
+                                          max_spread=max_spread)
+        assert verdict.passed and verdict.median_miss == 1
+
+
+def _one_camera_structure(half_size: float, count: int, point_noise: float, seed: int):
+    """The ninth camera of a 60 deg arc (temple's distance and focal) sees `count` points in a box of +-half_size
+    m (0.5 px pixel noise); the structure holds them `point_noise` m off, as triangulation leaves them."""
+    import bundle_adjust as ba
+    rng = np.random.default_rng(seed)
+    focal, centre = 1520.0, np.array([320.0, 240.0])
+    camera = np.vstack([ring_world_to_cam(9, radius=0.55, span=np.radians(60))[8], [0, 0, 0, 1]])
+    points = rng.uniform(-half_size, half_size, size=(count, 3))
+    in_camera = points @ camera[:3, :3].T + camera[:3, 3]
+    pixels = focal * in_camera[:, :2] / in_camera[:, 2:] + centre + rng.normal(0, 0.5, size=(count, 2))
+    structure = gate_registrations.EarlierStructure(
+        ba.Tracks(np.zeros(count, int), np.arange(count), pixels, count),
+        points + rng.normal(0, point_noise, size=(count, 3)), focal, centre)
+    return structure, camera
+
+
+def test_the_spread_of_halves_tells_a_determined_pose():
+    """Seen across a 20 cm box, halves of the observations resect within 0.5 deg of each other and the whole within
+    0.2 deg of the truth. Seen across a 2 cm box whose points are 2.5 mm off (a shallow structure seen from
+    afar), halves land more than the default --max_spread apart, and resection, which would take the pose (enough
+    observations agree with it), puts the camera more than 5 deg off."""
+    far_from_truth = np.eye(4)
+    far_from_truth[2, 3] = 5.0  # a registration that agrees with none of the observations
+    for half_size, count, noise, determined in ((0.1, 200, 0.0, True), (0.01, 150, 0.0025, False)):
+        structure, truth = _one_camera_structure(half_size, count, noise, seed=0)
+        spread = gate_registrations.resection_spread_deg(structure, 0, 4.0)
+        resected = gate_registrations.resect_new_images(structure, far_from_truth[None], np.array([True]), 4.0)
+        assert 0 in resected
+        if determined:
+            assert spread < 0.5 and _angle_deg(resected[0], truth) < 0.2
+        else:
+            assert spread > gate_registrations.DEFAULT_MAX_SPREAD and _angle_deg(resected[0], truth) > 5
+
+
 def _pose_file(scene, path, confidence: dict[int, float], turned: set[int]) -> None:
     images = sorted(scene.glob("images/*.png"))
     entries = []
