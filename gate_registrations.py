@@ -25,8 +25,8 @@ one-image head (temple: R0018 registered 5.9 deg off, resected 1.0).
 
 An image is judged (and resected) only where its observations determine a pose: RANSAC PnP on two random halves
 of them must land within --max_spread degrees of each other. Where the structure it sees is too shallow or noisy
-(temple's seed pair seen from 30 deg away), RANSAC places it anywhere in a range of 10-50 deg and every such pose
-misses by little; such an image is not resected, and unless its registration misses by more than --max_miss it
+(temple's seed pair seen from 30 deg away), RANSAC finds poses tens of degrees apart that each agree with most
+of them, and every such pose misses by little; such an image is not resected, and unless its registration misses by more than --max_miss it
 counts as unjudged (held back under --hold_unjudged).
 """
 from __future__ import annotations
