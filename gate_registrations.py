@@ -26,8 +26,8 @@ one-image head (temple: R0018 registered 5.9 deg off, resected 1.0).
 An image is judged (and resected) only where its observations determine a pose: RANSAC PnP on two random halves
 of them must land within --max_spread degrees of each other. Where the structure it sees is too shallow or noisy
 (temple's seed pair seen from 30 deg away), RANSAC finds poses tens of degrees apart that each agree with most
-of them, and every such pose misses by little; such an image is not resected, and unless its registration misses by more than --max_miss it
-counts as unjudged (held back under --hold_unjudged).
+of them, and every such pose misses by little; such an image is not resected, and unless its registration misses
+by more than --max_miss it counts as unjudged (held back under --hold_unjudged).
 """
 from __future__ import annotations
 
@@ -184,9 +184,12 @@ def misses_of_new_images(structure: EarlierStructure | None, world_to_cam: np.nd
 def resection_spread_deg(structure: EarlierStructure, image: int, threshold_px: float) -> float:
     """How well an image's observations of the earlier structure determine its pose: the median rotation between
     the poses RANSAC PnP finds on two random halves of them, over SPREAD_SPLITS splits (inf where a half gives
-    none). The draw is fixed, so that a rerun decides the same."""
+    none; nan with fewer than MIN_OBSERVATIONS observations). The draw is fixed, so that a rerun decides the
+    same."""
     import bundle_adjust as ba
     own = ba.own_observations(structure.tracks, structure.points, image)
+    if len(own.point) < MIN_OBSERVATIONS:
+        return float("nan")
     points, pixels = structure.points[own.point], own.pixels
     rng = np.random.default_rng(0)
     angles = []
@@ -205,9 +208,8 @@ def spreads_of_new_images(structure: EarlierStructure | None, new: np.ndarray, t
     """resection_spread_deg of each new image with at least MIN_OBSERVATIONS observations of the structure."""
     if structure is None:
         return {}
-    import bundle_adjust as ba
-    return {int(k): resection_spread_deg(structure, int(k), threshold_px) for k in np.flatnonzero(new)
-            if len(ba.own_observations(structure.tracks, structure.points, int(k)).point) >= MIN_OBSERVATIONS}
+    spreads = {int(k): resection_spread_deg(structure, int(k), threshold_px) for k in np.flatnonzero(new)}
+    return {k: spread for k, spread in spreads.items() if not np.isnan(spread)}
 
 
 def resect_new_images(structure: EarlierStructure | None, world_to_cam: np.ndarray, new: np.ndarray,
@@ -241,25 +243,29 @@ def gate(entry: dataset_io.PoseEntry, misses: np.ndarray, max_miss: float, thres
                         len(misses), threshold, hold_unjudged, spread)
     median = float(np.median(misses))
     if median > max_miss:
-        return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), len(misses),
-                           median, False, f"disagrees with the earlier structure: median miss {median:.1f} "
-                                          f"keypoint accuracies (most {max_miss:g})", spread_deg=spread)
+        return new_verdict(entry, False, len(misses), median, f"disagrees with the earlier structure: median miss "
+                           f"{median:.1f} keypoint accuracies (most {max_miss:g})", threshold, spread)
     if max_spread > 0 and spread > max_spread:
         return unjudged(entry, f"its {len(misses)} observations of earlier structure do not determine a pose (PnP "
                                f"on halves of them {spread:.1f} deg apart, most {max_spread:g}; median miss "
                                f"{median:.1f})", len(misses), threshold, hold_unjudged, spread)
-    return GateVerdict(entry.path, entry.confidence, entry.confidence, len(misses), median, True,
-                       f"agrees with the earlier structure (median miss {median:.1f})", spread_deg=spread)
+    return new_verdict(entry, True, len(misses), median, f"agrees with the earlier structure (median miss "
+                       f"{median:.1f})", threshold, spread)
 
 
 def unjudged(entry: dataset_io.PoseEntry, why: str, observations: int, threshold: float, hold: bool,
              spread: float) -> GateVerdict:
     """The verdict on an image the earlier structure cannot judge (its miss: nan): held back under `hold`."""
-    if hold:
-        return GateVerdict(entry.path, entry.confidence, float(min(entry.confidence, threshold - 1)), observations,
-                           float("nan"), False, f"held back unjudged: {why}", spread_deg=spread)
-    return GateVerdict(entry.path, entry.confidence, entry.confidence, observations, float("nan"), True,
-                       f"not judged: {why}", spread_deg=spread)
+    reason = f"held back unjudged: {why}" if hold else f"not judged: {why}"
+    return new_verdict(entry, not hold, observations, float("nan"), reason, threshold, spread)
+
+
+def new_verdict(entry: dataset_io.PoseEntry, passed: bool, observations: int, median_miss: float, reason: str,
+                threshold: float, spread: float) -> GateVerdict:
+    """A GateVerdict; a held-back image's confidence drops just below the mapping threshold."""
+    confidence = entry.confidence if passed else float(min(entry.confidence, threshold - 1))
+    return GateVerdict(entry.path, entry.confidence, confidence, observations, median_miss, passed, reason,
+                       spread_deg=spread)
 
 
 def verdicts_of(entries: list[dataset_io.PoseEntry], misses: dict[int, np.ndarray], max_miss: float,

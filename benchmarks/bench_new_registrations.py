@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -86,7 +87,7 @@ def main() -> None:
                      "ace_zero.py ran in)")
         print(f"round {number} ({pose_file.name} against {previous.name}): {len(verdicts)} new image(s)")
         for verdict in verdicts:
-            spread = f"; halves {verdict.spread_deg:.1f} deg apart" if verdict.spread_deg == verdict.spread_deg else ""
+            spread = "" if math.isnan(verdict.spread_deg) else f"; halves {verdict.spread_deg:.1f} deg apart"
             print(f"  {Path(verdict.path).name}: {verdict.observations} observations; {verdict.reason}{spread}")
 
 
