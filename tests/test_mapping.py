@@ -25,7 +25,10 @@ def test_mapping_outputs(orbit_head, orbit_scene):
     assert state["encoder_id"] == DEFAULT_ENCODER and state["fc3.weight"].shape[0] == 4
     log = np.loadtxt(f"{stem}.txt")
     assert log.shape[1] == 7 and log[-1, 0] == 1500
-    assert log[-1, 3] > 0.5, "training inlier fraction should be high after mapping"
+    # Measured (1500 iterations): 0.44 with the default xfeat-reflect, 0.55 with xfeat, whose position code lets
+    # the head fit part of the loss without the geometry; the held-out views relocalise better with the former
+    # (median 0.45 deg against 0.66), which test_register_held_out_views checks.
+    assert log[-1, 3] > 0.35, "training inlier fraction should be high after mapping"
     # Without pose refinement the preliminary poses are the input poses.
     entries = sorted(dataset_io.read_ace_pose_file(stem.parent / f"poses_{stem.name}_preliminary.txt"),
                      key=lambda e: e.path)
