@@ -198,7 +198,8 @@ def build_parser():
                          help="new: augmentation in the final round only (--final_refine; default: as "
                               "--round_use_aug). False: the final head fits the registered views as they are, and "
                               "the images it was not mapped from keep the loop's last entry (an unaugmented head "
-                              "registers new views worse; README, \"Cameras\")")
+                              "registers new views worse; README, \"Cameras\") unless --registration_resection "
+                              "places them again from the earlier structure")
     mapping.add_argument("--num_data_workers", type=int, default=12, help="loader threads for mapping")
     mapping.add_argument("--training_buffer_cpu", type=str2bool, default=False, help="keep buffer in host memory")
     add_prior_args(parser.add_argument_group("loss structure and priors (passed to every mapping call)"))
@@ -229,12 +230,13 @@ class RunState:
     finished: bool = False
     refocus_checked: bool = False  # --seed_refocus has decided (so a resumed run does not decide again)
     self_calibrated_focal: float | None = None  # --self_calibrate_focal's estimate (-1: none), made once per run
+    encoder_path: str | None = None  # the run's --encoder_path (None in the state of runs begun before stop 46)
 
     @classmethod
-    def load_or_create(cls, folder: Path, rgb_files: str) -> "RunState":
+    def load_or_create(cls, folder: Path, rgb_files: str, encoder_path: str | None = None) -> "RunState":
         path = folder / STATE_FILE
         if not path.exists():
-            return cls(rgb_files)
+            return cls(rgb_files, encoder_path=encoder_path)
         try:
             state = cls(**json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as error:
@@ -242,6 +244,10 @@ class RunState:
         if state.rgb_files != rgb_files:
             raise UserError(f"{folder} holds a reconstruction of '{state.rgb_files}', not '{rgb_files}': "
                             f"use another results folder")
+        if None not in (state.encoder_path, encoder_path) and state.encoder_path != encoder_path:
+            # its heads only load with the encoder they were mapped with
+            raise UserError(f"{folder} holds a reconstruction begun with --encoder_path {state.encoder_path}: "
+                            f"pass that to resume it, or use another results folder")
         return state
 
     def save(self, folder: Path) -> None:
@@ -569,7 +575,7 @@ def reconstruct(args, state: RunState, initial_focal: float) -> str:
     while not state.finished and iteration < args.iterations_max:
         run_id, focal, source = mapping_round(args, state, iteration, last, initial_focal)
         rate = register(args, folder / f"{run_id}.pt", run_id, focal, render=args.render_visualization)
-        if state.stop_scheduled and args.final_use_aug is False:
+        if state.stop_scheduled and args.final_use_aug is False and not args.registration_resection:
             rate = keep_unfitted_registrations(args, run_id, source)
         if gates_registrations(args):
             rate = gate_registration(args, run_id, ["--earlier_poses", source])
@@ -588,7 +594,9 @@ def keep_unfitted_registrations(args, run_id: str, mapped_from: Path) -> float:
     but new views worse and with inflated inlier counts (temple: one 9.9 deg off with 1817 inliers; README,
     "Cameras"). So in the final round the images it was not mapped from keep the entry the loop gave them
     (below --registration_confidence, or they would have been mapped). The head's own registration is kept as
-    poses_<run_id>_final_head.txt; returns the registration rate."""
+    poses_<run_id>_final_head.txt; returns the registration rate. Not under --registration_resection: there the
+    gate places each new image again from its observations of the earlier structure, or holds it back, so the
+    head's registration of a new view is judged like any round's instead of thrown away."""
     registered = args.results_folder / f"poses_{run_id}.txt"
     earlier = {e.path: e for e in dataset_io.read_ace_pose_file(mapped_from)}
     entries = dataset_io.read_ace_pose_file(registered)
@@ -862,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
     args.device = str(device)
     start = time.time()
-    state = RunState.load_or_create(args.results_folder, args.rgb_files)
+    state = RunState.load_or_create(args.results_folder, args.rgb_files, args.encoder_path)
     if state.finished and (args.results_folder / "poses_final.txt").exists():
         _log.info("%s already holds a finished reconstruction (%s)", args.results_folder, STATE_FILE)
     else:

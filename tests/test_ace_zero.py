@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import dataset_io
+from cli_common import UserError
 from conftest import ORBIT_FOCAL, ORBIT_LOOP_FLAGS, run_cli
 from eval_poses import evaluate
 
@@ -127,6 +128,18 @@ def _after_seed(out: Path, pattern: str, images: list[str], confidences: list[fl
                              rates={"iteration0_seed0": rate}, max_rate=rate)
 
 
+def test_resume_refuses_another_encoder(tmp_path):
+    """A run's heads load only with the encoder they were mapped with: resuming with another is refused at once,
+    naming the one to pass; a state written before the encoder was recorded resumes as before."""
+    import ace_zero
+    ace_zero.RunState.load_or_create(tmp_path, "*.png", "xfeat").save(tmp_path)
+    assert ace_zero.RunState.load_or_create(tmp_path, "*.png", "xfeat").encoder_path == "xfeat"
+    with pytest.raises(UserError, match="begun with --encoder_path xfeat: pass that"):
+        ace_zero.RunState.load_or_create(tmp_path, "*.png", "xfeat-reflect")
+    (tmp_path / ace_zero.STATE_FILE).write_text(json.dumps({"rgb_files": "*.png", "completed": ["iteration1"]}))
+    assert ace_zero.RunState.load_or_create(tmp_path, "*.png", "xfeat-reflect").completed == ["iteration1"]
+
+
 def test_resume_runs_only_the_unfinished_round(tmp_path, monkeypatch):
     """Resumption with the stages replaced by stand-ins that write their outputs: after the seed and round 1, a
     rerun maps and registers round 2 only, from round 1's poses and head."""
@@ -160,7 +173,6 @@ def test_registration_gate_in_the_loop(tmp_path, monkeypatch, gate_fails):
     mapped from, the next round maps from the gated file, the registration rate counts what the gate kept, and the
     final poses come from the last gated registration; a failed gate lets the registration go on as it is."""
     import ace_zero
-    from cli_common import UserError
     out = tmp_path / "out"
     out.mkdir()
     images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
@@ -273,7 +285,6 @@ def test_round_bundle_adjustment(tmp_path, monkeypatch, adjustment_fails):
     bundle_adjust.py (with the focal length it refined, which the round keeps), the adjustment reruns only when the
     registration is newer, and a failed adjustment leaves the round mapping from the registration itself."""
     import ace_zero
-    from cli_common import UserError
     out = tmp_path / "out"
     out.mkdir()
     images = [str(tmp_path / f"frame_{i}.png") for i in range(4)]
