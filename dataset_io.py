@@ -258,6 +258,21 @@ def write_cameras_beside(pose_file: Path | str, images: list[str], cameras: list
     return path
 
 
+def write_amended_pose_file(input_poses: Path | str, output_poses: Path | str, cameras: list[Intrinsics],
+                            confidences: dict[int, float], poses: dict[int, np.ndarray] | None = None) -> None:
+    """output_poses: the lines of input_poses (its entries by index) with the given confidences and world-to-camera
+    poses replaced; every other number keeps its exact digits. The input's cameras go beside it."""
+    entries = read_ace_pose_file(input_poses)
+    lines = [line for line in Path(input_poses).read_text().splitlines() if line.strip()]  # as read_ace_pose_file
+    for k, pose in (poses or {}).items():
+        e = entries[k]
+        lines[k] = format_pose_line(PoseEntry(e.path, pose, e.focal, e.confidence))
+    for k, confidence in confidences.items():
+        lines[k] = with_confidence(lines[k], confidence)
+    atomic_write_text(output_poses, "".join(line + "\n" for line in lines))
+    write_cameras_beside(output_poses, [e.path for e in entries], cameras)
+
+
 def registration_rate(entries: list[PoseEntry], threshold: float) -> float:
     """Fraction of entries with confidence strictly above the threshold (the original's counting rule)."""
     if not entries:

@@ -402,21 +402,6 @@ def _empty_features(features: list):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-def write_gated(input_poses: Path, output_poses: Path, entries: list[dataset_io.PoseEntry],
-                verdicts: list[GateVerdict], cameras: list[Intrinsics],
-                resected: dict[int, np.ndarray] | None = None) -> None:
-    """The input's lines with only the confidences of held-back images and the poses of resected ones changed."""
-    lowered = {v.path: v.confidence for v in verdicts if not v.passed}
-    lines = [line for line in input_poses.read_text().splitlines() if line.strip()]
-    for k, pose in (resected or {}).items():
-        e = entries[k]
-        lines[k] = dataset_io.format_pose_line(dataset_io.PoseEntry(e.path, pose, e.focal, e.confidence))
-    atomic_write_text(output_poses, "".join(
-        (dataset_io.with_confidence(line, lowered[e.path]) if e.path in lowered else line) + "\n"
-        for line, e in zip(lines, entries)))
-    dataset_io.write_cameras_beside(output_poses, [e.path for e in entries], cameras)
-
-
 def write_report(path: Path, verdicts: list[GateVerdict], known: int, structure: str | None = None) -> dict:
     """The JSON report; `structure` says what the earlier structure is when it is not the earlier poses' file."""
     summary = {"earlier": known, **({"structure": structure} if structure else {}), "new": len(verdicts),
@@ -452,7 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         raise UserError(f"{args.input_poses}: {error}") from None
     # the seed's partner goes on at its two-view pose
-    write_gated(args.input_poses, args.output_poses, entries, verdicts, cameras, {**resected, **placed})
+    index = {e.path: k for k, e in enumerate(entries)}
+    dataset_io.write_amended_pose_file(args.input_poses, args.output_poses, cameras,
+                                       {index[v.path]: v.confidence for v in verdicts if not v.passed},
+                                       {**resected, **placed})
     known = int(earlier_and_new(entries, earlier, args.confidence_threshold)[0].sum())
     summary = write_report(args.report or args.output_poses.with_suffix(".gate.json"), verdicts, known, structure)
     for verdict in verdicts:

@@ -398,16 +398,6 @@ def default_report(output_poses: Path) -> Path:
     return output_poses.with_suffix(".verification.json")
 
 
-def write_checked_poses(input_poses: Path, output_poses: Path, verdicts: list[ImageVerdict],
-                        cameras: list[Intrinsics]) -> None:
-    """output_poses: the lines of input_poses with the verdicts' confidences (the poses keep their exact digits),
-    and the input's cameras beside it."""
-    lines = [line for line in input_poses.read_text().splitlines() if line.strip()]  # as read_ace_pose_file
-    atomic_write_text(output_poses, "".join(dataset_io.with_confidence(line, v.confidence) + "\n"
-                                            for line, v in zip(lines, verdicts)))
-    dataset_io.write_cameras_beside(output_poses, [v.path for v in verdicts], cameras)
-
-
 def write_unverified(input_poses: Path, output_poses: Path, threshold: float, calibration_file: str | None,
                      why: str) -> None:
     """For when the check itself failed: output_poses with every image at or above `threshold` flagged as not
@@ -419,8 +409,9 @@ def write_unverified(input_poses: Path, output_poses: Path, threshold: float, ca
                                "below the confidence threshold already")
         confident = entry.confidence >= threshold
         verdicts.append(unreliable(as_read, f"not verified: {why}", threshold) if confident else as_read)
-    write_checked_poses(input_poses, output_poses, verdicts,
-                        dataset_io.entry_cameras(entries, calibration_file, input_poses))
+    dataset_io.write_amended_pose_file(input_poses, output_poses,
+                                       dataset_io.entry_cameras(entries, calibration_file, input_poses),
+                                       {k: v.confidence for k, v in enumerate(verdicts)})
     write_report(default_report(output_poses), verdicts, [],
                  summarise(verdicts, threshold, {"verification_failed": why}))
 
@@ -471,7 +462,8 @@ def check_pose_file(args: argparse.Namespace) -> None:
         if wrong_focal is not None:
             verdicts = [unreliable(v, wrong_focal, args.confidence_threshold) if v.reliable else v for v in verdicts]
     summary = summarise(verdicts, args.confidence_threshold, statistics)
-    write_checked_poses(args.input_poses, args.output_poses, verdicts, cameras)
+    dataset_io.write_amended_pose_file(args.input_poses, args.output_poses, cameras,
+                                       {k: v.confidence for k, v in enumerate(verdicts)})
     report = args.report or default_report(args.output_poses)
     write_report(report, verdicts, checks, summary)
     _log.info("%d pairs checked; neighbours in the reconstruction share matches for %.0f%% of them; %d of %d "

@@ -115,6 +115,25 @@ def test_pose_file_round_trip_and_convention(tmp_path):
         dataset_io.read_ace_pose_file(tmp_path / "bad.txt")
 
 
+def test_amended_pose_file_keeps_every_other_digit(tmp_path):
+    """The gate and the verification rewrite a pose file by changing a few confidences and poses: the other lines
+    come out as the input's text, byte for byte (digits a reader parsed and printed again could differ)."""
+    lines = ["a.png 0.5 0.5 0.5 0.5 0.1000000001 2 3 500.25 1234.5",
+             "b.png 1 0 0 0 4 5 6 500.25 inf",
+             "c.png 1 0 0 0 7 8 9 500.25 900"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n\n")
+    moved = np.eye(4)
+    moved[:3, :3] = Rotation.from_euler("y", 30, degrees=True).as_matrix()
+    moved[:3, 3] = [1, 2, 3]
+    cameras = [Intrinsics(500.25, 500.25, 320, 240, 640, 480)] * 3
+    dataset_io.write_amended_pose_file(tmp_path / "in.txt", tmp_path / "out.txt", cameras, {1: 99.0}, {2: moved})
+    out = (tmp_path / "out.txt").read_text().splitlines()
+    assert out[0] == lines[0] and out[1] == "b.png 1 0 0 0 4 5 6 500.25 99"
+    entry = dataset_io.read_ace_pose_file(tmp_path / "out.txt")[2]
+    assert np.allclose(entry.world_to_cam, moved, atol=1e-12) and entry.confidence == 900
+    assert not (tmp_path / "cameras_out.txt").exists()  # one simple camera: the focal column says all
+
+
 def test_image_and_pose_errors(tmp_path):
     with pytest.raises(UserError, match="no files match"):
         dataset_io.glob_files(str(tmp_path / "*.png"))
