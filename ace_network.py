@@ -436,9 +436,10 @@ def load_head(path: str | Path, encoder: FeatureEncoder | None = None,
 def _check_head_matches_encoder(path: Path, head_encoder: str, state: dict, encoder: FeatureEncoder) -> None:
     in_channels = state["res3_conv1.weight"].shape[1]
     if head_encoder != encoder.encoder_id or in_channels != encoder.feature_dim:
+        hint = f" ({head_encoder})" if head_encoder in XFEAT_VARIANTS else ""  # a built-in id is the flag's value
         raise UserError(f"{path}: head was trained with the '{head_encoder}' encoder ({in_channels}-d features) "
                         f"but the current encoder is '{encoder.encoder_id}' ({encoder.feature_dim}-d); "
-                        f"pass the matching --encoder_path")
+                        f"pass the matching --encoder_path{hint}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

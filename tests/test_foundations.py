@@ -85,6 +85,15 @@ def test_ace_encoder_file_round_trip(tmp_path):
             load(tmp_path / "text.pt")
 
 
+def test_head_of_another_builtin_encoder_names_its_flag(tmp_path):
+    """A head mapped with `xfeat` (the default before stop 46) is refused with the default encoder, and the one-line
+    error names the value to pass."""
+    save_head(tmp_path / "h.pt", Head(64, 128), "xfeat")
+    with pytest.raises(UserError, match=r"'xfeat' encoder .* pass the matching --encoder_path \(xfeat\)$"):
+        load_head(tmp_path / "h.pt", load_encoder("xfeat-reflect"))
+    assert load_head(tmp_path / "h.pt", load_encoder("xfeat")).fc3.weight.shape[1] == 128
+
+
 def test_xfeat_encoder_geometry():
     encoder = load_encoder("xfeat")
     assert encoder(torch.rand(1, 1, 100, 130)).shape == (1, 64, 13, 17)  # ceil(H/8) x ceil(W/8)
