@@ -1017,17 +1017,42 @@ def report_verification(args) -> None:
         _log.warning(message)
         return
     if summary["unreliable"]:
-        _log.warning("%d of %d registered images are unreliable: their poses disagree with independent feature "
-                     "matches (confidence lowered below %d in poses_final.txt; exports leave them out; details: "
-                     "%s)", summary["unreliable"], summary["checked"], args.registration_confidence, report_file)
+        why = "they were mapped with a wrong focal length" if wrong_focal(summary) is not None else \
+            "their poses disagree with independent feature matches"
+        _log.warning("%d of %d registered images are unreliable: %s (confidence lowered below %d in "
+                     "poses_final.txt; exports leave them out; details: %s)", summary["unreliable"],
+                     summary["checked"], why, args.registration_confidence, report_file)
     if summary["failed"]:
-        hint = "more seeds (--try_seeds)" if args.use_external_focal_length > 0 else \
-            "a known focal length (--use_external_focal_length) or more seeds (--try_seeds)"
-        message = (f"the reconstruction failed: {summary['unreliable']} of {summary['checked']} registered images "
-                   f"disagree with feature matches between them; try {hint}")
+        message = failure_message(summary, args)
         if args.fail_on_unreliable:
             raise UserError(message)
         _log.warning(message)
+
+
+def wrong_focal(summary: dict) -> float | None:
+    """The focal length the verification's feature tracks fit far better than the poses' own, if it found one."""
+    return (summary.get("focal_check") or {}).get("better_focal")
+
+
+def failure_message(summary: dict, args) -> str:
+    """Why the verification failed the reconstruction, and what to try. A wrong focal is named as such: then the
+    images agree with the matches pair by pair, and more seeds would not help."""
+    better = wrong_focal(summary)
+    if better is None:
+        hint = "more seeds (--try_seeds)" if args.use_external_focal_length > 0 else \
+            "a known focal length (--use_external_focal_length) or more seeds (--try_seeds)"
+        return (f"the reconstruction failed: {summary['unreliable']} of {summary['checked']} registered images "
+                f"disagree with feature matches between them; try {hint}")
+    remedies = []
+    if args.refine_calibration:
+        remedies.append("hold a known focal (--refine_calibration False)" if args.use_external_focal_length > 0
+                        or args.calibration_file else "give the focal length (--use_external_focal_length)")
+    if not args.round_bundle_adjustment:
+        remedies.append("let the rounds' bundle adjustment fix it (--round_bundle_adjustment True)")
+    advice = "; try to " + " or ".join(remedies) if remedies else ""
+    return (f"the reconstruction failed: the feature tracks fit a focal length of {better:.0f} px, the poses were "
+            f"mapped with {summary['focal_check']['focal']:.0f} px, so all {summary['checked']} registered images "
+            f"are flagged{advice}")
 
 
 def write_final_cameras(args, final_source: Path) -> None:

@@ -589,3 +589,32 @@ def test_which_registrations_have_an_estimated_focal(tmp_path):
                                                    rounds])
         assert [ace_zero.has_estimated_focal(args, state, run_id) for run_id in
                 ("iteration0_seed1", "iteration3", "iteration0_seed1_refocused")] == expected
+
+
+def test_failed_reconstruction_names_a_wrong_focal(tmp_path, caplog):
+    """When the verification's focal check flagged every image, the failure names both focal lengths and the flags
+    that keep the focal (not more seeds: the images agree with the matches pair by pair); otherwise the message
+    stays the one about disagreeing images."""
+    import ace_zero
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = {"checked": 19, "unreliable": 19, "uncheckable": 0, "failed": True,
+               "focal_check": {"focal": 902.3, "probes": [], "better_focal": 1456.6}}
+    (out / ace_zero.VERIFICATION_REPORT).write_text(json.dumps({"summary": summary}))
+    flags = [str(tmp_path / "*.png"), str(out), "--device", "cpu", "--use_external_focal_length", "1520.4"]
+    strict = ace_zero.build_parser().parse_args([*flags, "--fail_on_unreliable", "True",
+                                                 "--round_bundle_adjustment", "False"])
+    with pytest.raises(UserError, match=r"fit a focal length of 1457 px, the poses were mapped with 902 px, so all "
+                                        r"19 .*--refine_calibration False\) or .*--round_bundle_adjustment True\)$"):
+        ace_zero.report_verification(strict)
+    held = ace_zero.build_parser().parse_args([*flags, "--refine_calibration", "False",
+                                               "--round_bundle_adjustment", "True"])
+    with caplog.at_level("WARNING"):
+        ace_zero.report_verification(held)
+    assert "fit a focal length of 1457 px" in caplog.text and "try" not in caplog.text.split("1457 px")[1]
+    assert "19 of 19 registered images are unreliable: they were mapped with a wrong focal length" in caplog.text
+    summary["focal_check"]["better_focal"] = None
+    (out / ace_zero.VERIFICATION_REPORT).write_text(json.dumps({"summary": summary}))
+    with pytest.raises(UserError, match="19 of 19 registered images disagree with feature matches between them; "
+                                        r"try more seeds \(--try_seeds\)$"):
+        ace_zero.report_verification(strict)

@@ -159,8 +159,9 @@ def test_matches_of_a_rendered_scene_agree_with_its_geometry(orbit_scene):
 def test_refinement_with_the_match_term_improves_noisy_poses(orbit_scene, tmp_path):
     """One 3000-iteration mapping round from the rendered orbit's poses perturbed by 3 deg / 5 cm: with the match
     term, the rotation update and the standardised refiner input, the refined poses come out far better than their
-    input (bench_refinement.py, same round with 2 cm: 3.17 -> 0.21 deg, spread 31.3 deg against the truth's 31.6;
-    0.09 deg before the term had its own-view part; with the raw pose input 0.83-1.01 deg, README)."""
+    input (bench_refinement.py, the same round with the default xfeat-reflect: 3.48 -> 0.17 deg, spread 31.4 deg
+    against the truth's 31.6; xfeat with 2 cm of noise: 3.17 -> 0.21 deg; with the raw pose input 0.83-1.01 deg,
+    README)."""
     data = posed_folder(orbit_scene)
     noisy = write_noisy_poses(data, tmp_path / "noisy", 3.0, 0.05, seed=0)
     run_cli("train_ace.py", symlinked_glob(tmp_path / "images", data.images), tmp_path / "map.pt",
