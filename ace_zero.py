@@ -20,10 +20,11 @@ from ace_util import LOSS_TYPES, LR_SCHEDULES, encoder_spec, script_command
 from calibration import focal_changed
 from gate_registrations import DEFAULT_MAX_MISS, DEFAULT_MAX_SPREAD
 from verify_poses import default_report, write_unverified
-from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, PROBABILISTIC_NEEDS_PRIOR, UserError, add_calibration_arg,
-                        add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args,
-                        add_render_args, apply_cpu_profile, atomic_write_text, check_match_loss_weight,
-                        check_prior_flags, ensure_writable_folder, make_parser, run_main, select_device, str2bool)
+from cli_common import (AUTO_PRIOR_FLAG, CPU_PROFILES, CPU_REFINER_PROFILE, PROBABILISTIC_NEEDS_PRIOR, UserError,
+                        add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg, add_pose_refiner_args,
+                        add_prior_args, add_render_args, apply_cpu_profile, atomic_write_text,
+                        check_match_loss_weight, check_prior_flags, ensure_writable_folder, make_parser, run_main,
+                        select_device, str2bool)
 
 _log = logging.getLogger("ace_zero")
 
@@ -862,12 +863,20 @@ def summary(args, last: str, elapsed: float, state: RunState) -> None:
               elapsed / 60, len(state.completed), focal, rates, final)
 
 
+def apply_cpu_profiles(args, parser, device, argv: list[str] | None = None) -> None:
+    """On CPU: this script's row of the CPU profile, and the mlp refiner's when --refinement mlp is typed (the row
+    turns the refiner off otherwise); the rounds pass both on to train_ace.py."""
+    apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
+    if args.refinement == "mlp":
+        apply_cpu_profile(args, parser, CPU_REFINER_PROFILE, device, argv, "CPU profile of the mlp refiner")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     initial_focal = validate(args)  # before the device: bad input is reported without importing torch
     device = select_device(args.device)
-    apply_cpu_profile(args, parser, CPU_PROFILE, device, argv)
+    apply_cpu_profiles(args, parser, device, argv)
     args.device = str(device)
     start = time.time()
     state = RunState.load_or_create(args.results_folder, args.rgb_files, args.encoder_path)

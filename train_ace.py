@@ -9,10 +9,10 @@ from pathlib import Path
 
 import dataset_io
 from ace_util import DEFAULT_IMAGE_RESOLUTION, LOSS_TYPES, LR_SCHEDULES
-from cli_common import (CPU_PROFILES, UserError, add_calibration_arg, add_device_arg, add_encoder_args, add_focal_arg,
-                        add_pose_refiner_args, add_prior_args, add_render_args, apply_cpu_profile,
-                        check_match_loss_weight, check_prior_flags, configure_cpu_threads, ensure_writable_folder,
-                        make_parser, run_main, select_device, str2bool)
+from cli_common import (CPU_PROFILES, CPU_REFINER_PROFILE, UserError, add_calibration_arg, add_device_arg,
+                        add_encoder_args, add_focal_arg, add_pose_refiner_args, add_prior_args, add_render_args,
+                        apply_cpu_profile, check_match_loss_weight, check_prior_flags, configure_cpu_threads,
+                        ensure_writable_folder, make_parser, run_main, select_device, str2bool)
 
 _log = logging.getLogger("train_ace")
 
@@ -143,12 +143,19 @@ def note_pixel_clamps(args: argparse.Namespace, parser: argparse.ArgumentParser)
                  " ".join(f"--{c} {round(getattr(args, c) * scale)}" for c in clamps))
 
 
+def apply_cpu_profiles(args, parser, device, argv: list[str] | None = None) -> None:
+    """On CPU: this script's row of the CPU profile, and the mlp refiner's when the refiner is asked for."""
+    apply_cpu_profile(args, parser, CPU_PROFILES["train_ace.py"], device, argv)
+    if args.pose_refinement == "mlp":
+        apply_cpu_profile(args, parser, CPU_REFINER_PROFILE, device, argv, "CPU profile of the mlp refiner")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(args)  # before the device and the profile (whose values are valid): no torch import for bad input
     device = select_device(args.device)
-    apply_cpu_profile(args, parser, CPU_PROFILES["train_ace.py"], device, argv)
+    apply_cpu_profiles(args, parser, device, argv)
     configure_cpu_threads()
     note_pixel_clamps(args, parser)
     _log.info("device %s, encoder %s, head width %d, batch %d, at most %d iterations", device, args.encoder_path,

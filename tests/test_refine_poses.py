@@ -139,3 +139,31 @@ def test_refiner_steps_through_the_grad_scaler_of_mixed_precision():
     assert torch.allclose(overflowed(), before, atol=1e-6)
     steps = overflowed.optimizer.state_dict()["state"]
     assert all(torch.isfinite(v["exp_avg"]).all() for v in steps.values())
+
+
+def test_cpu_profile_of_the_mlp_refiner_applies_only_to_it_and_keeps_typed_flags():
+    """On CPU the mlp refiner gets the settings with which it refines in short rounds (cli_common), in train_ace.py
+    and in ace_zero.py's rounds; a typed flag wins; without the refiner, and on a GPU, nothing changes."""
+    import ace_zero
+    import train_ace
+    from cli_common import CPU_REFINER_PROFILE
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for script, method_flag in ((train_ace, "--pose_refinement"), (ace_zero, "--refinement")):
+        parser = script.build_parser()
+        argv = ["images/*", "out", method_flag, "mlp", "--pose_refinement_lr", "0.0005"]
+        args = parser.parse_args(argv)
+        script.apply_cpu_profiles(args, parser, cpu, argv)
+        assert args.pose_refinement_lr == 0.0005  # typed
+        for name, value in CPU_REFINER_PROFILE.items():
+            if name != "pose_refinement_lr":
+                assert getattr(args, name) == value, name
+        on_gpu = parser.parse_args(argv)
+        script.apply_cpu_profiles(on_gpu, parser, gpu, argv)
+        assert (on_gpu.pose_refinement_update, on_gpu.match_loss_weight) == ("additive", 0.0)
+    for script, argv in ((train_ace, ["images/*", "out.pt"]), (ace_zero, ["images/*", "out"])):
+        parser = script.build_parser()
+        args = parser.parse_args(argv)
+        script.apply_cpu_profiles(args, parser, cpu, argv)
+        assert (args.pose_refinement_update, args.pose_refinement_gauge, args.pose_refinement_input,
+                args.pose_refinement_lr, args.pose_refinement_wait, args.match_loss_weight) == \
+            ("additive", "none", "pose", 0.001, 0, 0.0)
