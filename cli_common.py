@@ -321,7 +321,7 @@ CPU_REFINER_PROFILE: dict[str, Any] = {
 
 
 def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser, profile: dict[str, Any],
-                      device, argv: list[str] | None = None, name: str = "CPU profile") -> dict[str, Any]:
+                      device, argv: list[str] | None = None, title: str = "CPU profile") -> dict[str, Any]:
     """On CPU, replace the GPU defaults listed in `profile` unless the user set the flag; returns what changed."""
     if device.type != "cpu":
         return {}
@@ -332,7 +332,7 @@ def apply_cpu_profile(args: argparse.Namespace, parser: argparse.ArgumentParser,
             setattr(args, name, value)
             changed[name] = value
     if changed:
-        _log.info("%s (override any with its flag): %s", name, ", ".join(f"--{k} {v}" for k, v in changed.items()))
+        _log.info("%s (override any with its flag): %s", title, ", ".join(f"--{k} {v}" for k, v in changed.items()))
     return changed
 
 

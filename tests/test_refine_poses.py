@@ -141,7 +141,7 @@ def test_refiner_steps_through_the_grad_scaler_of_mixed_precision():
     assert all(torch.isfinite(v["exp_avg"]).all() for v in steps.values())
 
 
-def test_cpu_profile_of_the_mlp_refiner_applies_only_to_it_and_keeps_typed_flags():
+def test_cpu_profile_of_the_mlp_refiner_applies_only_to_it_and_keeps_typed_flags(caplog):
     """On CPU the mlp refiner gets the settings with which it refines in short rounds (cli_common), in train_ace.py
     and in ace_zero.py's rounds; a typed flag wins; without the refiner, and on a GPU, nothing changes."""
     import ace_zero
@@ -152,7 +152,10 @@ def test_cpu_profile_of_the_mlp_refiner_applies_only_to_it_and_keeps_typed_flags
         parser = script.build_parser()
         argv = ["images/*", "out", method_flag, "mlp", "--pose_refinement_lr", "0.0005"]
         args = parser.parse_args(argv)
-        script.apply_cpu_profiles(args, parser, cpu, argv)
+        with caplog.at_level("INFO"):
+            script.apply_cpu_profiles(args, parser, cpu, argv)
+        assert "CPU profile of the mlp refiner (override any with its flag): --pose_refinement_update rotation, " \
+            "--pose_refinement_gauge centres" in caplog.text
         assert args.pose_refinement_lr == 0.0005  # typed
         for name, value in CPU_REFINER_PROFILE.items():
             if name != "pose_refinement_lr":
