@@ -308,8 +308,8 @@ CPU_PROFILES: dict[str, dict[str, Any]] = {
 
 # The mlp pose refiner on CPU, applied (on top of the rows above) only when it is asked for: the original's refiner
 # collapses the cameras in CPU-length rounds (temple from the truth + 3 deg: 29 deg after 3000 iterations), these
-# settings refine them (temple, five noise draws: 3 -> 1.30-1.76 deg pose-aligned; rendered orbit 3.5 -> 0.17 deg;
-# README, "Image position in the features, and pose refinement"). The original's values stay selectable by flag.
+# settings refine them (one 3000-iteration round with augmentation: temple, five noise draws, 3 -> 1.36-1.88 deg
+# pose-aligned; rendered orbit 3.5 -> 0.21 deg; README, "CPU and GPU"). The original's values stay selectable by flag.
 CPU_REFINER_PROFILE: dict[str, Any] = {
     "pose_refinement_update": "rotation",
     "pose_refinement_gauge": "centres",
