@@ -238,14 +238,14 @@ def verified_matches(a: ImageFeatures, b: ImageFeatures, accuracy_px: float, cac
 
 
 def _verify(a: ImageFeatures, b: ImageFeatures, accuracy_px: float) -> tuple[np.ndarray, np.ndarray]:
-    from feature_matching import mutual_matches
+    from feature_matching import fundamental_matrix, mutual_matches
     ia, ib = mutual_matches(a.descriptors, b.descriptors)
     if len(ia) < MIN_PAIR_MATCHES:
         return ia[:0], ib[:0]
-    _, mask = cv2.findFundamentalMat(a.pixels[ia], b.pixels[ib], cv2.USAC_MAGSAC, accuracy_px, 0.9999)
-    if mask is None or mask.sum() < MIN_PAIR_MATCHES:
+    found = fundamental_matrix(a.pixels[ia], b.pixels[ib], accuracy_px)
+    if found is None or found[1].sum() < MIN_PAIR_MATCHES:
         return ia[:0], ib[:0]
-    inliers = mask.ravel() > 0
+    inliers = found[1]
     return ia[inliers], ib[inliers]
 
 

@@ -1,7 +1,9 @@
-"""Features of one image for matching, and mutual nearest-neighbour matches between two images: used by the
-two-view seed (two_view_seed.py) and the bundle adjustment (bundle_adjust.py)."""
+"""Features of one image for matching, mutual nearest-neighbour matches between two images and their epipolar
+verification: used by the two-view seed (two_view_seed.py), the bundle adjustment (bundle_adjust.py) and the focal
+self-calibration (focal_estimation.py)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -40,3 +42,17 @@ def mutual_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.nda
     distinctive = distance_best < MAX_DISTANCE_RATIO * distance_second
     mutual = (best_a[best_b] == index_a) & (top2.values[:, 0] > MIN_MATCH_SIMILARITY) & distinctive
     return index_a[mutual].numpy(), best_b[mutual].numpy()
+
+
+def fundamental_matrix(first: np.ndarray, second: np.ndarray, accuracy_px: float
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """MAGSAC fundamental matrix of matched pixels and its boolean inlier mask, or None where there is none.
+    OpenCV's MAGSAC can fail an internal assertion on degenerate sets (the coarse, repeated positions of tiny
+    images); that means no geometry, not an error of the run."""
+    try:
+        matrix, mask = cv2.findFundamentalMat(first, second, cv2.USAC_MAGSAC, accuracy_px, 0.9999)
+    except cv2.error:
+        return None
+    if matrix is None or matrix.shape != (3, 3) or mask is None:
+        return None
+    return matrix, mask.ravel() > 0

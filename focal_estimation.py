@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
 import dataset_io
 from calibration import Intrinsics
-from feature_matching import KEYPOINT_ACCURACY_PX, keypoints, mutual_matches
+from feature_matching import KEYPOINT_ACCURACY_PX, fundamental_matrix, keypoints, mutual_matches
 
 _log = logging.getLogger(__name__)
 
@@ -116,11 +115,11 @@ def estimate_focal(images: list[str], cameras: list[Intrinsics], encoder, short_
         ia, ib = mutual_matches(descriptors_a, descriptors_b)
         if len(ia) < MIN_INLIERS:
             continue
-        F, mask = cv2.findFundamentalMat(pixels_a[ia], pixels_b[ib], cv2.USAC_MAGSAC, KEYPOINT_ACCURACY_PX, 0.9999)
-        if F is None or F.shape != (3, 3) or mask is None or int(mask.sum()) < MIN_INLIERS:
+        found = fundamental_matrix(pixels_a[ia], pixels_b[ib], KEYPOINT_ACCURACY_PX)
+        if found is None or int(found[1].sum()) < MIN_INLIERS:
             continue
-        fundamentals.append(F)
-        weights.append(float(mask.sum()))
+        fundamentals.append(found[0])
+        weights.append(float(found[1].sum()))
     if len(fundamentals) < MIN_PAIRS or shape is None:
         _log.info("focal self-calibration: %d of the pairs gave a fundamental matrix (at least %d needed)",
                   len(fundamentals), MIN_PAIRS)

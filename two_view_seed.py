@@ -56,11 +56,15 @@ def relative_pose(x1: np.ndarray, x2: np.ndarray, K: np.ndarray, accuracy: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Rotation R, unit translation t (x2 ~ K [R|t] X for X in camera 1) and the inlier mask of matched pixels
     x1 <-> x2, or None when too few matches agree."""
-    # MAGSAC: with narrow fields of view plain RANSAC's essential matrices were off by several degrees.
-    E, mask = cv2.findEssentialMat(x1, x2, K, cv2.USAC_MAGSAC, 0.9999, accuracy)
-    if E is None or E.shape[0] < 3:
+    # MAGSAC: with narrow fields of view plain RANSAC's essential matrices were off by several degrees. It can
+    # fail an internal assertion on degenerate sets (feature_matching.fundamental_matrix): then no geometry.
+    try:
+        E, mask = cv2.findEssentialMat(x1, x2, K, cv2.USAC_MAGSAC, 0.9999, accuracy)
+        if E is None or E.shape[0] < 3:
+            return None
+        _, R, t, mask = cv2.recoverPose(E[:3], x1, x2, K, mask=mask)
+    except cv2.error:
         return None
-    _, R, t, mask = cv2.recoverPose(E[:3], x1, x2, K, mask=mask)
     inliers = mask.ravel() > 0
     return (R, t.ravel(), inliers) if inliers.sum() >= MIN_POINTS else None
 
